@@ -1,0 +1,159 @@
+"""Records, file IO and batching.
+
+Two record kinds, with TRL's column names so the same files work in both libraries:
+- `Demo`: a demonstration, ``{"prompt", "response"}``.
+- `Pair`: a preference, ``{"prompt", "chosen", "rejected"}``.
+
+Token layout used everywhere in preftune: ``input_ids = prompt_ids + response_ids + [eos]``, with a
+``response_mask`` that is 1 exactly on the response tokens (and the eos), 0 on the prompt and padding.
+Loss functions score ``labels = input_ids[:, 1:]`` with ``logits[:, :-1]``, so the prompt is masked out
+of every loss by construction.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+
+class DataError(ValueError):
+    """A data file or dataset is malformed; the message names the file and line."""
+
+
+@dataclass(frozen=True)
+class Demo:
+    prompt: str
+    response: str
+
+
+@dataclass(frozen=True)
+class Pair:
+    prompt: str
+    chosen: str
+    rejected: str
+
+
+RECORD_FIELDS = {Demo: ("prompt", "response"), Pair: ("prompt", "chosen", "rejected")}
+
+
+def _record_from_dict(kind: type, row: object, where: str):
+    fields = RECORD_FIELDS[kind]
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: expected a JSON object with fields {list(fields)}, got {type(row).__name__}")
+    missing = [f for f in fields if f not in row]
+    if missing:
+        raise DataError(f"{where}: missing field(s) {missing}; a {kind.__name__} needs {list(fields)}")
+    bad = [f for f in fields if not isinstance(row[f], str)]
+    if bad:
+        raise DataError(f"{where}: field(s) {bad} must be strings")
+    return kind(**{f: row[f] for f in fields})
+
+
+def read_jsonl(path: str | Path, kind: type) -> list:
+    """Read `Demo` or `Pair` records from a JSONL file. Every problem names the file and line."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    records = []
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+            records.append(_record_from_dict(kind, row, f"{path}:{lineno}"))
+    if not records:
+        raise DataError(f"{path}: the file holds no records")
+    return records
+
+
+def write_jsonl(path: str | Path, records: Iterable) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(asdict(r)) + "\n")
+    return path
+
+
+def load_records(source: str | Path, kind: type, split: str = "train") -> list:
+    """Records from a ``.jsonl`` file or a Hugging Face dataset saved with ``save_to_disk``."""
+    source = Path(source)
+    if source.is_file():
+        return read_jsonl(source, kind)
+    if source.is_dir():
+        import datasets
+
+        ds = datasets.load_from_disk(str(source))
+        if isinstance(ds, datasets.DatasetDict):
+            if split not in ds:
+                raise DataError(f"{source}: dataset has splits {list(ds)}, not {split!r}")
+            ds = ds[split]
+        records = [_record_from_dict(kind, row, f"{source} row {i}") for i, row in enumerate(ds)]
+        if not records:
+            raise DataError(f"{source}: the dataset holds no records")
+        return records
+    raise DataError(f"{source}: no such file or dataset directory")
+
+
+# ----------------------------------------------------------------------------------------------
+# Tokenisation and batching
+
+
+@dataclass
+class TokenBatch:
+    """A right-padded batch: ``input_ids``/``attention_mask``/``response_mask`` are ``[B, T]``."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    response_mask: torch.Tensor
+
+    def to(self, device) -> TokenBatch:
+        return TokenBatch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.response_mask)))
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+
+def encode_prompt_response(tokenizer, prompt: str, response: str, max_length: int) -> tuple[list[int], int]:
+    """Token ids of prompt+response+eos, and the number of prompt tokens.
+
+    Prompt and response are tokenised separately so the boundary is exact. Over-long examples are cut
+    from the *end of the response* (the prompt is kept whole), never dropped silently: the caller sees
+    the truncated length.
+    """
+    p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    r = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    if len(p) >= max_length:
+        raise DataError(f"prompt of {len(p)} tokens does not fit max_length={max_length}: {prompt[:60]!r}")
+    return (p + r)[:max_length], len(p)
+
+
+def pad_batch(sequences: Sequence[list[int]], prompt_lengths: Sequence[int], pad_id: int) -> TokenBatch:
+    """Right-pad token lists into a `TokenBatch`; response_mask covers tokens after the prompt."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(sequences), width), dtype=torch.long)
+    resp = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, (s, n_prompt) in enumerate(zip(sequences, prompt_lengths)):
+        ids[i, : len(s)] = torch.tensor(s)
+        attn[i, : len(s)] = 1
+        resp[i, n_prompt : len(s)] = 1
+    return TokenBatch(ids, attn, resp)
+
+
+def collate_demos(tokenizer, demos: Sequence[Demo], max_length: int) -> TokenBatch:
+    encoded = [encode_prompt_response(tokenizer, d.prompt, d.response, max_length) for d in demos]
+    return pad_batch([e[0] for e in encoded], [e[1] for e in encoded], tokenizer.pad_token_id)
+
+
+def collate_pairs(tokenizer, pairs: Sequence[Pair], max_length: int) -> TokenBatch:
+    """Chosen responses first, then rejected: rows ``[:B]`` are chosen, ``[B:]`` rejected, one forward pass."""
+    demos = [Demo(p.prompt, p.chosen) for p in pairs] + [Demo(p.prompt, p.rejected) for p in pairs]
+    return collate_demos(tokenizer, demos, max_length)
