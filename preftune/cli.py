@@ -1,0 +1,265 @@
+"""The `preftune` command line: run, train <method>, eval, report, tasks, bench."""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from preftune.config import ConfigError, apply_overrides, describe_fields, load_yaml, save_yaml
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Fine-tune language models from human feedback, measured against exact oracles.")
+train_app = typer.Typer(no_args_is_help=True, help="Train one method. `preftune train METHOD --help` lists its fields.")
+bench_app = typer.Typer(no_args_is_help=True, help="Speed and memory benchmarks, side by side in one run.")
+app.add_typer(train_app, name="train")
+app.add_typer(bench_app, name="bench")
+console = Console()
+err = Console(stderr=True)
+
+
+def _quiet_libraries() -> None:
+    """Keep the terminal for preftune's own progress bars: silence HF's per-file bars and info logs."""
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def parse_extra_flags(args: list[str]) -> dict[str, object]:
+    """``--name value``, ``--name=value`` and bare ``--flag`` (= true) into a dict of overrides."""
+    out: dict[str, object] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--"):
+            raise ConfigError(f"unexpected argument {arg!r}; config fields are given as --field value")
+        name = arg[2:]
+        if "=" in name:
+            name, value = name.split("=", 1)
+            i += 1
+        elif i + 1 < len(args) and not args[i + 1].startswith("--"):
+            value = args[i + 1]
+            i += 2
+        else:
+            value = "true"
+            i += 1
+        out[name] = value
+    return out
+
+
+def build_config(config_cls, config_file: Path | None, extra: list[str], **fixed):
+    """Defaults, then the YAML file, then ``--field value`` flags; every value validated."""
+    overrides: dict[str, object] = {}
+    if config_file is not None:
+        overrides.update(load_yaml(config_file))
+    overrides.update({k: v for k, v in fixed.items() if v is not None})
+    overrides.update(parse_extra_flags(extra))
+    return apply_overrides(config_cls(), overrides)
+
+
+def _fail(message: str) -> None:
+    err.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(2)
+
+
+# ----------------------------------------------------------------------------------------------
+# train
+
+
+def _training_data(kind: str, task_name: str | None, data: Path | None, num_examples: int, seed: int,
+                   label_noise: float, link: str):
+    """Records for a method: from a JSONL file / saved dataset, or generated from a built-in task."""
+    from preftune.data import Demo, Pair, load_records
+
+    record_type = Demo if kind == "demos" else Pair
+    if data is not None:
+        return load_records(data, record_type)
+    if task_name is None:
+        raise ConfigError("give --task NAME (see `preftune tasks`) or --data FILE.jsonl")
+    from preftune.feedback import Annotator, label_pairs
+    from preftune.tasks import get_task
+
+    task = get_task(task_name)
+    if kind == "demos":
+        return task.demonstrations("train", num_examples, seed)
+    annotator = Annotator(task.reward, link=link, flip_prob=label_noise)
+    return label_pairs(task.candidate_pairs("train", num_examples, seed), annotator, random.Random(seed))
+
+
+def _register_train_command(name: str, config_cls, kind: str, train_fn, summary: str) -> None:
+    @train_app.command(name, help=summary, epilog="Config fields (YAML keys or flags):\n\n"
+                       + describe_fields(config_cls).replace("\n", "\n\n"),
+                       context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+    def command(
+        ctx: typer.Context,
+        task: str = typer.Option(None, help="Built-in task to generate data from (see `preftune tasks`)."),
+        data: Path = typer.Option(None, help="JSONL file or saved HF dataset instead of a task."),
+        config: Path = typer.Option(None, help="YAML file of config fields."),
+        num_examples: int = typer.Option(2000, help="Examples to generate from --task."),
+        label_noise: float = typer.Option(0.0, help="Annotator label-flip probability for generated pairs."),
+        link: str = typer.Option("bradley-terry", help="Annotator link: bradley-terry, thurstone or weibull."),
+    ):
+        _quiet_libraries()
+        try:
+            cfg = build_config(config_cls, config, ctx.args)
+            records = _training_data(kind, task, data, num_examples, cfg.seed, label_noise, link)
+            save_yaml(cfg, Path(cfg.output_dir) / "config.yaml")
+            result = train_fn(cfg, records)
+        except (ConfigError, ValueError) as e:
+            _fail(str(e))
+        console.print(f"[green]done[/]: {name} on {len(records)} examples -> {result.path}")
+
+
+def _register_methods() -> None:
+    from preftune.methods.dpo import DPOConfig, train_dpo
+    from preftune.methods.reward import RewardConfig, train_reward
+    from preftune.methods.sft import SFTConfig, train_sft
+
+    _register_train_command("sft", SFTConfig, "demos", train_sft,
+                            "Supervised fine-tuning on demonstrations {prompt, response}.")
+    _register_train_command("reward", RewardConfig, "pairs", train_reward,
+                            "Bradley–Terry reward model on pairs {prompt, chosen, rejected}.")
+    _register_train_command("dpo", DPOConfig, "pairs", train_dpo,
+                            "Direct Preference Optimization on pairs {prompt, chosen, rejected}.")
+
+
+_register_methods()
+
+
+@train_app.command("bon", help="Best-of-N: sample N responses per prompt, keep the best by a reward model or "
+                               "the task oracle; writes the chosen responses and their oracle scores.")
+def train_bon(
+    task: str = typer.Option(..., help="Built-in task whose eval prompts to answer."),
+    model: str = typer.Option("tiny", help="Policy: a trained model directory, 'tiny', or a hub id."),
+    reward_model: Path = typer.Option(None, help="Reward model directory; default: the task oracle."),
+    n: int = typer.Option(16, min=1, help="Samples per prompt."),
+    num_prompts: int = typer.Option(200, min=1, help="Eval prompts to answer."),
+    temperature: float = typer.Option(1.0, min=0.0, help="Sampling temperature."),
+    output_dir: Path = typer.Option(Path("runs/bon"), help="Where responses.jsonl and metrics.json go."),
+    seed: int = typer.Option(0),
+):
+    _quiet_libraries()
+    import torch
+
+    from preftune.data import Demo, write_jsonl
+    from preftune.methods.bon import best_of_n, oracle_scorer, reward_model_scorer
+    from preftune.metrics import mean_oracle_reward
+    from preftune.models import RewardModel, load_trained_causal_lm
+    from preftune.tasks import get_task
+
+    try:
+        task_obj = get_task(task)
+        torch.manual_seed(seed)
+        policy, tokenizer = load_trained_causal_lm(model) if Path(model).is_dir() else _load_named(model, seed)
+        scorer = (reward_model_scorer(RewardModel.from_pretrained(reward_model), tokenizer, 128)
+                  if reward_model else oracle_scorer(task_obj))
+    except ValueError as e:
+        _fail(str(e))
+    prompts = task_obj.prompts("eval", num_prompts, seed)
+    responses = best_of_n(policy, tokenizer, prompts, n, scorer, task_obj.max_response_chars + 1, temperature)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    write_jsonl(output_dir / "responses.jsonl", [Demo(p, r) for p, r in zip(prompts, responses)])
+    metrics = {"n": n, "num_prompts": num_prompts, "oracle_reward": mean_oracle_reward(task_obj, prompts, responses)}
+    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    console.print_json(json.dumps(metrics))
+
+
+def _load_named(name: str, seed: int):
+    from preftune.models import load_causal_lm
+
+    return load_causal_lm(name, seed=seed)
+
+
+# ----------------------------------------------------------------------------------------------
+# eval, run, report, tasks
+
+
+@app.command("eval", help="Measure a policy on a task: oracle reward, accuracy, win rate and KL against a "
+                          "reference, diversity.")
+def eval_command(
+    task: str = typer.Option(..., help="Built-in task (see `preftune tasks`)."),
+    model: Path = typer.Option(..., help="Trained policy directory."),
+    reference: Path = typer.Option(None, help="Reference policy directory for win rate and KL (e.g. the SFT model)."),
+    num_prompts: int = typer.Option(200, min=1),
+    samples_per_prompt: int = typer.Option(4, min=1, help="Samples per prompt (diversity needs >= 2)."),
+    temperature: float = typer.Option(1.0, min=0.0),
+    seed: int = typer.Option(0),
+    output: Path = typer.Option(None, help="Write the metrics as JSON here too."),
+):
+    _quiet_libraries()
+    from preftune.evaluate import evaluate_policy
+    from preftune.models import load_trained_causal_lm
+    from preftune.tasks import get_task
+
+    try:
+        task_obj = get_task(task)
+        policy, tokenizer = load_trained_causal_lm(model)
+        ref = load_trained_causal_lm(reference)[0] if reference else None
+    except ValueError as e:
+        _fail(str(e))
+    metrics = evaluate_policy(task_obj, policy, tokenizer, reference=ref, num_prompts=num_prompts,
+                              samples_per_prompt=samples_per_prompt, temperature=temperature, seed=seed)
+    if output:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(metrics, indent=2))
+    console.print_json(json.dumps(metrics))
+
+
+@app.command("run", help="The embedded default benchmark: every method on the built-in tasks, offline, with a "
+                         "report (report.md, results.json, PNG plots) in runs/<name>/.")
+def run_command(
+    quick: bool = typer.Option(False, "--quick", help="A smaller run (about 2 minutes) to check the setup."),
+    name: str = typer.Option(None, help="Run name; default 'default' or 'quick'."),
+    runs_dir: Path = typer.Option(Path("runs"), help="Parent folder of runs."),
+    seed: int = typer.Option(0),
+    resume: bool = typer.Option(False, help="Reuse finished stages of an earlier run with the same name."),
+):
+    _quiet_libraries()
+    from preftune.bench.suite import run_suite
+
+    out = run_suite(runs_dir / (name or ("quick" if quick else "default")), quick=quick, seed=seed, resume=resume)
+    console.print(f"[green]report[/]: {out / 'report.md'}")
+
+
+@app.command("report", help="Rebuild report.md and the PNG plots of a run from its results.json.")
+def report_command(run_dir: Path = typer.Argument(..., help="A run folder, e.g. runs/default.")):
+    from preftune.bench.report import write_report
+
+    if not (run_dir / "results.json").exists():
+        _fail(f"{run_dir} has no results.json; run `preftune run` first")
+    path = write_report(run_dir)
+    console.print(f"[green]report[/]: {path}")
+
+
+@app.command("tasks", help="List the built-in tasks.")
+def tasks_command():
+    from preftune.tasks import TASKS
+
+    table = Table("task", "description")
+    for name, task in TASKS.items():
+        table.add_row(name, task.description)
+    console.print(table)
+
+
+@bench_app.command("trl", help="Train SFT, reward model and DPO with preftune and with TRL on the same tiny "
+                               "model, data and batch; print tokens/s and peak-memory ratios.")
+def bench_trl_command(
+    steps: int = typer.Option(30, min=2, help="Optimizer steps per method and library."),
+    batch_size: int = typer.Option(16, min=1),
+    output: Path = typer.Option(Path("runs/bench-trl.json"), help="Where the measurements go."),
+    profile: bool = typer.Option(False, help="Also print a cProfile summary of each preftune run."),
+):
+    _quiet_libraries()
+    from preftune.bench.trl_compare import run_trl_comparison
+
+    run_trl_comparison(steps=steps, batch_size=batch_size, output=output, profile=profile)
+
+
+def main() -> None:  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,188 @@
+"""Configuration: one dataclass per method, every field documented with its default.
+
+Configs load from YAML and from ``--field value`` flags; both go through `apply_overrides`, which
+checks each value against the field's type (``Literal`` fields list their allowed values) and each
+field's declared bounds, so a mistake names the field and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+
+class ConfigError(ValueError):
+    """A configuration value is not allowed; the message names the field and the allowed values."""
+
+
+def doc(help: str, *, ge: float | None = None, gt: float | None = None, le: float | None = None) -> dict:
+    """Field metadata: the help text shown by ``--help`` and numeric bounds checked on load."""
+    return {"help": help, "ge": ge, "gt": gt, "le": le}
+
+
+@dataclass
+class TrainConfig:
+    """Fields every training method shares: the model, the optimiser, checkpoints and logging."""
+
+    # --- run
+    output_dir: str = field(default="runs/train", metadata=doc("Where checkpoints, metrics and the final model go."))
+    seed: int = field(default=0, metadata=doc("Seed for model init, data order and sampling."))
+    resume: bool = field(default=False, metadata=doc("Continue from the newest checkpoint in output_dir."))
+    overwrite: bool = field(default=False, metadata=doc("Delete earlier checkpoints in output_dir and start afresh."))
+    # --- model
+    model: str = field(default="tiny", metadata=doc("'tiny', 'tiny-gpt2', a local model directory or a hub id."))
+    trust_remote_code: bool = field(default=False, metadata=doc("Allow custom model code (only for models you trust)."))
+    lora: bool = field(default=False, metadata=doc("Train LoRA adapters (peft) instead of all weights."))
+    lora_r: int = field(default=8, metadata=doc("LoRA rank.", ge=1))
+    lora_alpha: int = field(default=16, metadata=doc("LoRA scaling alpha.", ge=1))
+    lora_dropout: float = field(default=0.0, metadata=doc("LoRA dropout.", ge=0, le=1))
+    max_length: int = field(default=96, metadata=doc("Longest prompt+response in tokens; responses are cut.", ge=2))
+    # --- optimisation
+    steps: int = field(default=300, metadata=doc("Optimizer steps.", ge=1))
+    batch_size: int = field(default=32, metadata=doc("Examples per optimizer step, over all processes.", ge=1))
+    grad_accum: int = field(default=1, metadata=doc("Micro-batches per optimizer step (same global batch).", ge=1))
+    lr: float = field(default=1e-3, metadata=doc("Peak learning rate of AdamW.", gt=0))
+    weight_decay: float = field(default=0.0, metadata=doc("AdamW weight decay.", ge=0))
+    warmup_ratio: float = field(default=0.05, metadata=doc("Fraction of steps of linear warmup.", ge=0, le=1))
+    lr_schedule: Literal["cosine", "linear", "constant"] = field(
+        default="cosine", metadata=doc("Decay after warmup."))
+    max_grad_norm: float = field(default=1.0, metadata=doc("Gradient clipping norm (0 = off).", ge=0))
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = field(
+        default="auto", metadata=doc("'auto' uses bf16 on GPUs that support it, fp32 on CPU."))
+    max_bad_steps: int = field(
+        default=10, metadata=doc("Stop after this many consecutive NaN/inf steps (each is skipped).", ge=0))
+    # --- checkpoints and logging
+    save_every: int = field(default=100, metadata=doc("Checkpoint every N steps (0 = only at the end).", ge=0))
+    keep_checkpoints: int = field(default=2, metadata=doc("How many recent checkpoints to keep.", ge=1))
+    log_every: int = field(default=10, metadata=doc("Log metrics every N steps.", ge=1))
+    progress: bool = field(default=True, metadata=doc("Show progress bars."))
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation and loading
+
+
+def _type_of(cls: type, name: str):
+    return typing.get_type_hints(cls)[name]
+
+
+def _coerce(cls: type, name: str, value: Any) -> Any:
+    """Convert a YAML/CLI value to the field's type, or raise a ConfigError naming field and allowed values."""
+    tp = _type_of(cls, name)
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"config field {name!r} must be one of {list(allowed)}, got {value!r}")
+        return value
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        tp = args[0]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+            return value.lower() in ("true", "1", "yes", "on")
+        raise ConfigError(f"config field {name!r} must be true or false, got {value!r}")
+    if tp in (int, float):
+        try:
+            if isinstance(value, bool):
+                raise ValueError
+            converted = tp(value)
+            if tp is int and isinstance(value, float) and value != int(value):
+                raise ValueError
+        except (TypeError, ValueError):
+            raise ConfigError(f"config field {name!r} must be {'an integer' if tp is int else 'a number'}, "
+                              f"got {value!r}") from None
+        return converted
+    if tp is str:
+        if not isinstance(value, str | int | float):
+            raise ConfigError(f"config field {name!r} must be a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def _check_bounds(cfg) -> None:
+    for f in dataclasses.fields(cfg):
+        value, meta = getattr(cfg, f.name), f.metadata
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            continue
+        for key, ok, words in (("ge", lambda v, b: v >= b, ">="), ("gt", lambda v, b: v > b, ">"),
+                               ("le", lambda v, b: v <= b, "<=")):
+            bound = meta.get(key)
+            if bound is not None and not ok(value, bound):
+                raise ConfigError(f"config field {f.name!r} must be {words} {bound}, got {value!r}")
+
+
+def field_names(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def apply_overrides(cfg, overrides: dict[str, Any]):
+    """A copy of ``cfg`` with ``overrides`` applied and validated (names accept ``-`` for ``_``)."""
+    names = field_names(type(cfg))
+    changes = {}
+    for raw_name, value in overrides.items():
+        name = raw_name.replace("-", "_")
+        if name not in names:
+            close = difflib.get_close_matches(name, names, n=3)
+            hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+            raise ConfigError(f"unknown config field {raw_name!r} for {type(cfg).__name__}.{hint} "
+                              f"Fields: {', '.join(names)}")
+        changes[name] = _coerce(type(cfg), name, value)
+    new = dataclasses.replace(cfg, **changes)
+    validate(new)
+    return new
+
+
+def validate(cfg) -> None:
+    """Check every field's type and bounds, then the method's own rules (``cfg.check()``)."""
+    for f in dataclasses.fields(cfg):
+        _coerce(type(cfg), f.name, getattr(cfg, f.name))
+    _check_bounds(cfg)
+    if cfg.batch_size % cfg.grad_accum:
+        raise ConfigError(f"config field 'batch_size' ({cfg.batch_size}) must be divisible by "
+                          f"'grad_accum' ({cfg.grad_accum})")
+    check = getattr(cfg, "check", None)
+    if check is not None:
+        check()
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    import yaml
+
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config file must be a mapping of field: value")
+    return data
+
+
+def save_yaml(cfg, path: str | Path) -> Path:
+    import yaml
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
+    return path
+
+
+def describe_fields(cls: type) -> str:
+    """One line per field — name, default, help — for ``--help``."""
+    lines = []
+    for f in dataclasses.fields(cls):
+        tp = _type_of(cls, f.name)
+        allowed = f" {{{','.join(map(str, typing.get_args(tp)))}}}" if typing.get_origin(tp) is Literal else ""
+        lines.append(f"--{f.name.replace('_', '-')}{allowed} (default {f.default!r}): {f.metadata.get('help', '')}")
+    return "\n".join(lines)

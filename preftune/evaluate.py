@@ -1,0 +1,57 @@
+"""Measure a policy on a task against its exact oracle: one function every report and command uses."""
+
+from __future__ import annotations
+
+import random
+
+import torch
+
+from preftune import metrics as M
+from preftune.rollout import Rollout, generate, score_logprobs
+
+
+def sample_policy(task, policy, tokenizer, prompts: list[str], samples_per_prompt: int = 1,
+                  temperature: float = 1.0, batch_size: int = 256) -> Rollout:
+    return generate(policy, tokenizer, prompts, task.max_response_chars + 1, samples_per_prompt=samples_per_prompt,
+                    temperature=temperature, batch_size=batch_size)
+
+
+def evaluate_policy(task, policy, tokenizer, reference=None, num_prompts: int = 200, samples_per_prompt: int = 4,
+                    temperature: float = 1.0, seed: int = 0, annotator=None, reference_rollout=None) -> dict:
+    """Oracle reward, accuracy, diversity; with a reference: oracle (and annotator) win rate and KL.
+
+    Win rate compares the first sample per prompt with a reference sample for the same prompt. KL is
+    the Monte-Carlo estimate E_π[log π − log π_ref] over the policy's own samples (per sequence).
+    """
+    prompts = task.prompts("eval", num_prompts, seed)
+    torch.manual_seed(seed)
+    rollout = sample_policy(task, policy, tokenizer, prompts, samples_per_prompt, temperature)
+    rows = rollout.row_prompts()
+    first = [rollout.texts[i * samples_per_prompt] for i in range(len(prompts))]
+    groups = [rollout.texts[i * samples_per_prompt:(i + 1) * samples_per_prompt] for i in range(len(prompts))]
+    out = {
+        "num_prompts": len(prompts),
+        "samples_per_prompt": samples_per_prompt,
+        "temperature": temperature,
+        "oracle_reward": M.mean_oracle_reward(task, rows, rollout.texts),
+        "accuracy": M.accuracy(task, rows, rollout.texts),
+        "response_chars": sum(len(t) for t in rollout.texts) / len(rollout.texts),
+        "distinct_1": M.distinct_n(rollout.texts, 1),
+        "distinct_2": M.distinct_n(rollout.texts, 2),
+    }
+    if samples_per_prompt > 1:
+        out["self_bleu"] = M.self_bleu(groups)
+    if reference is not None:
+        if reference_rollout is None:
+            torch.manual_seed(seed + 1)
+            reference_rollout = sample_policy(task, reference, tokenizer, prompts, 1, temperature)
+        ref_texts = reference_rollout.texts
+        out["win_rate"] = M.win_rate(task, prompts, first, ref_texts)
+        if annotator is not None:
+            out["annotator_win_rate"] = M.annotator_win_rate(annotator, prompts, first, ref_texts,
+                                                             random.Random(seed))
+        if temperature == 1.0:  # the estimator needs samples from π itself
+            ref_logps = score_logprobs(reference, rollout.input_ids, rollout.attention_mask,
+                                       rollout.response_mask).sum(-1)
+            out["kl_to_reference"] = M.kl_from_logprobs(rollout.logprobs.sum(-1).tolist(), ref_logps.tolist())
+    return out

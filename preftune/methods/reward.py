@@ -1,0 +1,70 @@
+"""Reward model: a causal-LM body with a scalar head, fitted by the Bradley–Terry likelihood."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from preftune.config import TrainConfig, doc
+from preftune.data import Pair, collate_pairs
+from preftune.losses import bt_loss
+from preftune.metrics import reward_model_accuracy
+from preftune.models import RewardModel, load_policy
+from preftune.rollout import score_rewards
+from preftune.trainer import Trainer
+
+
+@dataclass
+class RewardConfig(TrainConfig):
+    output_dir: str = field(default="runs/reward", metadata=doc("Where checkpoints, metrics and the final model go."))
+    lr: float = field(default=3e-4, metadata=doc("Peak learning rate of AdamW.", gt=0))
+    num_heads: int = field(default=1, metadata=doc("Reward heads on one body (>1: an ensemble).", ge=1))
+
+
+@dataclass
+class TrainedRewardModel:
+    model: RewardModel
+    tokenizer: object
+    history: list[dict]
+    path: Path | None
+
+
+def pair_rewards(reward_model, tokenizer, pairs: Sequence[Pair], max_length: int, batch_size: int = 128):
+    """(chosen, rejected) rewards of pairs, without gradients; ensembles are averaged over heads."""
+    batch = collate_pairs(tokenizer, pairs, max_length)
+    rewards = score_rewards(reward_model, batch.input_ids, batch.attention_mask, batch_size)
+    if rewards.dim() == 2:
+        rewards = rewards.mean(-1)
+    return rewards[: len(pairs)], rewards[len(pairs):]
+
+
+def heldout_accuracy(reward_model, tokenizer, pairs: Sequence[Pair], max_length: int) -> float:
+    chosen, rejected = pair_rewards(reward_model, tokenizer, pairs, max_length)
+    return reward_model_accuracy(chosen.tolist(), rejected.tolist())
+
+
+def train_reward(config: RewardConfig, pairs: Sequence[Pair], model=None, tokenizer=None) -> TrainedRewardModel:
+    """Start from a causal LM (usually the SFT policy) and fit a new head and the body on ``pairs``."""
+    base, tokenizer = load_policy(config, model, tokenizer)
+    reward_model = RewardModel.from_causal_lm(base, num_heads=config.num_heads, seed=config.seed)
+    trainer = Trainer(config, reward_model, name="reward")
+
+    def loss_fn(indices: list[int]):
+        batch = collate_pairs(tokenizer, [pairs[i] for i in indices], config.max_length).to(trainer.device)
+        rewards = trainer.model(batch.input_ids, batch.attention_mask)
+        chosen, rejected = rewards[: len(indices)], rewards[len(indices):]
+        # every head of an ensemble is fitted on the same pairs; their disagreement comes from the init
+        loss = bt_loss(chosen, rejected)
+        accuracy = (chosen > rejected).float().mean()
+        return loss, {"accuracy": accuracy.item(), "margin": (chosen - rejected).mean().item()}
+
+    history = trainer.fit_dataset(len(pairs), loss_fn, description="reward model")
+    reward_model = trainer.unwrapped_model()
+    path = None
+    if trainer.is_main:
+        path = reward_model.save_pretrained(Path(config.output_dir) / "final", tokenizer)
+    return TrainedRewardModel(reward_model, tokenizer, history, path)
+
+
+

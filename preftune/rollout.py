@@ -1,0 +1,206 @@
+"""The rollout engine: batched KV-cache sampling and log-prob scoring, shared by every method.
+
+One sampler (`generate`) and one scorer (`score_logprobs`) serve Best-of-N, PPO, RLOO/GRPO, RLP,
+online IRL and exploration. Sequences are laid out as ``[left-padded prompt | response | right pad]``
+so a whole batch is decoded together; positions come from the attention mask, so left padding does
+not shift a prompt's positions. ``generate`` returns the behaviour log-probs from the same forward
+passes that produced the tokens, so a PPO step never runs the policy twice on its own samples.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from preftune.losses import token_logprobs
+from preftune.models import position_ids_from_mask
+
+
+def model_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Logits ``[B, T, V]`` with mask-derived positions (correct for left and right padding)."""
+    return model(input_ids=input_ids, attention_mask=attention_mask,
+                 position_ids=position_ids_from_mask(attention_mask), use_cache=False).logits
+
+
+@dataclass
+class Rollout:
+    """Sampled responses. Token tensors are ``[N, T]``; per-token ones (``logprobs``) are ``[N, T-1]``,
+    aligned with ``labels = input_ids[:, 1:]``. Row i answers ``prompts[prompt_index[i]]``; the k samples
+    of one prompt are consecutive rows."""
+
+    prompts: list[str]
+    prompt_index: torch.Tensor
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    response_mask: torch.Tensor
+    logprobs: torch.Tensor
+    texts: list[str]
+
+    @property
+    def labels_mask(self) -> torch.Tensor:
+        return self.response_mask[:, 1:]
+
+    @property
+    def response_lengths(self) -> torch.Tensor:
+        return self.response_mask.sum(-1)
+
+    def row_prompts(self) -> list[str]:
+        return [self.prompts[i] for i in self.prompt_index.tolist()]
+
+
+def _filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Top-k then nucleus (top-p) filtering: excluded tokens get −inf."""
+    if top_k > 0 and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        drop_sorted = cumulative - sorted_logits.softmax(-1) > top_p  # keep the token that crosses top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def left_pad(token_lists: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(t) for t in token_lists)
+    ids = torch.full((len(token_lists), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(token_lists), width), dtype=torch.long)
+    for i, t in enumerate(token_lists):
+        ids[i, width - len(t):] = torch.tensor(t, dtype=torch.long)
+        mask[i, width - len(t):] = 1
+    return ids, mask
+
+
+@torch.no_grad()
+def _sample_batch(model, prompt_ids, prompt_mask, max_new_tokens, eos_id, pad_id, temperature, top_k, top_p):
+    from transformers import DynamicCache
+
+    device = prompt_ids.device
+    n = prompt_ids.shape[0]
+    cache = DynamicCache()
+    attn = prompt_mask
+    positions = position_ids_from_mask(attn)
+    out = model(input_ids=prompt_ids, attention_mask=attn, position_ids=positions, past_key_values=cache,
+                use_cache=True, logits_to_keep=1)
+    next_pos = positions[:, -1:] + 1
+    tokens, logps, alive_masks = [], [], []
+    alive = torch.ones(n, dtype=torch.bool, device=device)
+    for _ in range(max_new_tokens):
+        logits = out.logits[:, -1].float()
+        if temperature == 0:  # greedy
+            token = logits.argmax(-1)
+            logp = torch.zeros(n, device=device)
+        else:
+            scaled = logits / temperature
+            probs = _filter_logits(scaled, top_k, top_p).softmax(-1)
+            token = torch.multinomial(probs, 1).squeeze(-1)
+            # behaviour log-prob under softmax(logits / T), the distribution PPO's ratio is taken against
+            logp = scaled.log_softmax(-1).gather(-1, token[:, None]).squeeze(-1)
+        token = torch.where(alive, token, torch.full_like(token, pad_id))
+        tokens.append(token)
+        logps.append(torch.where(alive, logp, torch.zeros_like(logp)))
+        alive_masks.append(alive.long())
+        alive = alive & (token != eos_id)
+        if not alive.any():
+            break
+        attn = torch.cat([attn, alive_masks[-1][:, None]], dim=1)
+        out = model(input_ids=token[:, None], attention_mask=attn, position_ids=next_pos, past_key_values=cache,
+                    use_cache=True)
+        next_pos = next_pos + 1
+    return torch.stack(tokens, 1), torch.stack(logps, 1), torch.stack(alive_masks, 1)
+
+
+def generate(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    max_new_tokens: int,
+    samples_per_prompt: int = 1,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    batch_size: int = 256,
+) -> Rollout:
+    """Sample ``samples_per_prompt`` responses for each prompt (temperature 0 = greedy).
+
+    Sampling draws from the global torch RNG, so a seeded, checkpointed run resamples identically.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    eos_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
+    prompt_tokens = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    rows = [i for i in range(len(prompts)) for _ in range(samples_per_prompt)]
+    chunks = []
+    for start in range(0, len(rows), batch_size):
+        idx = rows[start:start + batch_size]
+        p_ids, p_mask = left_pad([prompt_tokens[i] for i in idx], pad_id)
+        gen, logp, gen_mask = _sample_batch(model, p_ids.to(device), p_mask.to(device), max_new_tokens,
+                                            eos_id, pad_id, temperature, top_k, top_p)
+        chunks.append((p_ids, p_mask, gen.cpu(), logp.cpu(), gen_mask.cpu()))
+    model.train(was_training)
+    return _assemble(chunks, list(prompts), torch.tensor(rows), tokenizer)
+
+
+def _assemble(chunks, prompts, prompt_index, tokenizer) -> Rollout:
+    """Stack per-chunk results into one batch padded to a common prompt and response width."""
+    pad_id = tokenizer.pad_token_id
+    p_width = max(c[0].shape[1] for c in chunks)
+    r_width = max(c[2].shape[1] for c in chunks)
+    ids, attn, resp, logps = [], [], [], []
+    for p_ids, p_mask, gen, logp, gen_mask in chunks:
+        n = p_ids.shape[0]
+        lp, lr = p_width - p_ids.shape[1], r_width - gen.shape[1]
+        ids.append(torch.cat([torch.full((n, lp), pad_id), p_ids, gen, torch.full((n, lr), pad_id)], 1))
+        zeros_p = torch.zeros((n, lp + p_ids.shape[1]), dtype=torch.long)
+        attn.append(torch.cat([torch.zeros((n, lp), dtype=torch.long), p_mask, gen_mask,
+                               torch.zeros((n, lr), dtype=torch.long)], 1))
+        resp.append(torch.cat([zeros_p, gen_mask, torch.zeros((n, lr), dtype=torch.long)], 1))
+        # logprobs align with labels input_ids[:, 1:]: the first response token is label p_width-1
+        logps.append(torch.cat([torch.zeros((n, p_width - 1)), logp, torch.zeros((n, lr))], 1))
+    input_ids, response_mask = torch.cat(ids), torch.cat(resp)
+    texts = tokenizer.batch_decode(input_ids[:, p_width:], skip_special_tokens=True)
+    return Rollout(prompts, prompt_index, input_ids, torch.cat(attn), response_mask, torch.cat(logps), texts)
+
+
+def response_token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                            response_mask: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Per-token log-probs ``[N, T-1]`` of the response tokens (zero elsewhere), with gradients."""
+    logits = model_logits(model, input_ids, attention_mask)[:, :-1]
+    return token_logprobs(logits, input_ids[:, 1:], temperature) * response_mask[:, 1:]
+
+
+@torch.no_grad()
+def score_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor,
+                   batch_size: int = 64, temperature: float = 1.0) -> torch.Tensor:
+    """Per-token log-probs of given responses under any causal LM, ``[N, T-1]``, zero off-response.
+
+    Used for reference log-probs (computed once, so no second model stays in memory) and for scoring
+    samples under a frozen model. Runs in eval mode, batched, without building a graph.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for s in range(0, input_ids.shape[0], batch_size):
+        rows = slice(s, s + batch_size)
+        out.append(response_token_logprobs(model, input_ids[rows].to(device), attention_mask[rows].to(device),
+                                           response_mask[rows].to(device), temperature).cpu())
+    model.train(was_training)
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def score_rewards(reward_model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                  batch_size: int = 64) -> torch.Tensor:
+    """Rewards of whole sequences under a `RewardModel`, ``[N]`` (``[N, heads]`` for ensembles)."""
+    was_training = reward_model.training
+    reward_model.eval()
+    device = next(reward_model.parameters()).device
+    out = [reward_model(input_ids[s:s + batch_size].to(device), attention_mask[s:s + batch_size].to(device)).cpu()
+           for s in range(0, input_ids.shape[0], batch_size)]
+    reward_model.train(was_training)
+    return torch.cat(out)

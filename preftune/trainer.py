@@ -1,0 +1,312 @@
+"""The one training loop every method runs on (Hugging Face Accelerate underneath).
+
+Two levels, so offline and online methods share everything:
+- `Trainer.update(micro_batches, loss_fn)`: one optimizer step — gradient accumulation over micro-batches,
+  a NaN/inf guard (skip and count, stop after too many in a row), clipping, AdamW, the LR schedule.
+- `Trainer.fit(iteration_fn, iterations)`: the outer loop — progress bar, metrics to JSONL (and
+  TensorBoard when installed), checkpoints every N iterations and resume. An iteration is one update
+  for offline methods (`fit_dataset`) and one rollout plus several updates for online ones.
+
+A checkpoint holds the model (safetensors), optimizer, scheduler, every RNG state, any registered state
+(ledgers, KL controllers) and the iteration number. The data for iteration i is a pure function of
+(seed, i), so a killed run resumed from its last checkpoint ends with the same weights, bit for bit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+from preftune.config import TrainConfig
+
+CHECKPOINT_PREFIX = "checkpoint-"
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on; the message says why and what to try."""
+
+
+def epoch_permutation(num_examples: int, seed: int, epoch: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(num_examples, generator=g)
+
+
+def batch_indices(num_examples: int, batch_size: int, seed: int, iteration: int) -> list[int]:
+    """Example indices of one global batch: positions [i·B, (i+1)·B) of seeded epoch permutations."""
+    out = []
+    for pos in range(iteration * batch_size, (iteration + 1) * batch_size):
+        epoch, offset = divmod(pos, num_examples)
+        if offset == 0 or not out:
+            perm = epoch_permutation(num_examples, seed, epoch)
+        out.append(int(perm[offset]))
+    return out
+
+
+def _mixed_precision(choice: str) -> str:
+    if choice != "auto":
+        return choice
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+
+
+class Trainer:
+    """Owns the accelerator, the prepared model, optimizer and scheduler, and the checkpoints."""
+
+    def __init__(self, config: TrainConfig, model: torch.nn.Module, total_updates: int | None = None,
+                 name: str = "train", state_objects: Sequence[object] = ()):
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
+        from transformers import get_scheduler
+
+        self.config = config
+        self.name = name
+        self.output_dir = Path(config.output_dir)
+        self.accelerator = Accelerator(mixed_precision=_mixed_precision(config.mixed_precision))
+        set_seed(config.seed)
+        params = [p for p in model.parameters() if p.requires_grad]
+        if not params:
+            raise TrainingError("the model has no trainable parameters")
+        optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        total = total_updates or config.steps
+        scheduler = get_scheduler(config.lr_schedule if config.lr_schedule != "constant" else "constant_with_warmup",
+                                  optimizer, num_warmup_steps=int(config.warmup_ratio * total),
+                                  num_training_steps=total)
+        self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        for obj in state_objects:
+            self.accelerator.register_for_checkpointing(obj)
+        self.iteration = 0  # iterations completed
+        self.updates = 0
+        self.bad_steps_in_a_row = 0
+        self.skipped_steps = 0
+        self.history: list[dict] = []
+        self._tb = None
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    @property
+    def world_size(self) -> int:
+        return self.accelerator.num_processes
+
+    def unwrapped_model(self) -> torch.nn.Module:
+        return self.accelerator.unwrap_model(self.model)
+
+    def shard(self, items: Sequence) -> list:
+        """This process's share of a global batch (every process gets the same number of items)."""
+        if len(items) % self.world_size:
+            raise TrainingError(f"a global batch of {len(items)} does not split over {self.world_size} processes")
+        return list(items[self.accelerator.process_index::self.world_size])
+
+    # ------------------------------------------------------------------ one optimizer step
+    def update(self, micro_batches: Sequence, loss_fn: Callable[[object], tuple[torch.Tensor, dict]]) -> dict:
+        """Accumulate gradients over ``micro_batches`` (this process's share), then step once.
+
+        ``loss_fn(micro_batch)`` returns (mean loss over the micro-batch, metrics). Each micro loss is
+        weighted by its share of the examples, so the step's gradient is that of the mean over the whole
+        global batch (DDP averages equal shares across processes).
+        """
+        self.model.train()
+        sizes = [len(mb) for mb in micro_batches]
+        total = sum(sizes)
+        loss_sum, metric_sums = 0.0, {}
+        for i, (mb, size) in enumerate(zip(micro_batches, sizes)):
+            weight = size / total
+            sync = i == len(micro_batches) - 1
+            ctx = self.accelerator.no_sync(self.model) if not sync else contextlib.nullcontext()
+            with ctx, self.accelerator.autocast():
+                loss, metrics = loss_fn(mb)
+            self.accelerator.backward(loss * weight)
+            loss_sum += loss.detach().float().item() * weight
+            for k, v in metrics.items():
+                metric_sums[k] = metric_sums.get(k, 0.0) + float(v) * weight
+        grad_norm = self._grad_norm_and_clip()
+        finite = math.isfinite(loss_sum) and math.isfinite(grad_norm)
+        if finite:
+            self.optimizer.step()
+            self.scheduler.step()
+            self.bad_steps_in_a_row = 0
+        else:
+            self.skipped_steps += 1
+            self.bad_steps_in_a_row += 1
+            if self.bad_steps_in_a_row > self.config.max_bad_steps:
+                raise TrainingError(
+                    f"{self.name}: loss or gradient was NaN/inf on {self.bad_steps_in_a_row} steps in a row "
+                    f"(update {self.updates}); each was skipped. Lower the learning rate (lr={self.config.lr}), "
+                    f"check the data, or raise max_bad_steps.")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.updates += 1
+        out = {"loss": loss_sum, "grad_norm": grad_norm, "lr": self.scheduler.get_last_lr()[0], **metric_sums}
+        return out
+
+    def _grad_norm_and_clip(self) -> float:
+        if self.config.max_grad_norm > 0:
+            return float(self.accelerator.clip_grad_norm_(self.params, self.config.max_grad_norm))
+        grads = [p.grad.detach().float().norm() for p in self.params if p.grad is not None]
+        return float(torch.stack(grads).norm()) if grads else 0.0
+
+    # ------------------------------------------------------------------ the outer loop
+    def fit(self, iteration_fn: Callable[[int], dict], iterations: int, description: str | None = None) -> list[dict]:
+        """Run ``iteration_fn(i)`` for i in [start, iterations), with logging and checkpoints."""
+        self._prepare_output_dir()
+        start = self._maybe_resume()
+        metrics_path = self.output_dir / "metrics.jsonl"
+        self._truncate_metrics(metrics_path, start)
+        self._open_tensorboard()
+        with _progress(self.config.progress and self.is_main) as progress:
+            task = progress.add_task(description or self.name, total=iterations, completed=start)
+            for it in range(start, iterations):
+                t0 = time.perf_counter()
+                metrics = iteration_fn(it)
+                metrics = self._reduce(metrics)
+                metrics.update(iteration=it + 1, seconds=time.perf_counter() - t0, skipped_steps=self.skipped_steps)
+                self.iteration = it + 1
+                self.history.append(metrics)
+                if self.is_main and (self.iteration % self.config.log_every == 0 or self.iteration == iterations):
+                    self._log(metrics_path, metrics)
+                progress.update(task, advance=1, description=f"{description or self.name} "
+                                f"loss {metrics.get('loss', float('nan')):.4f}")
+                if self.config.save_every and self.iteration % self.config.save_every == 0 \
+                        and self.iteration < iterations:
+                    self.save_checkpoint()
+        if self._tb is not None:
+            self._tb.close()
+        return self.history
+
+    def fit_dataset(self, num_examples: int, loss_fn: Callable[[list[int]], tuple[torch.Tensor, dict]],
+                    description: str | None = None) -> list[dict]:
+        """Offline training: each iteration is one update on a seeded global batch of example indices."""
+        cfg = self.config
+        if num_examples < 1:
+            raise TrainingError(f"{self.name}: no training examples")
+
+        def iteration(it: int) -> dict:
+            mine = self.shard(batch_indices(num_examples, cfg.batch_size, cfg.seed, it))
+            micro = [mine[i::cfg.grad_accum] for i in range(cfg.grad_accum)]
+            return self.update([m for m in micro if m], loss_fn)
+
+        return self.fit(iteration, cfg.steps, description)
+
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoints(self) -> list[Path]:
+        if not self.output_dir.exists():
+            return []
+        done = [p for p in self.output_dir.glob(f"{CHECKPOINT_PREFIX}*") if (p / "trainer_state.json").exists()]
+        return sorted(done, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
+
+    def _prepare_output_dir(self) -> None:
+        existing = self.checkpoints()
+        if existing and not self.config.resume:
+            if not self.config.overwrite:
+                raise TrainingError(f"{self.output_dir} already holds checkpoints ({existing[-1].name}); pass "
+                                    f"--resume to continue that run or --overwrite to start again")
+            if self.is_main:
+                for p in existing:
+                    shutil.rmtree(p)
+                (self.output_dir / "metrics.jsonl").unlink(missing_ok=True)
+            self.accelerator.wait_for_everyone()
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+
+    def save_checkpoint(self) -> Path:
+        """Write ``checkpoint-<iteration>`` atomically: into a temporary folder, renamed when complete."""
+        final = self.output_dir / f"{CHECKPOINT_PREFIX}{self.iteration}"
+        tmp = self.output_dir / f".tmp-{CHECKPOINT_PREFIX}{self.iteration}"
+        if self.is_main and tmp.exists():
+            shutil.rmtree(tmp)
+        self.accelerator.wait_for_everyone()
+        self.accelerator.save_state(str(tmp), safe_serialization=True)
+        if self.is_main:
+            state = {"iteration": self.iteration, "updates": self.updates, "skipped_steps": self.skipped_steps,
+                     "bad_steps_in_a_row": self.bad_steps_in_a_row}
+            (tmp / "trainer_state.json").write_text(json.dumps(state))
+            if final.exists():
+                shutil.rmtree(final)
+            tmp.rename(final)
+            for old in self.checkpoints()[:-self.config.keep_checkpoints]:
+                shutil.rmtree(old)
+        self.accelerator.wait_for_everyone()
+        return final
+
+    def _maybe_resume(self) -> int:
+        if not self.config.resume:
+            return 0
+        existing = self.checkpoints()
+        if not existing:
+            self.accelerator.print(f"{self.name}: no checkpoint in {self.output_dir}; starting from the beginning")
+            return 0
+        latest = existing[-1]
+        self.accelerator.load_state(str(latest))
+        state = json.loads((latest / "trainer_state.json").read_text())
+        self.iteration, self.updates = state["iteration"], state["updates"]
+        self.skipped_steps, self.bad_steps_in_a_row = state["skipped_steps"], state["bad_steps_in_a_row"]
+        self.accelerator.print(f"{self.name}: resumed from {latest} (iteration {self.iteration})")
+        return self.iteration
+
+    # ------------------------------------------------------------------ logging
+    def _reduce(self, metrics: dict) -> dict:
+        """Average scalar metrics over processes so every process logs the global value."""
+        out = {}
+        for k, v in metrics.items():
+            if isinstance(v, int | float | torch.Tensor):
+                v = torch.as_tensor(float(v), device=self.device)
+                if self.world_size > 1:
+                    v = self.accelerator.reduce(v, reduction="mean")
+                out[k] = float(v)
+            else:
+                out[k] = v
+        return out
+
+    def _truncate_metrics(self, path: Path, start: int) -> None:
+        """On resume, drop logged rows after the checkpoint so the log reads as one uninterrupted run."""
+        if not self.is_main or not path.exists():
+            return
+        rows = [line for line in path.read_text().splitlines() if line.strip()]
+        kept = [r for r in rows if json.loads(r).get("iteration", 0) <= start]
+        path.write_text("".join(r + "\n" for r in kept))
+
+    def _log(self, path: Path, metrics: dict) -> None:
+        with path.open("a") as f:
+            f.write(json.dumps({k: v for k, v in metrics.items() if _jsonable(v)}) + "\n")
+        if self._tb is not None:
+            for k, v in metrics.items():
+                if isinstance(v, float):
+                    self._tb.add_scalar(f"{self.name}/{k}", v, metrics["iteration"])
+
+    def _open_tensorboard(self) -> None:
+        if not self.is_main:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # tensorboard is optional (`pip install preftune[tensorboard]`)
+            return
+        self._tb = SummaryWriter(str(self.output_dir / "tensorboard"))
+
+
+def _jsonable(v) -> bool:
+    return isinstance(v, int | float | str | bool) or v is None
+
+
+def _progress(enabled: bool):
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TimeRemainingColumn(), disable=not enabled, transient=False)

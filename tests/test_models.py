@@ -1,0 +1,100 @@
+import pytest
+import torch
+
+from preftune.models import (
+    LoraSettings,
+    ModelError,
+    RewardModel,
+    apply_lora,
+    build_char_tokenizer,
+    build_tiny_model,
+    last_token_index,
+    load_causal_lm,
+    load_trained_causal_lm,
+    save_causal_lm,
+)
+
+
+def test_char_tokenizer_roundtrip_and_specials(tmp_path, tokenizer):
+    text = "17+25=42, the cat!"
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert len(ids) == len(text)
+    assert tokenizer.decode(ids) == text
+    assert tokenizer.pad_token_id == 0 and tokenizer.eos_token_id == 1
+    tokenizer.save_pretrained(tmp_path)
+    from transformers import AutoTokenizer
+
+    again = AutoTokenizer.from_pretrained(tmp_path)
+    assert again(text, add_special_tokens=False)["input_ids"] == ids
+    assert again.pad_token_id == 0 and again.eos_token_id == 1
+
+
+@pytest.mark.parametrize("arch", ["tiny", "tiny-gpt2"])
+def test_tiny_models_build_deterministically(arch, tokenizer):
+    a, b = build_tiny_model(arch, tokenizer, seed=3), build_tiny_model(arch, tokenizer, seed=3)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    c = build_tiny_model(arch, tokenizer, seed=4)
+    assert not all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), c.state_dict().values()))
+
+
+def test_save_and_load_local_model_with_from_pretrained(tmp_path, tiny_model, tokenizer):
+    save_causal_lm(tiny_model, tokenizer, tmp_path / "m")
+    assert (tmp_path / "m" / "model.safetensors").exists()
+    loaded, tok = load_causal_lm(str(tmp_path / "m"))
+    x = torch.tensor([[5, 6, 7]])
+    assert torch.allclose(loaded(x).logits, tiny_model(x).logits, atol=1e-6)
+    assert tok.decode(tok("abc", add_special_tokens=False)["input_ids"]) == "abc"
+
+
+def test_lora_adapter_roundtrip(tmp_path, tiny_model, tokenizer):
+    model = apply_lora(tiny_model, LoraSettings(r=2, alpha=4))
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora" in n for n in trainable)
+    with torch.no_grad():  # move the adapter off its zero init so the round trip is meaningful
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.add_(0.1)
+    save_causal_lm(model, tokenizer, tmp_path / "adapter")
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
+    loaded, _ = load_trained_causal_lm(tmp_path / "adapter")
+    x = torch.tensor([[5, 6, 7]])
+    assert torch.allclose(loaded(x).logits, model(x).logits, atol=1e-5)
+    merged = save_causal_lm(model, tokenizer, tmp_path / "merged", merge_lora=True)
+    plain, _ = load_causal_lm(str(merged))
+    assert torch.allclose(plain(x).logits, model(x).logits, atol=1e-5)
+
+
+def test_unknown_model_name_is_a_clear_error():
+    with pytest.raises(ModelError, match="neither"):
+        load_causal_lm("not-a-model")
+
+
+def test_last_token_index_left_and_right_padding():
+    mask = torch.tensor([[1, 1, 0, 0], [0, 0, 1, 1], [1, 1, 1, 1]])
+    assert last_token_index(mask).tolist() == [1, 3, 3]
+
+
+def test_reward_model_reads_last_token_and_ignores_padding(tiny_model, tokenizer, tmp_path):
+    rm = RewardModel.from_causal_lm(tiny_model)
+    ids = torch.tensor([[5, 6, 7]])
+    right = torch.tensor([[5, 6, 7, 0, 0]])
+    left = torch.tensor([[0, 0, 5, 6, 7]])
+    r = rm(ids, torch.ones_like(ids))
+    assert torch.allclose(rm(right, torch.tensor([[1, 1, 1, 0, 0]])), r, atol=1e-5)
+    assert torch.allclose(rm(left, torch.tensor([[0, 0, 1, 1, 1]])), r, atol=1e-5)
+    rm.save_pretrained(tmp_path / "rm", tokenizer)
+    again = RewardModel.from_pretrained(tmp_path / "rm")
+    assert torch.allclose(again(ids, torch.ones_like(ids)), r, atol=1e-6)
+
+
+def test_reward_ensemble_has_one_output_per_head(tiny_model):
+    rm = RewardModel.from_causal_lm(tiny_model, num_heads=4)
+    out = rm(torch.tensor([[5, 6, 7], [8, 9, 10]]), torch.ones(2, 3, dtype=torch.long))
+    assert out.shape == (2, 4)
+    assert out[0].std() > 0  # heads start apart
+
+
+def test_gpt2_style_tokenizer_is_built_offline():
+    tok = build_char_tokenizer()
+    model = build_tiny_model("tiny-gpt2", tok)
+    assert model.config.model_type == "gpt2"

@@ -1,0 +1,112 @@
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from preftune.config import TrainConfig
+from preftune.data import Demo, write_jsonl
+from preftune.methods.sft import SFTConfig, train_sft
+from preftune.trainer import Trainer, TrainingError, batch_indices
+
+DEMOS = [Demo(f"{a}+{b}=", str(a + b)) for a in range(10, 30) for b in range(10, 20)]  # equal lengths
+
+
+def _small(tmp_path, **kw):
+    base = dict(output_dir=str(tmp_path), steps=6, batch_size=8, lr=1e-3, progress=False, save_every=0,
+                warmup_ratio=0.0)
+    base.update(kw)
+    return SFTConfig(**base)
+
+
+def test_batches_are_a_pure_function_of_seed_and_step():
+    assert batch_indices(10, 4, 0, 3) == batch_indices(10, 4, 0, 3)
+    assert batch_indices(10, 4, 0, 3) != batch_indices(10, 4, 1, 3)
+    seen = batch_indices(10, 5, 0, 0) + batch_indices(10, 5, 0, 1)  # one epoch covers every example once
+    assert sorted(seen) == list(range(10))
+
+
+def test_gradient_accumulation_matches_the_full_batch(tmp_path, tiny_model, tokenizer):
+    import copy
+
+    a = train_sft(_small(tmp_path / "a"), DEMOS, copy.deepcopy(tiny_model), tokenizer).model
+    b = train_sft(_small(tmp_path / "b", grad_accum=4), DEMOS, copy.deepcopy(tiny_model), tokenizer).model
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.allclose(x, y, atol=1e-5), name
+
+
+def test_sft_loss_falls_and_metrics_are_logged(tmp_path, tiny_model, tokenizer):
+    result = train_sft(_small(tmp_path, steps=30, log_every=5), DEMOS, tiny_model, tokenizer)
+    assert result.history[-1]["loss"] < result.history[0]["loss"] - 0.5
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [5, 10, 15, 20, 25, 30]
+    assert {"loss", "grad_norm", "lr"} <= set(rows[0])
+    assert (tmp_path / "final" / "model.safetensors").exists()
+
+
+def test_nan_steps_are_skipped_counted_and_then_stop(tmp_path, tiny_model):
+    cfg = TrainConfig(output_dir=str(tmp_path), steps=20, progress=False, save_every=0, max_bad_steps=3)
+    trainer = Trainer(cfg, tiny_model)
+    before = {k: v.clone() for k, v in trainer.unwrapped_model().state_dict().items()}
+    x = torch.tensor([[5, 6, 7]])
+
+    def nan_loss(_):
+        return trainer.model(input_ids=x).logits.sum() * float("nan"), {}
+
+    out = trainer.update([[0]], nan_loss)
+    assert trainer.skipped_steps == 1 and out["loss"] != out["loss"]
+    after = trainer.unwrapped_model().state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    with pytest.raises(TrainingError, match="NaN/inf on 4 steps in a row"):
+        for _ in range(5):
+            trainer.update([[0]], nan_loss)
+
+
+def test_existing_checkpoints_need_resume_or_overwrite(tmp_path, tiny_model, tokenizer):
+    import copy
+
+    train_sft(_small(tmp_path, save_every=2), DEMOS, copy.deepcopy(tiny_model), tokenizer)
+    with pytest.raises(TrainingError, match="--resume"):
+        train_sft(_small(tmp_path, save_every=2), DEMOS, copy.deepcopy(tiny_model), tokenizer)
+    train_sft(_small(tmp_path, save_every=2, overwrite=True), DEMOS, copy.deepcopy(tiny_model), tokenizer)
+
+
+def _train_cmd(data, out, *extra):
+    return [sys.executable, "-m", "preftune", "train", "sft", "--data", str(data), "--output-dir", str(out),
+            "--steps", "240", "--batch-size", "16", "--save-every", "40", "--log-every", "1",
+            ] + list(extra)
+
+
+def test_killed_run_resumes_to_bitwise_identical_weights(tmp_path):
+    data = write_jsonl(tmp_path / "demos.jsonl", DEMOS)
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    full = subprocess.run(_train_cmd(data, tmp_path / "full"), env=env, capture_output=True, text=True)
+    assert full.returncode == 0, full.stderr[-2000:]
+
+    proc = subprocess.Popen(_train_cmd(data, tmp_path / "killed"), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    metrics = tmp_path / "killed" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if metrics.exists() and sum(1 for _ in metrics.open()) >= 130:
+            break
+        time.sleep(0.02)
+    proc.kill()  # SIGKILL mid-run: nothing gets to clean up
+    proc.wait()
+    assert proc.returncode != 0, "the run finished before it could be killed; the test proves nothing"
+    assert not (tmp_path / "killed" / "final").exists()
+
+    resumed = subprocess.run(_train_cmd(data, tmp_path / "killed", "--resume"), env=env, capture_output=True,
+                             text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resumed from" in resumed.stdout + resumed.stderr
+    a = load_file(tmp_path / "full" / "final" / "model.safetensors")
+    b = load_file(tmp_path / "killed" / "final" / "model.safetensors")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
+    rows = [json.loads(line)["iteration"] for line in metrics.read_text().splitlines()]
+    assert rows == list(range(1, 241)), "the metrics log should read as one uninterrupted run"
