@@ -1,0 +1,159 @@
+"""Simulated human feedback: annotators with a known choice model, populations of them, and a query ledger.
+
+An annotator compares two responses by a utility (usually the task's oracle reward) through a preference link,
+so the probability of every label is known exactly and methods can be scored against it. Every comparison asked
+goes through a `QueryLedger`, so methods are compared at equal query budgets. Real human labels (JSONL pairs) skip
+this module and enter as `Pair` records directly.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from preftune.data import Pair
+from preftune.losses import link_name, preference_link
+from preftune.metrics import reward_model_accuracy
+
+ANNOTATOR_LINKS = ("bradley-terry", "thurstone", "weibull")
+
+
+@dataclass
+class Annotator:
+    """Prefers a over b with probability (1−f)·σ(Δ/T) + f·(1−σ(Δ/T)), Δ = u(a) − u(b).
+
+    σ is the chosen link (Bradley–Terry = logistic, Thurstone = probit, symmetric Weibull); T scales how
+    decisive the annotator is; f is label-flip noise (AlpacaFarm uses f = 0.25), which caps agreement at 1 − f.
+    """
+
+    utility: Callable[[str, str], float]
+    link: str = "bradley-terry"
+    temperature: float = 1.0
+    flip_prob: float = 0.0
+    weibull_shape: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.link not in ANNOTATOR_LINKS:
+            raise ValueError(f"annotator link must be one of {ANNOTATOR_LINKS}, got {self.link!r}")
+        if not self.temperature > 0:
+            raise ValueError(f"annotator temperature must be > 0, got {self.temperature}")
+        if not 0.0 <= self.flip_prob <= 0.5:
+            raise ValueError(f"annotator flip_prob must be in [0, 0.5], got {self.flip_prob}")
+        if not self.weibull_shape > 0:
+            raise ValueError(f"annotator weibull_shape must be > 0, got {self.weibull_shape}")
+
+    def prob_first_preferred(self, prompt: str, a: str, b: str) -> float:
+        """The exact probability that this annotator labels ``a`` as preferred to ``b``."""
+        margin = (self.utility(prompt, a) - self.utility(prompt, b)) / self.temperature
+        p = float(preference_link(torch.tensor(margin, dtype=torch.float64), link_name(self.link), self.weibull_shape))
+        return (1.0 - self.flip_prob) * p + self.flip_prob * (1.0 - p)
+
+    def compare(self, prompt: str, a: str, b: str, rng: random.Random) -> bool:
+        """One noisy label: True if ``a`` is preferred."""
+        return rng.random() < self.prob_first_preferred(prompt, a, b)
+
+
+@dataclass
+class Population:
+    """A mixture of annotator types: each query is answered by one type drawn by weight.
+
+    Its choice probability is the weighted mixture of its members', which no single Bradley–Terry utility need
+    reproduce when the types disagree.
+    """
+
+    annotators: list[Annotator]
+    weights: list[float]
+
+    def __post_init__(self) -> None:
+        if not self.annotators:
+            raise ValueError("a population needs at least one annotator")
+        if len(self.weights) != len(self.annotators):
+            raise ValueError(f"population has {len(self.annotators)} annotators but {len(self.weights)} weights")
+        if any(w < 0 for w in self.weights):
+            raise ValueError(f"population weights must be non-negative, got {self.weights}")
+        if abs(sum(self.weights) - 1.0) > 1e-6:
+            raise ValueError(f"population weights must sum to 1, got sum {sum(self.weights)}")
+
+    def sample_annotator(self, rng: random.Random) -> Annotator:
+        return rng.choices(self.annotators, weights=self.weights)[0]
+
+    def prob_first_preferred(self, prompt: str, a: str, b: str) -> float:
+        return sum(w * ann.prob_first_preferred(prompt, a, b) for ann, w in zip(self.annotators, self.weights))
+
+    def compare(self, prompt: str, a: str, b: str, rng: random.Random) -> bool:
+        return self.sample_annotator(rng).compare(prompt, a, b, rng)
+
+
+class BudgetExceeded(RuntimeError):
+    """More comparisons were asked than the ledger's budget allows."""
+
+
+@dataclass
+class QueryLedger:
+    """Counts every comparison asked, by tag (e.g. "labels", "eval"), against an optional budget.
+
+    The budget covers all tags together; a query that would exceed it raises `BudgetExceeded` and is not counted.
+    """
+
+    budget: int | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def record(self, tag: str, n: int = 1) -> None:
+        if n < 0:
+            raise ValueError(f"cannot record a negative number of queries ({n})")
+        if self.budget is not None and self.total + n > self.budget:
+            raise BudgetExceeded(
+                f"query budget of {self.budget} exceeded: {self.total} asked so far, {n} more requested (tag {tag!r})"
+            )
+        self.counts[tag] = self.counts.get(tag, 0) + n
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def remaining(self) -> int | None:
+        return None if self.budget is None else self.budget - self.total
+
+    def by_tag(self) -> dict[str, int]:
+        return dict(self.counts)
+
+    def state_dict(self) -> dict:
+        return {"budget": self.budget, "counts": dict(self.counts)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.budget = state["budget"]
+        self.counts = {str(tag): int(n) for tag, n in state["counts"].items()}
+
+
+def label_pairs(
+    candidates: list[tuple[str, str, str]],
+    annotator: Annotator | Population,
+    rng: random.Random,
+    ledger: QueryLedger | None = None,
+    tag: str = "labels",
+) -> list[Pair]:
+    """One annotator comparison per (prompt, a, b), each counted before it is asked, as chosen/rejected pairs."""
+    pairs = []
+    for prompt, a, b in candidates:
+        if ledger is not None:
+            ledger.record(tag)
+        first_preferred = annotator.compare(prompt, a, b, rng)
+        pairs.append(Pair(prompt, a, b) if first_preferred else Pair(prompt, b, a))
+    return pairs
+
+
+def annotator_agreement_with_oracle(pairs: list[Pair], oracle: Callable[[str, str], float]) -> float:
+    """Fraction of labels the oracle's strict ordering agrees with (oracle ties count 0.5).
+
+    Even the true reward scores only this on noisy labels, so it is the ceiling for a reward model's accuracy
+    on held-out annotator labels.
+    """
+    if not pairs:
+        raise ValueError("annotator_agreement_with_oracle needs at least one pair")
+    chosen = [oracle(pair.prompt, pair.chosen) for pair in pairs]
+    rejected = [oracle(pair.prompt, pair.rejected) for pair in pairs]
+    return reward_model_accuracy(chosen, rejected)
