@@ -25,8 +25,11 @@ err = Console(stderr=True)
 
 def _quiet_libraries() -> None:
     """Keep the terminal for preftune's own progress bars: silence HF's per-file bars and info logs."""
+    import logging
+
     import transformers
 
+    logging.getLogger("accelerate").setLevel(logging.ERROR)  # "removed shared tensor" on tied embeddings
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
 

@@ -114,3 +114,131 @@ def link_name(annotator_link: str) -> str:
     names = {"bradley-terry": "logistic", "thurstone": "probit", "weibull": "weibull"}
     return names.get(annotator_link, annotator_link)
 
+
+
+# ----------------------------------------------------------------------------------------------
+# Online RL: advantages, the clipped surrogate, value loss, KL estimators, entropy.
+# Token tensors are ``[B, T]`` aligned with ``labels = input_ids[:, 1:]``; ``mask`` is 1 on response tokens.
+
+
+def rloo_advantages(rewards: torch.Tensor) -> torch.Tensor:
+    """REINFORCE leave-one-out (Ahmadian et al. 2024, Eq. 5; Kool et al. 2019): ``[P, k] -> [P, k]``.
+
+    A_i = r_i − 1/(k−1) Σ_{j≠i} r_j: each sample is baselined by the mean of its prompt's *other* samples,
+    which keeps the gradient estimate unbiased (the baseline does not depend on the sample itself).
+    """
+    k = rewards.shape[-1]
+    if k < 2:
+        raise ValueError(f"RLOO needs at least 2 samples per prompt, got rewards of shape {tuple(rewards.shape)}")
+    others_mean = (rewards.sum(-1, keepdim=True) - rewards) / (k - 1)
+    return rewards - others_mean
+
+
+def grpo_advantages(rewards: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
+    """Group-relative advantages (Shao et al. 2024, DeepSeekMath Eq. 3, outcome supervision): ``[P, k]``.
+
+    A_i = (r_i − mean(r)) / (std(r) + eps) per prompt (row). The paper writes std({r_1..r_G}) without saying
+    which; we use the *sample* standard deviation (Bessel-corrected, divisor k−1), as TRL's GRPOTrainer and
+    the DeepSeekMath-style open implementations do. A group whose rewards are all equal gets advantage 0.
+    """
+    if rewards.shape[-1] < 2:
+        raise ValueError(f"GRPO needs at least 2 samples per prompt, got rewards of shape {tuple(rewards.shape)}")
+    mean = rewards.mean(-1, keepdim=True)
+    std = rewards.std(-1, keepdim=True, correction=1)
+    return (rewards - mean) / (std + eps)
+
+
+def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+    """Normalise to zero mean and unit variance over masked entries (PPO advantage whitening,
+    Schulman et al. 2017 baselines; Ziegler et al. 2019 lm-human-preferences ``whiten``)."""
+    mean = masked_mean(values, mask)
+    var = masked_mean((values - mean) ** 2, mask)
+    out = (values - mean) * torch.rsqrt(var + 1e-8)
+    if not shift_mean:
+        out = out + mean
+    return out * mask.to(values.dtype)
+
+
+def gae_advantages(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0,
+                   lam: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation (Schulman et al. 2016, Eq. 16) on token tensors ``[B, T]``.
+
+    δ_t = r_t + γ·V_{t+1} − V_t and A_t = Σ_l (γλ)^l δ_{t+l}, computed backwards; the state after the last
+    response token is terminal (V = 0). Returns ``(advantages, returns)`` with returns = A + V, the value
+    targets (TD(λ) returns). Both are zero off the mask. The response must be one contiguous run per row.
+    """
+    mask = mask.to(rewards.dtype)
+    rewards, values = rewards * mask, values * mask
+    advantages = torch.zeros_like(rewards)
+    next_value = torch.zeros_like(rewards[:, 0])
+    next_advantage = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(rewards.shape[1])):
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        advantages[:, t] = (delta + gamma * lam * next_advantage) * mask[:, t]
+        # outside the response (left prompt, right padding) nothing is carried across
+        next_value = values[:, t] * mask[:, t]
+        next_advantage = advantages[:, t]
+    return advantages, (advantages + values) * mask
+
+
+def ppo_clip_loss_with_stats(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
+                             mask: torch.Tensor, clip_range: float = 0.2
+                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """PPO's clipped surrogate (Schulman et al. 2017, Eq. 7) as a loss, with (clip fraction, approx KL).
+
+    ratio = exp(log π − log π_old); loss = mean over masked tokens of max(−A·ratio, −A·clip(ratio, 1−ε, 1+ε)).
+    ``advantages`` is per token ``[B, T]`` or per sequence ``[B]`` (broadcast over the sequence's tokens).
+    clip fraction: share of tokens where the clipped term is the active one (its gradient is zero).
+    approx KL: the k3 estimate of KL(π_old ‖ π) on the old samples, mean of (ratio − 1) − log ratio
+    (Schulman 2020, "Approximating KL divergence"), a health check that a minibatch did not move too far.
+    """
+    if advantages.dim() == 1:
+        advantages = advantages[:, None]
+    log_ratio = logprobs - old_logprobs
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
+    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    with torch.no_grad():
+        clip_frac = masked_mean((clipped > unclipped).float(), mask)
+        approx_kl = masked_mean((ratio - 1) - log_ratio, mask)
+    return loss, clip_frac, approx_kl
+
+
+def ppo_clip_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
+                  mask: torch.Tensor, clip_range: float = 0.2) -> torch.Tensor:
+    """The scalar of `ppo_clip_loss_with_stats` (Schulman et al. 2017, Eq. 7)."""
+    return ppo_clip_loss_with_stats(logprobs, old_logprobs, advantages, mask, clip_range)[0]
+
+
+def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
+               clip_range: float | None = 0.2) -> torch.Tensor:
+    """Clipped value loss of PPO2 (OpenAI baselines; Ziegler et al. 2019 lm-human-preferences):
+
+    ½ · mean over masked tokens of max((V − R)², (clip(V, V_old − ε, V_old + ε) − R)²), which keeps the
+    value head from moving further than ε per rollout batch. ``clip_range`` None or 0: plain ½ (V − R)².
+    """
+    unclipped = (values - returns) ** 2
+    if not clip_range:
+        return 0.5 * masked_mean(unclipped, mask)
+    clipped_values = old_values + torch.clamp(values - old_values, -clip_range, clip_range)
+    return 0.5 * masked_mean(torch.maximum(unclipped, (clipped_values - returns) ** 2), mask)
+
+
+def kl_k1(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+    """Per-token KL estimate log π − log π_ref on samples from π (Schulman 2020, k1; unbiased, can be
+    negative per token). Summed over a response it is the sequence KL penalty of Ziegler et al. 2019, Eq. 2."""
+    return logprobs - ref_logprobs
+
+
+def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+    """Per-token KL estimate exp(ref − logp) − (ref − logp) − 1 (Schulman 2020, k3; Shao et al. 2024,
+    DeepSeekMath Eq. 4): unbiased for KL(π ‖ π_ref) on samples from π, and never negative."""
+    log_ratio = ref_logprobs - logprobs
+    return torch.exp(log_ratio) - log_ratio - 1
+
+
+def token_entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Entropy of softmax(logits / T) at every position, ``[B, T]`` (a diagnostic of mode collapse)."""
+    logp = (logits.float() / temperature).log_softmax(-1)
+    return -(logp.exp() * logp).sum(-1)

@@ -1,7 +1,7 @@
 """Models: any Hugging Face causal LM, or a tiny one built in-process; reward/value heads; LoRA.
 
-- ``"tiny"`` / ``"tiny-gpt2"`` build a 2-layer Llama- or GPT-2-style model from a config with a
-  character-level tokenizer made by the `tokenizers` library — no download, seconds to train.
+- ``"tiny"`` / ``"tiny-gpt2"`` build a 2-layer Llama- or GPT-2-style model from a config with a small
+  BPE tokenizer trained in-process by the `tokenizers` library — no download, seconds to train.
 - Anything else is a local path or hub id loaded with ``from_pretrained`` (safetensors only, no
   ``trust_remote_code`` unless asked).
 - A reward model is a causal-LM body with a linear head read at the last non-pad token. The head has
@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from torch import nn
 
 TINY_MODELS = ("tiny", "tiny-gpt2")
 SPECIAL_TOKENS = ("<pad>", "<eos>", "<bos>", "<unk>")
+TINY_VOCAB_SIZE = 400  # an upper bound: the built-in tasks need about 230
 
 
 class ModelError(ValueError):
@@ -30,20 +32,37 @@ class ModelError(ValueError):
 # Tokenizer and tiny models
 
 
-def build_char_tokenizer():
-    """A character-level tokenizer over printable ASCII, as a `PreTrainedTokenizerFast`.
+@functools.lru_cache(maxsize=1)
+def _tiny_tokenizer_json() -> str:
+    """Train the tiny models' BPE once per process on the built-in tasks' text (deterministic)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    BPE with no merges is exactly one token per character; the `Fuse` decoder joins them back without
-    spaces, so ``decode(encode(text)) == text``. Specials: <pad>=0, <eos>=1, <bos>=2, <unk>=3.
+    from preftune.tasks import tokenizer_corpus
+
+    core = Tokenizer(models.BPE(unk_token="<unk>"))
+    # GPT-2-style split: a word with its leading space may merge into one token; digits never merge,
+    # so arithmetic is still read digit by digit; anything else falls back to single characters.
+    core.pre_tokenizer = pre_tokenizers.Split(Regex(r" ?[A-Za-z]+|\d| ?[^\sA-Za-z\d]| "), behavior="isolated")
+    core.decoder = decoders.Fuse()
+    trainer = trainers.BpeTrainer(vocab_size=TINY_VOCAB_SIZE, special_tokens=list(SPECIAL_TOKENS),
+                                  initial_alphabet=[chr(c) for c in range(32, 127)], show_progress=False)
+    core.train_from_iterator(tokenizer_corpus(), trainer)
+    return core.to_str()
+
+
+def build_tiny_tokenizer():
+    """The tiny models' tokenizer: a small BPE trained in-process, as a `PreTrainedTokenizerFast`.
+
+    Every printable-ASCII character is in the vocabulary, so any text round-trips exactly
+    (``decode(encode(text)) == text``); the built-in tasks' words are single tokens, which keeps
+    sequences short. Specials: <pad>=0, <eos>=1, <bos>=2, <unk>=3.
     """
-    from tokenizers import Tokenizer, decoders, models
+    from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {tok: i for i, tok in enumerate(list(SPECIAL_TOKENS) + [chr(c) for c in range(32, 127)])}
-    core = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
-    core.decoder = decoders.Fuse()
     return PreTrainedTokenizerFast(
-        tokenizer_object=core, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>", unk_token="<unk>"
+        tokenizer_object=Tokenizer.from_str(_tiny_tokenizer_json()),
+        pad_token="<pad>", eos_token="<eos>", bos_token="<bos>", unk_token="<unk>",
     )
 
 
@@ -89,7 +108,7 @@ def build_tiny_model(arch: str, tokenizer, spec: TinySpec | None = None, seed: i
 
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
     if name_or_path in TINY_MODELS:
-        return build_char_tokenizer()
+        return build_tiny_tokenizer()
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -67,7 +68,10 @@ class Trainer:
         self.config = config
         self.name = name
         self.output_dir = Path(config.output_dir)
-        self.accelerator = Accelerator(mixed_precision=_mixed_precision(config.mixed_precision))
+        # Accelerate takes the multi-process CPU (gloo) path only when told cpu=True; do so exactly when a
+        # multi-process launch (torchrun) finds no GPU.
+        cpu_multiprocess = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+        self.accelerator = Accelerator(mixed_precision=_mixed_precision(config.mixed_precision), cpu=cpu_multiprocess)
         set_seed(config.seed)
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
@@ -77,9 +81,12 @@ class Trainer:
         scheduler = get_scheduler(config.lr_schedule if config.lr_schedule != "constant" else "constant_with_warmup",
                                   optimizer, num_warmup_steps=int(config.warmup_ratio * total),
                                   num_training_steps=total)
-        self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
+        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        # The scheduler is not prepared: Accelerate would step it once per process, but our global batch is
+        # split across processes, so one optimizer step is one schedule step whatever the process count.
+        self.scheduler = scheduler
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        for obj in state_objects:
+        for obj in (scheduler, *state_objects):
             self.accelerator.register_for_checkpointing(obj)
         self.iteration = 0  # iterations completed
         self.updates = 0

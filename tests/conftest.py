@@ -8,9 +8,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    from preftune.models import build_char_tokenizer
+    from preftune.models import build_tiny_tokenizer
 
-    return build_char_tokenizer()
+    return build_tiny_tokenizer()
 
 
 @pytest.fixture()

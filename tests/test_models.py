@@ -6,8 +6,8 @@ from preftune.models import (
     ModelError,
     RewardModel,
     apply_lora,
-    build_char_tokenizer,
     build_tiny_model,
+    build_tiny_tokenizer,
     last_token_index,
     load_causal_lm,
     load_trained_causal_lm,
@@ -15,11 +15,13 @@ from preftune.models import (
 )
 
 
-def test_char_tokenizer_roundtrip_and_specials(tmp_path, tokenizer):
-    text = "17+25=42, the cat!"
+def test_tiny_tokenizer_roundtrip_and_specials(tmp_path, tokenizer):
+    text = "17+25=42, the cat! Zebra~"
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    assert len(ids) == len(text)
     assert tokenizer.decode(ids) == text
+    digits = tokenizer("1234", add_special_tokens=False)["input_ids"]
+    assert len(digits) == 4  # digits never merge: arithmetic is read digit by digit
+    assert len(tokenizer(" warm sun is calm", add_special_tokens=False)["input_ids"]) == 4  # task words are tokens
     assert tokenizer.pad_token_id == 0 and tokenizer.eos_token_id == 1
     tokenizer.save_pretrained(tmp_path)
     from transformers import AutoTokenizer
@@ -94,7 +96,15 @@ def test_reward_ensemble_has_one_output_per_head(tiny_model):
     assert out[0].std() > 0  # heads start apart
 
 
+def test_tiny_tokenizer_is_deterministic():
+    from preftune.models import _tiny_tokenizer_json
+
+    first = _tiny_tokenizer_json()
+    _tiny_tokenizer_json.cache_clear()
+    assert _tiny_tokenizer_json() == first
+
+
 def test_gpt2_style_tokenizer_is_built_offline():
-    tok = build_char_tokenizer()
+    tok = build_tiny_tokenizer()
     model = build_tiny_model("tiny-gpt2", tok)
     assert model.config.model_type == "gpt2"

@@ -18,3 +18,15 @@ def get_task(name: str) -> Task:
 
 
 __all__ = ["TASKS", "Task", "get_task", "ArithmeticTask", "SummariseTask", "PreferenceLanguageTask"]
+
+
+def tokenizer_corpus(per_split: int = 1000, seed: int = 0):
+    """Text of every built-in task (prompts, demonstrations, candidates), for the tiny models' tokenizer."""
+    for task in TASKS.values():
+        for split in ("train", "eval"):
+            for demo in task.demonstrations(split, per_split, seed):
+                yield demo.prompt
+                yield demo.response
+            for _, a, b in task.candidate_pairs(split, per_split, seed):
+                yield a
+                yield b

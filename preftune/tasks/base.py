@@ -3,7 +3,7 @@
 A task is a seeded, deterministic source of prompts, demonstrations and unlabelled candidate pairs,
 with an *exact* oracle: `reward(prompt, response)` is the ground truth that simulated annotators
 prefer and that every method is measured by. Text is printable ASCII (the tiny models' tokenizer is
-character-level over printable ASCII).
+a BPE whose alphabet is printable ASCII).
 """
 
 from __future__ import annotations

@@ -1,0 +1,103 @@
+"""Turn a run's results.json into report.md and PNG plots (`preftune report RUN_DIR`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+METRIC_COLUMNS = [("oracle_reward", "oracle reward"), ("win_rate", "win rate vs SFT (oracle)"),
+                  ("annotator_win_rate", "win rate vs SFT (noisy judge)"), ("kl_to_reference", "KL to SFT"),
+                  ("accuracy", "accuracy"), ("self_bleu", "Self-BLEU"), ("distinct_2", "distinct-2")]
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def method_table(methods: dict) -> str:
+    cols = [(k, title) for k, title in METRIC_COLUMNS if any(k in m for m in methods.values())]
+    lines = ["| method | " + " | ".join(t for _, t in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for name, m in methods.items():
+        lines.append(f"| {name} | " + " | ".join(_fmt(m.get(k)) for k, _ in cols) + " |")
+    return "\n".join(lines)
+
+
+def _plot_losses(histories: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stages = [s for s, h in histories.items() if h]
+    fig, axes = plt.subplots(1, len(stages), figsize=(3.2 * len(stages), 2.8), squeeze=False)
+    for ax, stage in zip(axes[0], stages):
+        h = histories[stage]
+        ax.plot([r["iteration"] for r in h], [r["loss"] for r in h])
+        ax.set_title(stage)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("training loss")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_methods(methods: dict, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(methods)
+    panels = [("oracle_reward", "oracle reward"), ("win_rate", "win rate vs SFT (oracle)")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 3.4))
+    for ax, (key, label) in zip(axes, panels):
+        values = [methods[n].get(key, float("nan")) for n in names]
+        bars = ax.bar(range(len(names)), values, color=["#888"] + ["#3b7dd8"] * (len(names) - 1))
+        ax.bar_label(bars, fmt="%.2f", fontsize=8)
+        ax.set_xticks(range(len(names)), names, rotation=20, ha="right", fontsize=8)
+        ax.set_ylabel(label)
+        if key == "win_rate":
+            ax.axhline(0.5, color="k", lw=0.8, ls="--")
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(run_dir: Path) -> Path:
+    run_dir = Path(run_dir)
+    results = json.loads((run_dir / "results.json").read_text())
+    meta = results["meta"]
+    lines = [f"# preftune run: {run_dir.name}", "",
+             f"{'Quick' if meta['quick'] else 'Full'} suite, seed {meta['seed']}, torch {meta['torch']}, "
+             f"{meta['threads']} threads, {results['timings'].get('total', 0):.0f} s in all.", ""]
+    pl = results["tasks"].get("preference-language")
+    if pl:
+        rm = pl["reward_model"]
+        _plot_methods(pl["methods"], run_dir / "preference_language.png", "preference-language (eval prompts)")
+        lines += ["## preference-language", "",
+                  f"Policies trained from {pl['labels']} annotator labels (Bradley–Terry, temperature 1); win rates "
+                  "against one SFT sample per prompt, by the oracle (ties count ½) and by a judge that flips 25% of "
+                  "its labels (AlpacaFarm-style).", "", method_table(pl["methods"]), "",
+                  "![methods](preference_language.png)", "",
+                  "### Reward model", "",
+                  f"Held-out accuracy {rm['heldout_accuracy']:.3f} on {pl['heldout_labels']} labels of unseen prompts; "
+                  f"the best any model can reach there (the annotator's own agreement with the oracle) is "
+                  f"{rm['ceiling']:.3f}, a gap of {100 * (rm['ceiling'] - rm['heldout_accuracy']):.1f} points "
+                  f"(training-set accuracy {rm['train_accuracy']:.3f}).", ""]
+    for task_name in ("arithmetic", "summarise"):
+        t = results["tasks"].get(task_name)
+        if t:
+            lines += [f"## {task_name}", "", method_table(t["methods"]), ""]
+    if results.get("histories"):
+        _plot_losses(results["histories"], run_dir / "losses.png")
+        lines += ["## Training curves", "", "![losses](losses.png)", ""]
+    lines += ["## Time", "", "| stage | seconds |", "|---|---|"]
+    lines += [f"| {k} | {v:.1f} |" for k, v in results["timings"].items()]
+    path = run_dir / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path

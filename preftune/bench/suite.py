@@ -1,0 +1,176 @@
+"""`preftune run`: the embedded default benchmark, end to end on the built-in tasks, offline.
+
+preference-language: SFT on teacher demonstrations -> Bradley–Terry reward model on annotator-labelled
+pairs (held-out accuracy against the annotator's own ceiling) -> DPO, Best-of-16 (reward model and
+oracle), all judged against the SFT policy by the oracle and by a noisy simulated annotator.
+arithmetic and summarise: SFT accuracy and diversity, the baselines the imitation methods build on.
+
+Every stage writes its model and metrics under ``runs/<name>/<stage>/``; with ``--resume`` a finished
+stage is loaded instead of retrained and an interrupted one continues from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import platform
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from preftune.bench.report import write_report
+from preftune.evaluate import evaluate_policy, sample_policy
+from preftune.feedback import Annotator, annotator_agreement_with_oracle, label_pairs
+from preftune.methods.bon import best_of_n, oracle_scorer, reward_model_scorer
+from preftune.methods.dpo import DPOConfig, train_dpo
+from preftune.methods.reward import RewardConfig, heldout_accuracy, train_reward
+from preftune.methods.sft import SFTConfig, train_sft
+from preftune.metrics import annotator_win_rate, mean_oracle_reward, win_rate
+from preftune.models import RewardModel, build_tiny_tokenizer, load_trained_causal_lm
+from preftune.tasks import get_task
+
+
+@dataclass
+class SuiteSize:
+    """How big each stage is; ``quick`` shrinks everything to check a setup in about two minutes."""
+
+    sft_steps: int = 800
+    reward_steps: int = 600
+    dpo_steps: int = 400
+    demos: int = 4000
+    pairs: int = 4000
+    heldout_pairs: int = 2000
+    eval_prompts: int = 400
+    best_of: int = 16
+    imitation_steps: int = 800
+
+    @classmethod
+    def quick(cls) -> SuiteSize:
+        return cls(sft_steps=150, reward_steps=120, dpo_steps=80, demos=1000, pairs=1000, heldout_pairs=500,
+                   eval_prompts=100, best_of=8, imitation_steps=150)
+
+
+def _stage_dir(run_dir: Path, name: str) -> Path:
+    return run_dir / name
+
+
+def _history(stage_dir: Path) -> list[dict]:
+    path = stage_dir / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _policy_stage(run_dir: Path, name: str, resume: bool, train):
+    """Train a policy stage, or load it when ``resume`` and it already finished."""
+    final = _stage_dir(run_dir, name) / "final"
+    if resume and final.exists():
+        model, tokenizer = load_trained_causal_lm(final)
+        return model, tokenizer, 0.0
+    t0 = time.perf_counter()
+    result = train()
+    return result.model, result.tokenizer, time.perf_counter() - t0
+
+
+def _common(run_dir: Path, name: str, seed: int, resume: bool, steps: int) -> dict:
+    return dict(output_dir=str(_stage_dir(run_dir, name)), seed=seed, resume=resume, overwrite=not resume,
+                steps=steps, save_every=max(50, steps // 4), log_every=10)
+
+
+def run_suite(run_dir: Path, quick: bool = False, seed: int = 0, resume: bool = False) -> Path:
+    size = SuiteSize.quick() if quick else SuiteSize()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    started = time.perf_counter()
+    results: dict = {"meta": {"quick": quick, "seed": seed, "size": asdict(size), "torch": torch.__version__,
+                              "python": platform.python_version(), "threads": torch.get_num_threads()},
+                     "tasks": {}, "timings": {}, "histories": {}}
+    tokenizer = build_tiny_tokenizer()
+    results["tasks"]["preference-language"] = _preference_language(run_dir, size, seed, resume, tokenizer, results)
+    for task_name in ("arithmetic", "summarise"):
+        results["tasks"][task_name] = _imitation(run_dir, task_name, size, seed, resume, tokenizer, results)
+    results["timings"]["total"] = time.perf_counter() - started
+    (run_dir / "results.json").write_text(json.dumps(results, indent=2))
+    write_report(run_dir)
+    return run_dir
+
+
+def _preference_language(run_dir, size: SuiteSize, seed: int, resume: bool, tokenizer, results: dict) -> dict:
+    task = get_task("preference-language")
+    annotator = Annotator(task.reward)  # Bradley–Terry, temperature 1: the labels every method learns from
+    judge = Annotator(task.reward, flip_prob=0.25)  # AlpacaFarm-style noisy judge for win rates
+    rng = random.Random(seed)
+    pairs = label_pairs(task.candidate_pairs("train", size.pairs, seed), annotator, rng)
+    heldout = label_pairs(task.candidate_pairs("eval", size.heldout_pairs, seed), annotator, rng)
+    out: dict = {"labels": len(pairs), "heldout_labels": len(heldout), "methods": {}}
+
+    sft_model, _, t = _policy_stage(run_dir, "pl-sft", resume, lambda: train_sft(
+        SFTConfig(**_common(run_dir, "pl-sft", seed, resume, size.sft_steps)),
+        task.demonstrations("train", size.demos, seed), tokenizer=tokenizer,
+        model=_fresh("tiny", tokenizer, seed)))
+    results["timings"]["pl-sft"] = t
+
+    t0 = time.perf_counter()
+    rm_dir = _stage_dir(run_dir, "pl-reward") / "final"
+    if resume and rm_dir.exists():
+        reward_model = RewardModel.from_pretrained(rm_dir)
+    else:
+        reward_model = train_reward(RewardConfig(**_common(run_dir, "pl-reward", seed, resume, size.reward_steps)),
+                                    pairs, model=copy.deepcopy(sft_model), tokenizer=tokenizer).model
+    results["timings"]["pl-reward"] = time.perf_counter() - t0
+    out["reward_model"] = {
+        "heldout_accuracy": heldout_accuracy(reward_model, tokenizer, heldout, 96),
+        "ceiling": annotator_agreement_with_oracle(heldout, task.reward),
+        "train_accuracy": heldout_accuracy(reward_model, tokenizer, pairs[: size.heldout_pairs], 96),
+    }
+
+    dpo_model, _, t = _policy_stage(run_dir, "pl-dpo", resume, lambda: train_dpo(
+        DPOConfig(**_common(run_dir, "pl-dpo", seed, resume, size.dpo_steps)), pairs,
+        model=copy.deepcopy(sft_model), tokenizer=tokenizer))
+    results["timings"]["pl-dpo"] = t
+
+    t0 = time.perf_counter()
+    prompts = task.prompts("eval", size.eval_prompts, seed)
+    torch.manual_seed(seed + 1)
+    reference = sample_policy(task, sft_model, tokenizer, prompts)  # one SFT sample per prompt: the opponent
+    kwargs = dict(reference=sft_model, num_prompts=size.eval_prompts, seed=seed, annotator=judge,
+                  reference_rollout=reference)
+    out["methods"]["sft"] = evaluate_policy(task, sft_model, tokenizer, **kwargs)
+    out["methods"]["dpo"] = evaluate_policy(task, dpo_model, tokenizer, **kwargs)
+    for label, scorer in (("rm", reward_model_scorer(reward_model, tokenizer, 96)), ("oracle", oracle_scorer(task))):
+        torch.manual_seed(seed + 2)
+        chosen = best_of_n(sft_model, tokenizer, prompts, size.best_of, scorer, task.max_response_chars + 1)
+        n = size.best_of
+        out["methods"][f"best-of-{n} ({label})"] = {
+            "oracle_reward": mean_oracle_reward(task, prompts, chosen),
+            "win_rate": win_rate(task, prompts, chosen, reference.texts),
+            "annotator_win_rate": annotator_win_rate(judge, prompts, chosen, reference.texts, random.Random(seed)),
+            # Best-of-n's KL to its base policy is at most log n − (n−1)/n (Beirami et al. 2024)
+            "kl_to_reference": math.log(n) - (n - 1) / n,
+        }
+    results["timings"]["pl-eval"] = time.perf_counter() - t0
+    for stage in ("pl-sft", "pl-reward", "pl-dpo"):
+        results["histories"][stage] = _history(_stage_dir(run_dir, stage))
+    return out
+
+
+def _imitation(run_dir, task_name: str, size: SuiteSize, seed: int, resume: bool, tokenizer, results: dict) -> dict:
+    task = get_task(task_name)
+    stage = f"{task_name[:5]}-sft"
+    model, _, t = _policy_stage(run_dir, stage, resume, lambda: train_sft(
+        SFTConfig(**_common(run_dir, stage, seed, resume, size.imitation_steps)),
+        task.demonstrations("train", size.demos, seed), model=_fresh("tiny", tokenizer, seed), tokenizer=tokenizer))
+    results["timings"][stage] = t
+    results["histories"][stage] = _history(_stage_dir(run_dir, stage))
+    return {"methods": {"sft": evaluate_policy(task, model, tokenizer, num_prompts=size.eval_prompts,
+                                               samples_per_prompt=4, seed=seed),
+                        "sft (greedy)": evaluate_policy(task, model, tokenizer, num_prompts=size.eval_prompts,
+                                                        samples_per_prompt=1, temperature=0.0, seed=seed)}}
+
+
+def _fresh(name: str, tokenizer, seed: int):
+    from preftune.models import build_tiny_model
+
+    return build_tiny_model(name, tokenizer, seed=seed)

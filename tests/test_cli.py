@@ -1,0 +1,98 @@
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from preftune.cli import app, parse_extra_flags
+from preftune.config import ConfigError, apply_overrides
+from preftune.methods.dpo import DPOConfig
+
+runner = CliRunner()
+
+
+def test_help_lists_every_config_field_with_default():
+    out = runner.invoke(app, ["train", "dpo", "--help"], terminal_width=200).output
+    for field in ("--beta", "--label-smoothing", "--lr-schedule", "--save-every", "--lora"):
+        assert field in out
+    assert "default 0.1" in out
+
+
+def test_bad_config_value_names_field_and_allowed_values(tmp_path):
+    r = runner.invoke(app, ["train", "sft", "--task", "arithmetic", "--lr-schedule", "step",
+                            "--output-dir", str(tmp_path)])
+    assert r.exit_code == 2
+    assert "lr_schedule" in r.output and "cosine" in r.output
+
+
+def test_unknown_field_suggests_the_close_one():
+    with pytest.raises(ConfigError, match="Did you mean 'beta'"):
+        apply_overrides(DPOConfig(), {"betta": 0.2})
+
+
+@pytest.mark.parametrize("field,value,words", [
+    ("lr", "-1", "> 0"), ("steps", "2.5", "integer"), ("label_smoothing", "0.7", "<= 0.5"),
+    ("lora", "maybe", "true or false")])
+def test_values_are_checked(field, value, words):
+    with pytest.raises(ConfigError, match=words):
+        apply_overrides(DPOConfig(), {field: value})
+
+
+def test_yaml_config_and_flags(tmp_path):
+    from preftune.cli import build_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text("beta: 0.3\nsteps: 7\n")
+    cfg = build_config(DPOConfig, path, ["--steps", "9", "--lora"])
+    assert (cfg.beta, cfg.steps, cfg.lora) == (0.3, 9, True)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- not a mapping\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        build_config(DPOConfig, bad, [])
+
+
+def test_parse_extra_flags_forms():
+    assert parse_extra_flags(["--a", "1", "--b=2", "--c"]) == {"a": "1", "b": "2", "c": "true"}
+    with pytest.raises(ConfigError):
+        parse_extra_flags(["stray"])
+
+
+def test_tasks_command_lists_the_tasks():
+    out = runner.invoke(app, ["tasks"], terminal_width=200).output
+    for name in ("arithmetic", "summarise", "preference-language"):
+        assert name in out
+
+
+def test_malformed_data_file_is_reported_with_line(tmp_path):
+    bad = tmp_path / "d.jsonl"
+    bad.write_text('{"prompt": "a", "response": "b"}\n{"prompt": "a"}\n')
+    r = runner.invoke(app, ["train", "sft", "--data", str(bad), "--output-dir", str(tmp_path / "o")])
+    assert r.exit_code == 2
+    assert "d.jsonl:2" in r.output and "response" in r.output
+
+
+def test_train_eval_bon_and_report_end_to_end(tmp_path):
+    sft_dir = tmp_path / "sft"
+    r = runner.invoke(app, ["train", "sft", "--task", "arithmetic", "--num-examples", "200", "--steps", "20",
+                            "--output-dir", str(sft_dir), "--progress", "false"])
+    assert r.exit_code == 0, r.output
+    assert (sft_dir / "final" / "model.safetensors").exists() and (sft_dir / "config.yaml").exists()
+    rm_dir = tmp_path / "rm"
+    r = runner.invoke(app, ["train", "reward", "--task", "arithmetic", "--num-examples", "200", "--steps", "5",
+                            "--model", str(sft_dir / "final"), "--output-dir", str(rm_dir), "--progress", "false"])
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "eval.json"
+    r = runner.invoke(app, ["eval", "--task", "arithmetic", "--model", str(sft_dir / "final"), "--reference",
+                            str(sft_dir / "final"), "--num-prompts", "8", "--output", str(out)])
+    assert r.exit_code == 0, r.output
+    metrics = json.loads(out.read_text())
+    assert {"oracle_reward", "accuracy", "win_rate", "kl_to_reference", "self_bleu"} <= set(metrics)
+    r = runner.invoke(app, ["train", "bon", "--task", "arithmetic", "--model", str(sft_dir / "final"), "--reward-model",
+                            str(rm_dir / "final"), "--n", "4", "--num-prompts", "8", "--output-dir",
+                            str(tmp_path / "bon")])
+    assert r.exit_code == 0, r.output
+    assert len((tmp_path / "bon" / "responses.jsonl").read_text().splitlines()) == 8
+
+
+def test_report_needs_results(tmp_path):
+    r = runner.invoke(app, ["report", str(tmp_path)])
+    assert r.exit_code == 2 and "results.json" in r.output
