@@ -132,7 +132,67 @@ def _register_methods() -> None:
                             "Direct Preference Optimization on pairs {prompt, chosen, rejected}.")
 
 
+def _register_online_command(name: str, config_cls, train_fn, summary: str) -> None:
+    @train_app.command(name, help=summary, epilog="Config fields (YAML keys or flags):\n\n"
+                       + describe_fields(config_cls).replace("\n", "\n\n"),
+                       context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+    def command(
+        ctx: typer.Context,
+        task: str = typer.Option(None, help="Built-in task whose training prompts to use (see `preftune tasks`)."),
+        data: Path = typer.Option(None, help="JSONL/saved dataset of {prompt, response}: the prompts, and the "
+                                             "reference responses of --reward annotator."),
+        config: Path = typer.Option(None, help="YAML file of config fields."),
+        reward: str = typer.Option("oracle", help="'oracle' (the task's exact reward), 'annotator' (a simulated "
+                                                  "annotator's 0/1 preference over the reference response), or a "
+                                                  "reward-model directory from `preftune train reward`."),
+        num_prompts: int = typer.Option(2000, help="Training prompts to draw from --task."),
+        label_noise: float = typer.Option(0.0, help="Label-flip probability of --reward annotator."),
+        link: str = typer.Option("bradley-terry", help="Link of --reward annotator: bradley-terry, thurstone, "
+                                                       "weibull."),
+    ):
+        _quiet_libraries()
+        from preftune.data import Demo, load_records
+        from preftune.methods.online import make_reward
+        from preftune.tasks import get_task
+
+        try:
+            extra = parse_extra_flags(ctx.args)
+            from_file = load_yaml(config) if config is not None else {}
+            cfg = build_config(config_cls, config, ctx.args)
+            task_obj = get_task(task) if task else None
+            if data is not None:
+                references = load_records(data, Demo)
+            elif task_obj is not None:
+                references = task_obj.demonstrations("train", num_prompts, cfg.seed)
+            else:
+                raise ConfigError("give --task NAME (see `preftune tasks`) or --data FILE.jsonl of prompts")
+            if task_obj is not None and "max_new_tokens" not in extra and "max_new_tokens" not in from_file:
+                cfg.max_new_tokens = task_obj.max_response_chars + 1  # a token is at least one character
+            prompts = list(dict.fromkeys(r.prompt for r in references))  # unique, in order
+            reward_fn = make_reward(reward, task_obj, references, seed=cfg.seed, link=link, flip_prob=label_noise,
+                                    max_length=cfg.max_length)
+            save_yaml(cfg, Path(cfg.output_dir) / "config.yaml")
+            result = train_fn(cfg, prompts, reward_fn)
+        except (ConfigError, ValueError) as e:
+            _fail(str(e))
+        console.print(f"[green]done[/]: {name} on {len(prompts)} prompts -> {result.path}")
+
+
+def _register_online_methods() -> None:
+    from preftune.methods.ppo import PPOConfig, train_ppo
+    from preftune.methods.rloo import GRPOConfig, RLOOConfig, train_grpo, train_rloo
+
+    _register_online_command("ppo", PPOConfig, train_ppo, "PPO with a value head, GAE and a KL penalty to the "
+                             "starting policy (--model), rewarded by --reward.")
+    _register_online_command("rloo", RLOOConfig, train_rloo, "RLOO: k samples per prompt, leave-one-out baseline, "
+                             "KL penalty in the reward.")
+    _register_online_command("grpo", GRPOConfig, train_grpo, "GRPO: k samples per prompt, group-normalised "
+                             "advantages, k3 KL loss term; with --reward oracle on arithmetic, RL from verifiable "
+                             "rewards.")
+
+
 _register_methods()
+_register_online_methods()
 
 
 @train_app.command("bon", help="Best-of-N: sample N responses per prompt, keep the best by a reward model or "
@@ -250,18 +310,29 @@ def tasks_command():
     console.print(table)
 
 
-@bench_app.command("trl", help="Train SFT, reward model and DPO with preftune and with TRL on the same tiny "
-                               "model, data and batch; print tokens/s and peak-memory ratios.")
+@bench_app.command("trl", help="Train SFT, reward model, DPO and RLOO with preftune and with TRL on the same tiny "
+                               "model, data and batch; print tokens/s (samples/s for RLOO) and peak-memory ratios.")
 def bench_trl_command(
-    steps: int = typer.Option(30, min=2, help="Optimizer steps per method and library."),
-    batch_size: int = typer.Option(16, min=1),
+    steps: int = typer.Option(30, min=2, help="Optimizer steps per method and library (RLOO: iterations, one "
+                                              "rollout batch and one optimizer step each)."),
+    batch_size: int = typer.Option(16, min=1, help="Examples per step (RLOO: prompts per iteration, each sampled "
+                                                   "4 times)."),
     output: Path = typer.Option(Path("runs/bench-trl.json"), help="Where the measurements go."),
     profile: bool = typer.Option(False, help="Also print a cProfile summary of each preftune run."),
+    methods: str = typer.Option("sft,reward,dpo,rloo", help="Comma-separated methods to compare."),
+    repeats: int = typer.Option(2, min=1, help="Runs per (method, library), interleaved; the median is reported."),
+    threads: int = typer.Option(0, min=0, help="Torch threads per run (0 = torch's default, one per core). Use 1 "
+                                               "on a machine other jobs are using."),
 ):
     _quiet_libraries()
-    from preftune.bench.trl_compare import run_trl_comparison
+    from preftune.bench.trl_compare import METHODS, run_trl_comparison
 
-    run_trl_comparison(steps=steps, batch_size=batch_size, output=output, profile=profile)
+    chosen = tuple(m.strip() for m in methods.split(",") if m.strip())
+    unknown = sorted(set(chosen) - set(METHODS))
+    if unknown or not chosen:
+        _fail(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
+    run_trl_comparison(steps=steps, batch_size=batch_size, output=output, profile=profile, repeats=repeats,
+                       methods=chosen, threads=threads or None)
 
 
 def main() -> None:  # pragma: no cover

@@ -122,7 +122,7 @@ def link_name(annotator_link: str) -> str:
 
 
 def rloo_advantages(rewards: torch.Tensor) -> torch.Tensor:
-    """REINFORCE leave-one-out (Ahmadian et al. 2024, Eq. 5; Kool et al. 2019): ``[P, k] -> [P, k]``.
+    """REINFORCE leave-one-out (Kool et al. 2019; Ahmadian et al. 2024, the RLOO estimator): ``[P, k] -> [P, k]``.
 
     A_i = r_i − 1/(k−1) Σ_{j≠i} r_j: each sample is baselined by the mean of its prompt's *other* samples,
     which keeps the gradient estimate unbiased (the baseline does not depend on the sample itself).
@@ -135,7 +135,7 @@ def rloo_advantages(rewards: torch.Tensor) -> torch.Tensor:
 
 
 def grpo_advantages(rewards: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
-    """Group-relative advantages (Shao et al. 2024, DeepSeekMath Eq. 3, outcome supervision): ``[P, k]``.
+    """Group-relative advantages (Shao et al. 2024, DeepSeekMath §4.1.2, outcome supervision): ``[P, k]``.
 
     A_i = (r_i − mean(r)) / (std(r) + eps) per prompt (row). The paper writes std({r_1..r_G}) without saying
     which; we use the *sample* standard deviation (Bessel-corrected, divisor k−1), as TRL's GRPOTrainer and

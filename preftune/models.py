@@ -279,7 +279,12 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
 
 def load_policy(config, model=None, tokenizer=None):
     """The policy a training config asks for: given in memory, or loaded/built, with LoRA if asked."""
-    if model is None:
+    if model is None and (Path(config.model) / "adapter_config.json").exists():
+        # a LoRA run's output: fold its adapters in, so the loaded policy is the trained one and new
+        # adapters (and a LoRA reference policy, which disables them) start from it
+        model, tokenizer = load_trained_causal_lm(config.model, config.trust_remote_code)
+        model = model.merge_and_unload()
+    elif model is None:
         model, tokenizer = load_causal_lm(config.model, tokenizer, seed=config.seed,
                                           trust_remote_code=config.trust_remote_code)
     elif tokenizer is None:

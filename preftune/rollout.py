@@ -9,6 +9,7 @@ passes that produced the tokens, so a PPO step never runs the policy twice on it
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -74,17 +75,25 @@ def left_pad(token_lists: Sequence[list[int]], pad_id: int) -> tuple[torch.Tenso
     return ids, mask
 
 
+def _cache_argument(model) -> str:
+    """The forward argument that takes the KV cache: ``cache`` in transformers >= 5.2x, before that
+    ``past_key_values`` (still accepted, with a deprecation warning, by the newer versions)."""
+    base = getattr(model, "module", model)  # DDP
+    base = base.get_base_model() if hasattr(base, "get_base_model") else base  # peft
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
 @torch.no_grad()
 def _sample_batch(model, prompt_ids, prompt_mask, max_new_tokens, eos_id, pad_id, temperature, top_k, top_p):
     from transformers import DynamicCache
 
     device = prompt_ids.device
     n = prompt_ids.shape[0]
-    cache = DynamicCache()
+    cache_kw = {_cache_argument(model): DynamicCache()}
     attn = prompt_mask
     positions = position_ids_from_mask(attn)
-    out = model(input_ids=prompt_ids, attention_mask=attn, position_ids=positions, past_key_values=cache,
-                use_cache=True, logits_to_keep=1)
+    out = model(input_ids=prompt_ids, attention_mask=attn, position_ids=positions, use_cache=True,
+                logits_to_keep=1, **cache_kw)
     next_pos = positions[:, -1:] + 1
     tokens, logps, alive_masks = [], [], []
     alive = torch.ones(n, dtype=torch.bool, device=device)
@@ -107,8 +116,8 @@ def _sample_batch(model, prompt_ids, prompt_mask, max_new_tokens, eos_id, pad_id
         if not alive.any():
             break
         attn = torch.cat([attn, alive_masks[-1][:, None]], dim=1)
-        out = model(input_ids=token[:, None], attention_mask=attn, position_ids=next_pos, past_key_values=cache,
-                    use_cache=True)
+        out = model(input_ids=token[:, None], attention_mask=attn, position_ids=next_pos, use_cache=True,
+                    **cache_kw)
         next_pos = next_pos + 1
     return torch.stack(tokens, 1), torch.stack(logps, 1), torch.stack(alive_masks, 1)
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from preftune.config import TrainConfig
+from preftune.config import TrainConfig, validate
 
 CHECKPOINT_PREFIX = "checkpoint-"
 
@@ -65,6 +65,7 @@ class Trainer:
         from accelerate.utils import set_seed
         from transformers import get_scheduler
 
+        validate(config)  # configs built in Python get the same checks as those from flags and YAML
         self.config = config
         self.name = name
         self.output_dir = Path(config.output_dir)
@@ -183,8 +184,8 @@ class Trainer:
                 self.history.append(metrics)
                 if self.is_main and (self.iteration % self.config.log_every == 0 or self.iteration == iterations):
                     self._log(metrics_path, metrics)
-                progress.update(task, advance=1, description=f"{description or self.name} "
-                                f"loss {metrics.get('loss', float('nan')):.4f}")
+                shown = " ".join(f"{k} {metrics[k]:.4g}" for k in ("loss", "score", "kl") if k in metrics)
+                progress.update(task, advance=1, description=f"{description or self.name} {shown}")
                 if self.config.save_every and self.iteration % self.config.save_every == 0 \
                         and self.iteration < iterations:
                     self.save_checkpoint()

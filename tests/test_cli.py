@@ -91,6 +91,26 @@ def test_train_eval_bon_and_report_end_to_end(tmp_path):
                             str(tmp_path / "bon")])
     assert r.exit_code == 0, r.output
     assert len((tmp_path / "bon" / "responses.jsonl").read_text().splitlines()) == 8
+    # online RL from the SFT policy, with each kind of reward
+    small = ["--steps", "2", "--batch-size", "4", "--progress", "false", "--model", str(sft_dir / "final")]
+    for method, reward in (("ppo", str(rm_dir / "final")), ("grpo", "oracle"), ("rloo", "annotator")):
+        r = runner.invoke(app, ["train", method, "--task", "arithmetic", "--reward", reward, "--num-prompts", "50",
+                                *small, "--output-dir", str(tmp_path / method)])
+        assert r.exit_code == 0, r.output
+        history = [json.loads(line) for line in (tmp_path / method / "metrics.jsonl").read_text().splitlines()]
+        assert len(history) == 2 and {"score", "kl", "entropy", "generate_fraction"} <= set(history[-1])
+        assert (tmp_path / method / "final" / "model.safetensors").exists()
+
+
+def test_online_commands_explain_bad_input(tmp_path):
+    r = runner.invoke(app, ["train", "rloo", "--output-dir", str(tmp_path)])
+    assert r.exit_code == 2 and "--task" in r.output
+    r = runner.invoke(app, ["train", "grpo", "--task", "arithmetic", "--reward", "nowhere", "--output-dir",
+                            str(tmp_path)])
+    assert r.exit_code == 2 and "'oracle', 'annotator' or a reward-model directory" in r.output
+    r = runner.invoke(app, ["train", "rloo", "--task", "arithmetic", "--samples-per-prompt", "1", "--output-dir",
+                            str(tmp_path)])
+    assert r.exit_code == 2 and "samples_per_prompt" in r.output
 
 
 def test_report_needs_results(tmp_path):

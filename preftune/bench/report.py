@@ -31,14 +31,23 @@ def _plot_losses(histories: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     stages = [s for s, h in histories.items() if h]
-    fig, axes = plt.subplots(1, len(stages), figsize=(3.2 * len(stages), 2.8), squeeze=False)
-    for ax, stage in zip(axes[0], stages):
+    cols = min(4, len(stages))
+    rows = -(-len(stages) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.8 * rows), squeeze=False)
+    for ax in axes.flat[len(stages):]:
+        ax.set_visible(False)
+    for ax, stage in zip(axes.flat, stages):
         h = histories[stage]
-        ax.plot([r["iteration"] for r in h], [r["loss"] for r in h])
+        key = "score" if "score" in h[0] else "loss"  # online RL: the reward it climbs says more than its loss
+        ax.plot([r["iteration"] for r in h], [r[key] for r in h])
+        if "kl" in h[0]:  # and how far it moved from the reference to get there
+            twin = ax.twinx()
+            twin.plot([r["iteration"] for r in h], [r["kl"] for r in h], color="#d8763b", lw=0.9)
+            twin.set_ylabel("KL to reference", color="#d8763b", fontsize=8)
         ax.set_title(stage)
-        ax.set_xlabel("step")
+        ax.set_xlabel("iteration" if key == "score" else "step")
+        ax.set_ylabel("reward (score)" if key == "score" else "training loss", fontsize=8)
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("training loss")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -75,6 +84,9 @@ def write_report(run_dir: Path) -> Path:
     lines = [f"# preftune run: {run_dir.name}", "",
              f"{'Quick' if meta['quick'] else 'Full'} suite, seed {meta['seed']}, torch {meta['torch']}, "
              f"{meta['threads']} threads, {results['timings'].get('total', 0):.0f} s in all.", ""]
+    if meta["quick"]:
+        lines += ["*A quick run checks the setup: its models are too small and too briefly trained to rank methods; "
+                  "`preftune run` gives the numbers to compare.*", ""]
     pl = results["tasks"].get("preference-language")
     if pl:
         rm = pl["reward_model"]
@@ -95,7 +107,15 @@ def write_report(run_dir: Path) -> Path:
             lines += [f"## {task_name}", "", method_table(t["methods"]), ""]
     if results.get("histories"):
         _plot_losses(results["histories"], run_dir / "losses.png")
-        lines += ["## Training curves", "", "![losses](losses.png)", ""]
+        lines += ["## Training curves", "", "Offline stages: training loss. Online stages (PPO, RLOO, GRPO): the "
+                  "reward of each iteration's samples (blue) and their KL to the reference policy (orange).", "",
+                  "![losses](losses.png)", ""]
+        online = {stage: h for stage, h in results["histories"].items() if h and "generate_fraction" in h[0]}
+        if online:
+            lines += ["| online stage | final reward | final KL | time generating |", "|---|---|---|---|"]
+            lines += [f"| {stage} | {h[-1]['score']:.3f} | {h[-1]['kl']:.2f} | "
+                      f"{sum(r['generate_fraction'] for r in h) / len(h):.0%} |" for stage, h in online.items()]
+            lines += [""]
     lines += ["## Time", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.1f} |" for k, v in results["timings"].items()]
     path = run_dir / "report.md"

@@ -1,0 +1,373 @@
+"""What every online RL method (PPO, RLOO, GRPO) shares, written once.
+
+An *iteration* — the unit `Trainer.fit` logs and checkpoints — is:
+
+1. draw this iteration's prompts, a pure function of (seed, iteration) (`batch_indices`), so a resumed run
+   sees the same prompts;
+2. `collect`: sample ``samples_per_prompt`` responses per prompt with the one sampler (`rollout.generate`,
+   which also returns the behaviour log-probs), score them under the reference policy, and score them with
+   the reward (a reward model, the task oracle or a simulated annotator);
+3. the KL guard: stop with a `TrainingError` if the mean sequence KL to the reference exceeds ``kl_stop``;
+4. the method's advantages, then `optimise`: ``ppo_epochs`` passes over the rollout in ``num_minibatches``
+   optimizer steps, each through `Trainer.update`;
+5. the KL controller's update and the iteration's metrics (`finish_iteration`).
+
+The reference policy π_ref is the starting policy: a frozen deepcopy, or — for a LoRA (peft) policy — the
+same model with its adapters disabled, so no second model is held in memory.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from preftune.config import ConfigError, TrainConfig, doc
+from preftune.losses import kl_k1
+from preftune.methods.sft import TrainedPolicy
+from preftune.models import save_causal_lm
+from preftune.rollout import Rollout, generate, score_logprobs
+from preftune.trainer import Trainer, TrainingError, batch_indices
+
+RewardFn = Callable[[list[str], list[str]], Sequence[float]]  # (prompts, responses) -> scores
+
+
+@dataclass
+class OnlineConfig(TrainConfig):
+    """Fields every online method shares. ``steps`` counts iterations (one rollout batch and its updates)."""
+
+    steps: int = field(default=100, metadata=doc(
+        "Iterations: each samples one rollout batch and runs ppo_epochs × num_minibatches optimizer steps on it.",
+        ge=1))
+    batch_size: int = field(default=32, metadata=doc("Prompts per iteration, over all processes.", ge=1))
+    lr: float = field(default=1e-4, metadata=doc("Peak learning rate of AdamW.", gt=0))
+    lr_schedule: Literal["cosine", "linear", "constant"] = field(default="constant",
+                                                                 metadata=doc("Decay after warmup."))
+    warmup_ratio: float = field(default=0.0, metadata=doc("Fraction of optimizer steps of linear warmup.", ge=0, le=1))
+    save_every: int = field(default=20, metadata=doc("Checkpoint every N iterations (0 = only at the end).", ge=0))
+    log_every: int = field(default=1, metadata=doc("Log metrics every N iterations.", ge=1))
+    # --- sampling
+    samples_per_prompt: int = field(default=1, metadata=doc("Responses sampled per prompt.", ge=1))
+    max_new_tokens: int = field(default=32, metadata=doc(
+        "Longest sampled response in tokens (the CLI defaults it to the task's max_response_chars + 1).", ge=1))
+    temperature: float = field(default=1.0, metadata=doc(
+        "Sampling temperature; policy, behaviour and reference log-probs all use softmax(logits / T).", gt=0))
+    generation_batch_size: int = field(default=256, metadata=doc("Sequences decoded together.", ge=1))
+    # --- optimisation of each rollout batch
+    ppo_epochs: int = field(default=1, metadata=doc(
+        "Passes over each rollout batch (1 = on-policy: the ratio is 1 at every step's start).", ge=1))
+    num_minibatches: int = field(default=1, metadata=doc("Optimizer steps per pass over a rollout batch.", ge=1))
+    clip_range: float = field(default=0.2, metadata=doc("PPO ratio clip ε.", gt=0))
+    # --- KL to the reference policy
+    kl_coef: float = field(default=0.05, metadata=doc(
+        "KL coefficient β (the starting value when kl_target is set).", ge=0))
+    kl_target: float | None = field(default=None, metadata=doc(
+        "Target sequence KL in nats for the adaptive controller (Ziegler et al. 2019); none = fixed β.", gt=0))
+    kl_horizon: int = field(default=10000, metadata=doc(
+        "Adaptive controller horizon in samples: β moves by at most 20% × samples/horizon per iteration.", ge=1))
+    kl_stop: float = field(default=50.0, metadata=doc(
+        "Stop when the mean sequence KL to the reference exceeds this many nats (inf = never).", gt=0))
+
+    def check(self) -> None:
+        rows = self.batch_size * self.samples_per_prompt
+        if rows < self.num_minibatches * self.grad_accum:
+            raise ConfigError(f"batch_size × samples_per_prompt ({rows}) must be at least num_minibatches × "
+                              f"grad_accum ({self.num_minibatches} × {self.grad_accum}) so no step is empty")
+
+    def total_updates(self) -> int:
+        return self.steps * self.ppo_epochs * self.num_minibatches
+
+
+# ----------------------------------------------------------------------------------------------
+# Reference policy and KL coefficient
+
+
+def is_peft_model(model) -> bool:
+    return hasattr(model, "peft_config") and hasattr(model, "disable_adapter")
+
+
+class ReferencePolicy:
+    """π_ref, the starting policy. Full models: a frozen deepcopy (eval mode, no gradients). LoRA (peft)
+    models: no copy — the live model under ``disable_adapter()``, i.e. the base weights the adapters were
+    added to (the starting policy when the adapters start at zero, as `load_policy`'s fresh LoRA does)."""
+
+    def __init__(self, policy):
+        self.uses_adapters = is_peft_model(policy)
+        self.model = None
+        if not self.uses_adapters:
+            self.model = copy.deepcopy(policy).eval().requires_grad_(False)
+
+    def to(self, device) -> ReferencePolicy:
+        if self.model is not None:
+            self.model.to(device)
+        return self
+
+    def logprobs(self, policy, rollout: Rollout, temperature: float = 1.0, batch_size: int = 64) -> torch.Tensor:
+        """Per-token log-probs ``[N, T-1]`` of the rollout's responses under π_ref (zero off-response)."""
+        args = (rollout.input_ids, rollout.attention_mask, rollout.response_mask)
+        if self.uses_adapters:
+            with policy.disable_adapter():
+                return score_logprobs(policy, *args, batch_size=batch_size, temperature=temperature)
+        return score_logprobs(self.model, *args, batch_size=batch_size, temperature=temperature)
+
+
+class KLController:
+    """The KL coefficient β: fixed, or adaptive (Ziegler et al. 2019, §2.2, and their lm-human-preferences code).
+
+    Adaptive: e = clip(KL / KL_target − 1, −0.2, 0.2) and β ← β · (1 + e · n / horizon) after each iteration of
+    n samples, a proportional controller that steers the mean sequence KL towards the target. Checkpointed.
+    """
+
+    def __init__(self, init: float, target: float | None = None, horizon: int = 10000):
+        self.value, self.target, self.horizon = float(init), target, horizon
+
+    def update(self, kl: float, num_samples: int) -> None:
+        if self.target is None:
+            return
+        error = min(max(kl / self.target - 1.0, -0.2), 0.2)
+        self.value *= 1.0 + error * num_samples / self.horizon
+
+    def state_dict(self) -> dict:
+        return {"value": self.value, "target": self.target, "horizon": self.horizon}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.value, self.target, self.horizon = float(state["value"]), state["target"], int(state["horizon"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Rewards
+
+
+class AnnotatorReward:
+    """Reward from a simulated annotator: 1 if it prefers the sample to the prompt's reference response, else 0.
+
+    Every comparison is recorded in ``ledger`` (tag ``tag``), so online methods are compared with offline ones
+    at equal query budgets. Ledger and the annotator's random stream are checkpointed with the run.
+    """
+
+    def __init__(self, annotator, references: Mapping[str, str], seed: int = 0, ledger=None, tag: str = "online"):
+        from preftune.feedback import QueryLedger
+
+        self.annotator, self.references, self.tag = annotator, dict(references), tag
+        self.ledger = ledger if ledger is not None else QueryLedger()
+        self.rng = random.Random(seed)
+
+    def __call__(self, prompts: list[str], responses: list[str]) -> list[float]:
+        missing = sorted({p for p in prompts if p not in self.references})
+        if missing:
+            raise ValueError(f"no reference response for {len(missing)} prompt(s), e.g. {missing[0]!r}")
+        scores = []
+        for prompt, response in zip(prompts, responses):
+            self.ledger.record(self.tag)
+            preferred = self.annotator.compare(prompt, response, self.references[prompt], self.rng)
+            scores.append(1.0 if preferred else 0.0)
+        return scores
+
+    def state_dict(self) -> dict:
+        return {"ledger": self.ledger.state_dict(), "rng": self.rng.getstate()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.ledger.load_state_dict(state["ledger"])
+        version, internal, gauss = state["rng"]
+        self.rng.setstate((version, tuple(internal), gauss))
+
+
+def make_reward(spec: str, task=None, references: Sequence | None = None, tokenizer=None, seed: int = 0,
+                link: str = "bradley-terry", flip_prob: float = 0.0, max_length: int = 96) -> RewardFn:
+    """The reward the CLI's ``--reward`` names: ``oracle`` (``task.reward``), ``annotator`` (an `Annotator` of the
+    task's reward comparing each sample with the reference response of its prompt, from ``references``: records
+    with ``.prompt`` and ``.response``), or the directory of a saved `RewardModel`."""
+    from preftune.methods.bon import oracle_scorer, reward_model_scorer
+
+    if spec in ("oracle", "annotator") and task is None:
+        raise ValueError(f"--reward {spec} needs --task (its oracle is the reward)")
+    if spec == "oracle":
+        return oracle_scorer(task)
+    if spec == "annotator":
+        from preftune.feedback import Annotator
+
+        if not references:
+            raise ValueError("--reward annotator needs reference responses (a task's demonstrations or --data)")
+        return AnnotatorReward(Annotator(task.reward, link=link, flip_prob=flip_prob),
+                               {r.prompt: r.response for r in references}, seed=seed)
+    if not Path(spec).is_dir():
+        raise ValueError(f"--reward must be 'oracle', 'annotator' or a reward-model directory; {spec!r} is none")
+    from preftune.models import RewardModel, load_tokenizer
+
+    return reward_model_scorer(RewardModel.from_pretrained(spec), tokenizer or load_tokenizer(spec), max_length)
+
+
+# ----------------------------------------------------------------------------------------------
+# One iteration's data
+
+
+@dataclass
+class OnlineBatch:
+    """A scored rollout: behaviour log-probs (in ``rollout``), reference log-probs and scores ``[N]``."""
+
+    rollout: Rollout
+    ref_logprobs: torch.Tensor
+    scores: torch.Tensor
+    generate_seconds: float
+
+    def __len__(self) -> int:
+        return self.rollout.input_ids.shape[0]
+
+    @property
+    def mask(self) -> torch.Tensor:
+        return self.rollout.labels_mask
+
+    def kl_tokens(self) -> torch.Tensor:
+        """Per-token log π_old − log π_ref on the samples (k1; Ziegler et al. 2019, Eq. 2), zero off-response."""
+        return kl_k1(self.rollout.logprobs, self.ref_logprobs) * self.mask
+
+    def kl_sequences(self) -> torch.Tensor:
+        return self.kl_tokens().sum(-1)
+
+    def rows(self, rows: Sequence[int], device, **extra: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The tensors of some rows on ``device``, trimmed to their non-pad columns (fewer wasted FLOPs).
+
+        Always: input_ids, attention_mask, mask, old_logprobs, ref_logprobs; plus ``extra`` tensors, per token
+        ``[N, T-1]`` (sliced like the log-probs) or per sequence ``[N]``.
+        """
+        idx = torch.as_tensor(list(rows), dtype=torch.long)
+        attn = self.rollout.attention_mask[idx]
+        used = attn.any(0).nonzero().squeeze(-1)
+        lo, hi = int(used[0]), int(used[-1]) + 1
+        tokens = {"mask": self.mask, "old_logprobs": self.rollout.logprobs, "ref_logprobs": self.ref_logprobs}
+        out = {"input_ids": self.rollout.input_ids[idx, lo:hi], "attention_mask": attn[:, lo:hi]}
+        for name, t in {**tokens, **extra}.items():
+            out[name] = t[idx, lo:hi - 1] if t.dim() == 2 else t[idx]
+        return {k: v.to(device) for k, v in out.items()}
+
+
+def collect(policy, reference: ReferencePolicy, tokenizer, prompts: Sequence[str], reward_fn: RewardFn,
+            config: OnlineConfig) -> OnlineBatch:
+    """Generate → reference log-probs → scores, all batched; the k samples of a prompt are consecutive rows."""
+    t0 = time.perf_counter()
+    rollout = generate(policy, tokenizer, prompts, config.max_new_tokens, config.samples_per_prompt,
+                       config.temperature, batch_size=config.generation_batch_size)
+    generate_seconds = time.perf_counter() - t0
+    ref = reference.logprobs(policy, rollout, config.temperature, batch_size=config.generation_batch_size)
+    scores = torch.as_tensor([float(s) for s in reward_fn(rollout.row_prompts(), rollout.texts)],
+                             dtype=torch.float32)
+    return OnlineBatch(rollout, ref, scores, generate_seconds)
+
+
+# ----------------------------------------------------------------------------------------------
+# The run
+
+
+class OnlineRun:
+    """The shared machinery of one online training run; a method adds its advantages and loss.
+
+    ``trained`` is the module the optimizer owns (the policy itself, or PPO's policy + value head);
+    ``policy`` must be inside it (it is what samples, and — for LoRA — what serves as the reference).
+    """
+
+    def __init__(self, name: str, config: OnlineConfig, prompts: Sequence[str], reward, policy, tokenizer,
+                 trained: torch.nn.Module | None = None):
+        if not prompts:
+            raise TrainingError(f"{name}: no training prompts")
+        self.name, self.config, self.prompts = name, config, list(prompts)
+        self.policy, self.tokenizer = policy, tokenizer
+        self.reference = ReferencePolicy(policy)  # before any update: π_ref is the starting policy
+        self.kl_controller = KLController(config.kl_coef, config.kl_target, config.kl_horizon)
+        if isinstance(reward, torch.nn.Module):  # a RewardModel
+            from preftune.methods.bon import reward_model_scorer
+
+            self.reward_model = reward
+            reward = reward_model_scorer(reward, tokenizer, config.max_length)
+        else:
+            self.reward_model = None
+        self.reward_fn = reward
+        # a stateful reward (AnnotatorReward: ledger + annotator RNG) is checkpointed with the run
+        stateful = [reward] if hasattr(reward, "state_dict") and hasattr(reward, "load_state_dict") else []
+        self.trainer = Trainer(config, trained if trained is not None else policy,
+                               total_updates=config.total_updates(), name=name,
+                               state_objects=[self.kl_controller, *stateful])
+        self.reference.to(self.trainer.device)
+        if self.reward_model is not None:
+            self.reward_model.to(self.trainer.device)
+
+    @property
+    def kl_coef(self) -> float:
+        return self.kl_controller.value
+
+    def global_mean(self, value: float) -> float:
+        """Mean over processes, so decisions (KL guard, controller) agree everywhere."""
+        t = torch.as_tensor(float(value), device=self.trainer.device)
+        if self.trainer.world_size > 1:
+            t = self.trainer.accelerator.reduce(t, reduction="mean")
+        return float(t)
+
+    def collect(self, iteration: int) -> OnlineBatch:
+        """This process's share of the iteration's prompts, sampled, scored, and checked by the KL guard."""
+        cfg = self.config
+        indices = batch_indices(len(self.prompts), cfg.batch_size, cfg.seed, iteration)
+        prompts = self.trainer.shard([self.prompts[i] for i in indices])
+        batch = collect(self.policy, self.reference, self.tokenizer, prompts, self.reward_fn, cfg)
+        kl = self.global_mean(batch.kl_sequences().mean())
+        if kl > cfg.kl_stop:
+            raise TrainingError(
+                f"{self.name}: mean KL to the reference is {kl:.1f} nats at iteration {iteration + 1}, above "
+                f"kl_stop={cfg.kl_stop:g}; the policy is drifting away from the reference (reward hacking or an "
+                f"unstable update). Raise kl_coef (now {self.kl_coef:.3g}) or set kl_target for the adaptive "
+                f"controller, lower lr ({cfg.lr:g}) or clip_range ({cfg.clip_range:g}), or raise kl_stop if this "
+                f"drift is intended.")
+        return batch
+
+    def optimise(self, num_rows: int, loss_fn: Callable[[list[int]], tuple[torch.Tensor, dict]],
+                 iteration: int) -> dict:
+        """``ppo_epochs`` passes over the rollout rows in a seeded order (a pure function of seed, iteration and
+        epoch), each split into ``num_minibatches`` optimizer steps of ``grad_accum`` micro-batches. Returns the
+        step metrics averaged over the iteration's steps."""
+        cfg = self.config
+        sums: dict[str, float] = {}
+        steps = 0
+        for epoch in range(cfg.ppo_epochs):
+            g = torch.Generator().manual_seed((cfg.seed * 1_000_003 + iteration) * 1_009 + epoch)
+            order = torch.randperm(num_rows, generator=g).tolist()
+            for m in range(cfg.num_minibatches):
+                rows = order[m::cfg.num_minibatches]
+                micro = [rows[i::cfg.grad_accum] for i in range(cfg.grad_accum)]
+                out = self.trainer.update([mb for mb in micro if mb], loss_fn)
+                for k, v in out.items():
+                    sums[k] = sums.get(k, 0.0) + float(v)
+                steps += 1
+        return {k: v / steps for k, v in sums.items()}
+
+    def finish_iteration(self, batch: OnlineBatch, updates: dict, started: float) -> dict:
+        """Update the KL controller and return the iteration's metrics.
+
+        score: the reward source's mean score; kl: mean sequence KL(π‖π_ref) estimated on the samples;
+        reward: score − β·kl, the KL-regularised objective all three methods maximise; response_length in
+        tokens; generate_fraction: share of the iteration's wall time spent sampling. ``updates`` adds loss,
+        grad_norm, lr, entropy, clip_frac, approx_kl (and the method's own).
+        """
+        kl = batch.kl_sequences()
+        beta = self.kl_coef
+        metrics = {
+            "score": batch.scores.mean().item(),
+            "kl": kl.mean().item(),
+            "reward": (batch.scores - beta * kl).mean().item(),
+            "kl_coef": beta,
+            "response_length": batch.rollout.response_lengths.float().mean().item(),
+            **updates,
+            "generate_fraction": batch.generate_seconds / max(time.perf_counter() - started, 1e-9),
+        }
+        self.kl_controller.update(self.global_mean(metrics["kl"]), len(batch) * self.trainer.world_size)
+        return metrics
+
+    def fit(self, iteration_fn: Callable[[int], dict]) -> TrainedPolicy:
+        history = self.trainer.fit(iteration_fn, self.config.steps, description=self.name)
+        path = None
+        if self.trainer.is_main:
+            path = save_causal_lm(self.policy, self.tokenizer, Path(self.config.output_dir) / "final")
+        return TrainedPolicy(self.policy, self.tokenizer, history, path)

@@ -1,0 +1,105 @@
+"""RLOO (Ahmadian et al. 2024) and GRPO (Shao et al. 2024, DeepSeekMath): k samples per prompt, no value model.
+
+Both sample ``samples_per_prompt`` = k responses per prompt and baseline each by its siblings; they differ in the
+advantage and in where the KL to the reference goes:
+
+- RLOO: sequence reward r − β·KL_seq (KL folded into the reward, KL_seq = Σ_t log π_old − log π_ref on the
+  sample), advantage = reward minus the mean of the prompt's other k−1 rewards (`rloo_advantages`).
+- GRPO: advantage = (r − mean) / (std + 1e-4) over the prompt's group (§4.1.2, `grpo_advantages`); the KL is a
+  separate loss term, β × the mean per-token k3 estimate exp(ref − logp) − (ref − logp) − 1 (Eq. 4, `kl_k3`)
+  under the *current* policy, so it has a gradient.
+
+Both optimise PPO's clipped surrogate with the ratio against the behaviour log-probs (Eq. 7 of Schulman et al.
+2017); with ``ppo_epochs`` = 1 and one minibatch every step is on-policy and the clip never binds. Sequence
+advantages are broadcast over their tokens and the loss is a mean over all response tokens of the minibatch.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from torch import nn
+
+from preftune.config import ConfigError, doc
+from preftune.losses import (
+    grpo_advantages,
+    kl_k3,
+    masked_mean,
+    ppo_clip_loss_with_stats,
+    rloo_advantages,
+    token_entropy,
+    token_logprobs,
+)
+from preftune.methods.online import OnlineConfig, OnlineRun, RewardFn
+from preftune.methods.sft import TrainedPolicy
+from preftune.models import load_policy
+from preftune.rollout import model_logits
+
+
+@dataclass
+class RLOOConfig(OnlineConfig):
+    output_dir: str = field(default="runs/rloo", metadata=doc("Where checkpoints, metrics and the final model go."))
+    samples_per_prompt: int = field(default=4, metadata=doc("k: responses per prompt (the group).", ge=2))
+    advantage: Literal["rloo", "grpo"] = field(default="rloo", metadata=doc(
+        "rloo: leave-one-out baseline, KL in the reward; grpo: group-normalised advantage, KL as a loss term."))
+
+    def check(self) -> None:
+        super().check()
+        if self.samples_per_prompt < 2:
+            raise ConfigError(f"config field 'samples_per_prompt' must be >= 2 for {self.advantage} "
+                              f"(the baseline comes from a prompt's other samples), got {self.samples_per_prompt}")
+
+
+@dataclass
+class GRPOConfig(RLOOConfig):
+    output_dir: str = field(default="runs/grpo", metadata=doc("Where checkpoints, metrics and the final model go."))
+    advantage: Literal["rloo", "grpo"] = field(default="grpo", metadata=doc(
+        "rloo: leave-one-out baseline, KL in the reward; grpo: group-normalised advantage, KL as a loss term."))
+    kl_coef: float = field(default=0.04, metadata=doc(
+        "β of the k3 KL loss term (DeepSeekMath uses 0.04); the starting value when kl_target is set.", ge=0))
+
+
+def train_rloo(config: RLOOConfig, prompts: Sequence[str], reward: RewardFn | nn.Module, model=None,
+               tokenizer=None) -> TrainedPolicy:
+    """RLOO, or GRPO when ``config.advantage == "grpo"``; ``reward``: (prompts, responses) -> scores, or a
+    `RewardModel`."""
+    policy, tokenizer = load_policy(config, model, tokenizer)
+    run = OnlineRun(config.advantage, config, prompts, reward, policy, tokenizer)
+    k, temperature, grpo = config.samples_per_prompt, config.temperature, config.advantage == "grpo"
+
+    def iteration(it: int) -> dict:
+        started = time.perf_counter()
+        batch = run.collect(it)
+        beta = run.kl_coef
+        if grpo:  # DeepSeekMath §4.1.2: normalised within the group; the KL is a loss term below (Eq. 3)
+            advantages = grpo_advantages(batch.scores.view(-1, k)).flatten()
+        else:  # Ahmadian et al. 2024: r − β·KL_seq, baselined by the other k−1 samples' mean
+            advantages = rloo_advantages((batch.scores - beta * batch.kl_sequences()).view(-1, k)).flatten()
+
+        def loss_fn(rows: list[int]):
+            b = batch.rows(rows, run.trainer.device, advantages=advantages)
+            logits = model_logits(run.trainer.model, b["input_ids"], b["attention_mask"])[:, :-1]
+            logprobs = token_logprobs(logits, b["input_ids"][:, 1:], temperature)
+            loss, clip_frac, approx_kl = ppo_clip_loss_with_stats(
+                logprobs, b["old_logprobs"], b["advantages"], b["mask"], config.clip_range)
+            metrics = {"policy_loss": loss.item(), "clip_frac": clip_frac.item(), "approx_kl": approx_kl.item(),
+                       "entropy": masked_mean(token_entropy(logits.detach(), temperature), b["mask"]).item()}
+            if grpo:  # DeepSeekMath Eq. 4: + β · mean_t k3(π_θ, π_ref)
+                kl = masked_mean(kl_k3(logprobs, b["ref_logprobs"]), b["mask"])
+                loss = loss + beta * kl
+                metrics["kl_k3"] = kl.item()
+            return loss, metrics
+
+        updates = run.optimise(len(batch), loss_fn, it)
+        return run.finish_iteration(batch, updates, started)
+
+    return run.fit(iteration)
+
+
+def train_grpo(config: GRPOConfig, prompts: Sequence[str], reward: RewardFn | nn.Module, model=None,
+               tokenizer=None) -> TrainedPolicy:
+    """GRPO: `train_rloo` with ``advantage="grpo"`` (the default of `GRPOConfig`)."""
+    return train_rloo(config, prompts, reward, model, tokenizer)
