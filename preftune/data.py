@@ -138,18 +138,36 @@ def encode_prompt_response(tokenizer, prompt: str, response: str, max_length: in
 def pad_batch(sequences: Sequence[list[int]], prompt_lengths: Sequence[int], pad_id: int) -> TokenBatch:
     """Right-pad token lists into a `TokenBatch`; response_mask covers tokens after the prompt."""
     width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(sequences), width), dtype=torch.long)
-    resp = torch.zeros((len(sequences), width), dtype=torch.long)
-    for i, (s, n_prompt) in enumerate(zip(sequences, prompt_lengths)):
-        ids[i, : len(s)] = torch.tensor(s)
-        attn[i, : len(s)] = 1
-        resp[i, n_prompt : len(s)] = 1
+    ids = torch.tensor([list(s) + [pad_id] * (width - len(s)) for s in sequences], dtype=torch.long)
+    columns = torch.arange(width)
+    lengths = torch.tensor([len(s) for s in sequences], dtype=torch.long)[:, None]
+    starts = torch.tensor(list(prompt_lengths), dtype=torch.long)[:, None]
+    attn = (columns < lengths).long()
+    resp = ((columns >= starts) & (columns < lengths)).long()
     return TokenBatch(ids, attn, resp)
 
 
+def _token_ids(tokenizer, texts: Sequence[str]) -> list[list[int]]:
+    """Token ids of many texts in one batched tokenizer call (no special tokens); repeated texts once."""
+    unique = list(dict.fromkeys(texts))
+    ids = dict(zip(unique, tokenizer(unique, add_special_tokens=False)["input_ids"])) if unique else {}
+    return [ids[t] for t in texts]
+
+
+def _encode_many(tokenizer, prompts: Sequence[str], responses: Sequence[str],
+                max_length: int) -> list[tuple[list[int], int]]:
+    """`encode_prompt_response` of many examples, tokenised in two batched calls (much less per-call overhead)."""
+    eos = tokenizer.eos_token_id
+    out = []
+    for prompt, p, r in zip(prompts, _token_ids(tokenizer, prompts), _token_ids(tokenizer, responses)):
+        if len(p) >= max_length:
+            raise DataError(f"prompt of {len(p)} tokens does not fit max_length={max_length}: {prompt[:60]!r}")
+        out.append(((p + r + [eos])[:max_length], len(p)))
+    return out
+
+
 def collate_demos(tokenizer, demos: Sequence[Demo], max_length: int) -> TokenBatch:
-    encoded = [encode_prompt_response(tokenizer, d.prompt, d.response, max_length) for d in demos]
+    encoded = _encode_many(tokenizer, [d.prompt for d in demos], [d.response for d in demos], max_length)
     return pad_batch([e[0] for e in encoded], [e[1] for e in encoded], tokenizer.pad_token_id)
 
 

@@ -87,6 +87,7 @@ class Trainer:
         # split across processes, so one optimizer step is one schedule step whatever the process count.
         self.scheduler = scheduler
         self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self._raw_optimizer = self._plain_optimizer()
         for obj in (scheduler, *state_objects):
             self.accelerator.register_for_checkpointing(obj)
         self.iteration = 0  # iterations completed
@@ -126,7 +127,8 @@ class Trainer:
         weighted by its share of the examples, so the step's gradient is that of the mean over the whole
         global batch (DDP averages equal shares across processes).
         """
-        self.model.train()
+        if not all(m.training for m in self.model.modules()):  # train() walks and sets every module each call
+            self.model.train()
         sizes = [len(mb) for mb in micro_batches]
         total = sum(sizes)
         loss_sum, metric_sums = 0.0, {}
@@ -136,14 +138,16 @@ class Trainer:
             ctx = self.accelerator.no_sync(self.model) if not sync else contextlib.nullcontext()
             with ctx, self.accelerator.autocast():
                 loss, metrics = loss_fn(mb)
-            self.accelerator.backward(loss * weight)
+            self.accelerator.backward(loss * weight if weight != 1 else loss)
             loss_sum += loss.detach().float().item() * weight
             for k, v in metrics.items():
                 metric_sums[k] = metric_sums.get(k, 0.0) + float(v) * weight
         grad_norm = self._grad_norm_and_clip()
         finite = math.isfinite(loss_sum) and math.isfinite(grad_norm)
+        optimizer = self._raw_optimizer if self._raw_optimizer is not None and self.accelerator.sync_gradients \
+            else self.optimizer
         if finite:
-            self.optimizer.step()
+            optimizer.step()
             self.scheduler.step()
             self.bad_steps_in_a_row = 0
         else:
@@ -154,10 +158,25 @@ class Trainer:
                     f"{self.name}: loss or gradient was NaN/inf on {self.bad_steps_in_a_row} steps in a row "
                     f"(update {self.updates}); each was skipped. Lower the learning rate (lr={self.config.lr}), "
                     f"check the data, or raise max_bad_steps.")
-        self.optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad(set_to_none=True)
         self.updates += 1
         out = {"loss": loss_sum, "grad_norm": grad_norm, "lr": self.scheduler.get_last_lr()[0], **metric_sums}
         return out
+
+    def _plain_optimizer(self):
+        """The torch optimizer inside Accelerate's wrapper when the wrapper's ``step``/``zero_grad`` would only call it
+        (one process or DDP, no AMP grad scaler, no XLA/DeepSpeed/FSDP/Megatron): its ``step`` looks up optional
+        packages with importlib on every call, a fixed cost per update that is large next to a tiny model's step.
+        None otherwise (the wrapper is used)."""
+        from accelerate.utils import DistributedType
+
+        acc = self.accelerator
+        plain = acc.distributed_type in (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU)
+        inner = getattr(self.optimizer, "optimizer", None)
+        if not plain or acc.scaler is not None or getattr(acc, "has_lomo_optimizer", False) \
+                or type(inner) is not torch.optim.AdamW:
+            return None
+        return inner
 
     def _grad_norm_and_clip(self) -> float:
         if self.config.max_grad_norm > 0:

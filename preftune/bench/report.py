@@ -92,7 +92,9 @@ def write_report(run_dir: Path) -> Path:
         rm = pl["reward_model"]
         _plot_methods(pl["methods"], run_dir / "preference_language.png", "preference-language (eval prompts)")
         lines += ["## preference-language", "",
-                  f"Policies trained from {pl['labels']} annotator labels (Bradley–Terry, temperature 1); win rates "
+                  f"Annotator labels (Bradley–Terry, temperature 1): {pl['labels']} for the reward model (which "
+                  f"scores Best-of-N, PPO and RLOO), the first {pl.get('dpo_labels', pl['labels'])} of them for DPO "
+                  "(one epoch of its steps). Win rates "
                   "against one SFT sample per prompt, by the oracle (ties count ½) and by a judge that flips 25% of "
                   "its labels (AlpacaFarm-style).", "", method_table(pl["methods"]), "",
                   "![methods](preference_language.png)", "",

@@ -98,8 +98,10 @@ def _online(run_dir: Path, name: str, seed: int, resume: bool, steps: int, task)
                 max_new_tokens=task.max_response_chars + 1)
 
 
-def run_suite(run_dir: Path, quick: bool = False, seed: int = 0, resume: bool = False) -> Path:
-    size = SuiteSize.quick() if quick else SuiteSize()
+def run_suite(run_dir: Path, quick: bool = False, seed: int = 0, resume: bool = False,
+              size: SuiteSize | None = None) -> Path:
+    """Run every stage into ``run_dir`` and write the report; ``size`` overrides the full/quick sizes."""
+    size = size or (SuiteSize.quick() if quick else SuiteSize())
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     started = time.perf_counter()
@@ -147,9 +149,12 @@ def _preference_language(run_dir, size: SuiteSize, seed: int, resume: bool, toke
         "train_accuracy": heldout_accuracy(reward_model, tokenizer, pairs[: size.heldout_pairs], 96),
     }
 
+    # DPO sees steps × batch pairs; giving it exactly those (one epoch) spares reference log-probs of the rest
+    dpo_config = DPOConfig(**_common(run_dir, "pl-dpo", seed, resume, size.dpo_steps))
+    dpo_pairs = pairs[: dpo_config.steps * dpo_config.batch_size]
+    out["dpo_labels"] = len(dpo_pairs)
     dpo_model, _, t = _policy_stage(run_dir, "pl-dpo", resume, lambda: train_dpo(
-        DPOConfig(**_common(run_dir, "pl-dpo", seed, resume, size.dpo_steps)), pairs,
-        model=copy.deepcopy(sft_model), tokenizer=tokenizer))
+        dpo_config, dpo_pairs, model=copy.deepcopy(sft_model), tokenizer=tokenizer))
     results["timings"]["pl-dpo"] = t
 
     # online RL against the learned reward model, from the SFT policy, KL-regularised towards it
