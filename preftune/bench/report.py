@@ -13,7 +13,9 @@ METRIC_COLUMNS = [("oracle_reward", "oracle reward"), ("win_rate", "win rate vs 
 def _fmt(value) -> str:
     if value is None:
         return "–"
-    return f"{value:.3f}" if isinstance(value, float) else str(value)
+    if isinstance(value, float):
+        return f"{0.0 if abs(value) < 5e-4 else value:.3f}"  # no "-0.000"
+    return str(value)
 
 
 def method_table(methods: dict) -> str:

@@ -41,6 +41,10 @@ from preftune.tasks import get_task
 # KL of ~11 nats while the oracle reward falls below SFT's (reward over-optimisation, Gao et al. 2023). β = 0.2
 # keeps the policy within ~3 nats, where the reward model's gains are real (measured: docs/benchmarks.md).
 RM_KL_COEF = 0.2
+# DPO at the usual β = 0.1 on one epoch of 12.8k distinct pairs pushes probability onto tokens no response uses
+# (KL 49 nats, oracle reward −1.8: the likelihood-displacement failure); β = 0.3 keeps it near SFT (KL ~2) and
+# gains there. Measured side by side in docs/benchmarks.md.
+DPO_BETA = 0.3
 ARITHMETIC_GRPO_LR = 3e-4  # the verifiable reward is sparse (0/1) and noise-free: a larger step than the default
 
 
@@ -150,7 +154,7 @@ def _preference_language(run_dir, size: SuiteSize, seed: int, resume: bool, toke
     }
 
     # DPO sees steps × batch pairs; giving it exactly those (one epoch) spares reference log-probs of the rest
-    dpo_config = DPOConfig(**_common(run_dir, "pl-dpo", seed, resume, size.dpo_steps))
+    dpo_config = DPOConfig(**_common(run_dir, "pl-dpo", seed, resume, size.dpo_steps), beta=DPO_BETA)
     dpo_pairs = pairs[: dpo_config.steps * dpo_config.batch_size]
     out["dpo_labels"] = len(dpo_pairs)
     dpo_model, _, t = _policy_stage(run_dir, "pl-dpo", resume, lambda: train_dpo(

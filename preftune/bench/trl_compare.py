@@ -552,9 +552,15 @@ def run_trl_comparison(steps: int = 30, batch_size: int = 16, output: Path | str
     runs, profiles, load_before = [], {}, os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = _save_tiny_model(Path(tmp) / "tiny")
-        for method in methods:
-            for _ in range(repeats):
-                runs += [_run_child(method, library, steps, batch_size, model_dir, threads) for library in LIBRARIES]
+        plan = [(method, library) for method in methods for _ in range(repeats) for library in LIBRARIES]
+        from rich.progress import Progress
+
+        with Progress(transient=True) as progress:  # each child run takes seconds to a minute
+            bar = progress.add_task("bench trl", total=len(plan))
+            for method, library in plan:
+                progress.update(bar, description=f"bench trl: {method} with {library}")
+                runs.append(_run_child(method, library, steps, batch_size, model_dir, threads))
+                progress.advance(bar)
         if profile:
             with _torch_threads(threads):
                 profiles = {m: _profile_preftune(m, steps, batch_size, model_dir) for m in methods}
