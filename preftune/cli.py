@@ -56,9 +56,10 @@ def parse_extra_flags(args: list[str]) -> dict[str, object]:
     return out
 
 
-def build_config(config_cls, config_file: Path | None, extra: list[str], **fixed):
-    """Defaults, then the YAML file, then ``--field value`` flags; every value validated."""
-    overrides: dict[str, object] = {}
+def build_config(config_cls, config_file: Path | None, extra: list[str], defaults: dict | None = None, **fixed):
+    """The class defaults, then ``defaults`` (e.g. a task's), the YAML file, ``fixed``, and ``--field value``
+    flags, each layer winning over the ones before; every value validated."""
+    overrides: dict[str, object] = dict(defaults or {})
     if config_file is not None:
         overrides.update(load_yaml(config_file))
     overrides.update({k: v for k, v in fixed.items() if v is not None})
@@ -156,18 +157,16 @@ def _register_online_command(name: str, config_cls, train_fn, summary: str) -> N
         from preftune.tasks import get_task
 
         try:
-            extra = parse_extra_flags(ctx.args)
-            from_file = load_yaml(config) if config is not None else {}
-            cfg = build_config(config_cls, config, ctx.args)
             task_obj = get_task(task) if task else None
+            # a token is at least one character, so the task's longest response fits in max_response_chars + 1
+            task_defaults = {"max_new_tokens": task_obj.max_response_chars + 1} if task_obj is not None else None
+            cfg = build_config(config_cls, config, ctx.args, defaults=task_defaults)
             if data is not None:
                 references = load_records(data, Demo)
             elif task_obj is not None:
                 references = task_obj.demonstrations("train", num_prompts, cfg.seed)
             else:
                 raise ConfigError("give --task NAME (see `preftune tasks`) or --data FILE.jsonl of prompts")
-            if task_obj is not None and "max_new_tokens" not in extra and "max_new_tokens" not in from_file:
-                cfg.max_new_tokens = task_obj.max_response_chars + 1  # a token is at least one character
             prompts = list(dict.fromkeys(r.prompt for r in references))  # unique, in order
             reward_fn = make_reward(reward, task_obj, references, seed=cfg.seed, link=link, flip_prob=label_noise,
                                     max_length=cfg.max_length)
@@ -325,12 +324,13 @@ def bench_trl_command(
                                                "on a machine other jobs are using."),
 ):
     _quiet_libraries()
-    from preftune.bench.trl_compare import METHODS, run_trl_comparison
+    from preftune.bench.trl_compare import check_methods, run_trl_comparison
 
     chosen = tuple(m.strip() for m in methods.split(",") if m.strip())
-    unknown = sorted(set(chosen) - set(METHODS))
-    if unknown or not chosen:
-        _fail(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
+    try:
+        check_methods(chosen)
+    except ValueError as e:
+        _fail(str(e))
     run_trl_comparison(steps=steps, batch_size=batch_size, output=output, profile=profile, repeats=repeats,
                        methods=chosen, threads=threads or None)
 

@@ -121,20 +121,6 @@ class TokenBatch:
         return self.input_ids.shape[0]
 
 
-def encode_prompt_response(tokenizer, prompt: str, response: str, max_length: int) -> tuple[list[int], int]:
-    """Token ids of prompt+response+eos, and the number of prompt tokens.
-
-    Prompt and response are tokenised separately so the boundary is exact. Over-long examples are cut
-    from the *end of the response* (the prompt is kept whole), never dropped silently: the caller sees
-    the truncated length.
-    """
-    p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    r = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    if len(p) >= max_length:
-        raise DataError(f"prompt of {len(p)} tokens does not fit max_length={max_length}: {prompt[:60]!r}")
-    return (p + r)[:max_length], len(p)
-
-
 def pad_batch(sequences: Sequence[list[int]], prompt_lengths: Sequence[int], pad_id: int) -> TokenBatch:
     """Right-pad token lists into a `TokenBatch`; response_mask covers tokens after the prompt."""
     width = max(len(s) for s in sequences)
@@ -154,9 +140,14 @@ def _token_ids(tokenizer, texts: Sequence[str]) -> list[list[int]]:
     return [ids[t] for t in texts]
 
 
-def _encode_many(tokenizer, prompts: Sequence[str], responses: Sequence[str],
-                max_length: int) -> list[tuple[list[int], int]]:
-    """`encode_prompt_response` of many examples, tokenised in two batched calls (much less per-call overhead)."""
+def encode_prompt_responses(tokenizer, prompts: Sequence[str], responses: Sequence[str],
+                            max_length: int) -> list[tuple[list[int], int]]:
+    """Token ids of each prompt+response+eos, and its number of prompt tokens.
+
+    Prompts and responses are tokenised separately so the boundary is exact, in two batched calls (much less
+    per-call overhead than one call per text). Over-long examples are cut from the *end of the response* (the
+    prompt is kept whole), never dropped silently: the caller sees the truncated length.
+    """
     eos = tokenizer.eos_token_id
     out = []
     for prompt, p, r in zip(prompts, _token_ids(tokenizer, prompts), _token_ids(tokenizer, responses)):
@@ -167,7 +158,7 @@ def _encode_many(tokenizer, prompts: Sequence[str], responses: Sequence[str],
 
 
 def collate_demos(tokenizer, demos: Sequence[Demo], max_length: int) -> TokenBatch:
-    encoded = _encode_many(tokenizer, [d.prompt for d in demos], [d.response for d in demos], max_length)
+    encoded = encode_prompt_responses(tokenizer, [d.prompt for d in demos], [d.response for d in demos], max_length)
     return pad_batch([e[0] for e in encoded], [e[1] for e in encoded], tokenizer.pad_token_id)
 
 

@@ -9,6 +9,7 @@ passes that produced the tokens, so a PPO step never runs the policy twice on it
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -83,50 +84,44 @@ def _cache_argument(model) -> str:
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
-_PREALLOCATED_LAYER = None
-
-
+@functools.lru_cache(maxsize=1)
 def _preallocated_layer_class():
     """A `DynamicLayer` whose keys and values live in buffers allocated once for the whole generation, so a decode
     step writes its one new position instead of re-concatenating the whole cache (``torch.cat`` per layer per step
     was a sixth of the sampler's time). ``keys``/``values`` are views of the filled part, exactly what
     `DynamicLayer` would hold; past the capacity it falls back to concatenation. None when this transformers
     version has no `DynamicLayer` (then the plain `DynamicCache` is used)."""
-    global _PREALLOCATED_LAYER
-    if _PREALLOCATED_LAYER is None:
-        try:
-            from transformers.cache_utils import DynamicLayer
-        except ImportError:
-            _PREALLOCATED_LAYER = False
-            return None
+    try:
+        from transformers.cache_utils import DynamicLayer
+    except ImportError:
+        return None
 
-        class PreallocatedLayer(DynamicLayer):
-            def __init__(self, capacity: int):
-                super().__init__()
-                self.capacity = capacity
+    class PreallocatedLayer(DynamicLayer):
+        def __init__(self, capacity: int):
+            super().__init__()
+            self.capacity = capacity
 
-            def lazy_initialization(self, key_states, value_states):
-                super().lazy_initialization(key_states, value_states)
-                b, h, _, d = key_states.shape
-                self._key_buffer = key_states.new_empty((b, h, self.capacity, d))
-                self._value_buffer = value_states.new_empty((b, h, self.capacity, value_states.shape[-1]))
-                self._length = 0
-                self.keys, self.values = self._key_buffer[:, :, :0], self._value_buffer[:, :, :0]
+        def lazy_initialization(self, key_states, value_states):
+            super().lazy_initialization(key_states, value_states)
+            b, h, _, d = key_states.shape
+            self._key_buffer = key_states.new_empty((b, h, self.capacity, d))
+            self._value_buffer = value_states.new_empty((b, h, self.capacity, value_states.shape[-1]))
+            self._length = 0
+            self.keys, self.values = self._key_buffer[:, :, :0], self._value_buffer[:, :, :0]
 
-            def update(self, key_states, value_states, *args, **kwargs):
-                if not self.is_initialized:
-                    self.lazy_initialization(key_states, value_states)
-                start, end = self._length, self._length + key_states.shape[-2]
-                if end > self.capacity or self.keys.shape[-2] != start:  # full, or changed by crop & co.
-                    return super().update(key_states, value_states, *args, **kwargs)
-                self._key_buffer[:, :, start:end] = key_states
-                self._value_buffer[:, :, start:end] = value_states
-                self._length = end
-                self.keys, self.values = self._key_buffer[:, :, :end], self._value_buffer[:, :, :end]
-                return self.keys, self.values
+        def update(self, key_states, value_states, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            start, end = self._length, self._length + key_states.shape[-2]
+            if end > self.capacity or self.keys.shape[-2] != start:  # full, or changed by crop & co.
+                return super().update(key_states, value_states, *args, **kwargs)
+            self._key_buffer[:, :, start:end] = key_states
+            self._value_buffer[:, :, start:end] = value_states
+            self._length = end
+            self.keys, self.values = self._key_buffer[:, :, :end], self._value_buffer[:, :, :end]
+            return self.keys, self.values
 
-        _PREALLOCATED_LAYER = PreallocatedLayer
-    return _PREALLOCATED_LAYER or None
+    return PreallocatedLayer
 
 
 def _kv_cache(capacity: int):

@@ -127,8 +127,7 @@ class Trainer:
         weighted by its share of the examples, so the step's gradient is that of the mean over the whole
         global batch (DDP averages equal shares across processes).
         """
-        if not all(m.training for m in self.model.modules()):  # train() walks and sets every module each call
-            self.model.train()
+        self.model.train()
         sizes = [len(mb) for mb in micro_batches]
         total = sum(sizes)
         loss_sum, metric_sums = 0.0, {}
@@ -138,7 +137,7 @@ class Trainer:
             ctx = self.accelerator.no_sync(self.model) if not sync else contextlib.nullcontext()
             with ctx, self.accelerator.autocast():
                 loss, metrics = loss_fn(mb)
-            self.accelerator.backward(loss * weight if weight != 1 else loss)
+            self.accelerator.backward(loss * weight)
             loss_sum += loss.detach().float().item() * weight
             for k, v in metrics.items():
                 metric_sums[k] = metric_sums.get(k, 0.0) + float(v) * weight

@@ -116,3 +116,15 @@ def test_online_commands_explain_bad_input(tmp_path):
 def test_report_needs_results(tmp_path):
     r = runner.invoke(app, ["report", str(tmp_path)])
     assert r.exit_code == 2 and "results.json" in r.output
+
+
+def test_task_defaults_yield_to_yaml_and_flags(tmp_path):
+    from preftune.cli import build_config
+    from preftune.methods.rloo import RLOOConfig
+
+    task_defaults = {"max_new_tokens": 9}
+    assert build_config(RLOOConfig, None, [], defaults=task_defaults).max_new_tokens == 9
+    path = tmp_path / "c.yaml"
+    path.write_text("max_new_tokens: 12\n")
+    assert build_config(RLOOConfig, path, [], defaults=task_defaults).max_new_tokens == 12
+    assert build_config(RLOOConfig, path, ["--max-new-tokens", "15"], defaults=task_defaults).max_new_tokens == 15

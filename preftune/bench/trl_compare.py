@@ -530,6 +530,13 @@ def _format_phases(phases: dict[str, float]) -> str:
                               f"{(total - covered) / total:6.1%}", f"  {'total (under cProfile)':<32} {total:7.2f} s"])
 
 
+def check_methods(methods: Sequence[str]) -> None:
+    """ValueError unless ``methods`` is a non-empty selection of `METHODS`."""
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown or not methods:
+        raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
+
+
 def run_trl_comparison(steps: int = 30, batch_size: int = 16, output: Path | str = Path("runs/bench-trl.json"),
                        profile: bool = False, repeats: int = 2, methods: Sequence[str] = METHODS,
                        threads: int | None = None) -> dict:
@@ -540,9 +547,7 @@ def run_trl_comparison(steps: int = 30, batch_size: int = 16, output: Path | str
     kernels tens of times and drowns any difference between the libraries.
     """
     _require_trl()
-    unknown = set(methods) - set(METHODS)
-    if unknown:
-        raise ValueError(f"unknown method(s) {sorted(unknown)}; choose from {METHODS}")
+    check_methods(methods)
     import torch
     import transformers
     import trl
