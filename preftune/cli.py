@@ -96,7 +96,8 @@ def _training_data(kind: str, task_name: str | None, data: Path | None, num_exam
     return label_pairs(task.candidate_pairs("train", num_examples, seed), annotator, random.Random(seed))
 
 
-def _register_train_command(name: str, config_cls, kind: str, train_fn, summary: str) -> None:
+def _register_train_command(name: str, config_cls, kind: str, train_fn, summary: str, task_defaults=None) -> None:
+    """``task_defaults(task) -> {field: value}``: config defaults that depend on --task (flags and YAML win)."""
     @train_app.command(name, help=summary, epilog="Config fields (YAML keys or flags):\n\n"
                        + describe_fields(config_cls).replace("\n", "\n\n"),
                        context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -111,13 +112,20 @@ def _register_train_command(name: str, config_cls, kind: str, train_fn, summary:
     ):
         _quiet_libraries()
         try:
-            cfg = build_config(config_cls, config, ctx.args)
+            defaults = task_defaults(_task_or_none(task)) if task_defaults and task else None
+            cfg = build_config(config_cls, config, ctx.args, defaults=defaults)
             records = _training_data(kind, task, data, num_examples, cfg.seed, label_noise, link)
             save_yaml(cfg, Path(cfg.output_dir) / "config.yaml")
             result = train_fn(cfg, records)
         except (ConfigError, ValueError) as e:
             _fail(str(e))
         console.print(f"[green]done[/]: {name} on {len(records)} examples -> {result.path}")
+
+
+def _task_or_none(name: str | None):
+    from preftune.tasks import get_task
+
+    return get_task(name) if name else None
 
 
 def _register_methods() -> None:
@@ -131,6 +139,13 @@ def _register_methods() -> None:
                             "Bradley–Terry reward model on pairs {prompt, chosen, rejected}.")
     _register_train_command("dpo", DPOConfig, "pairs", train_dpo,
                             "Direct Preference Optimization on pairs {prompt, chosen, rejected}.")
+    # --- IQLearn (issue 5): the same demonstrations as sft
+    from preftune.methods.iqlearn import IQLearnConfig, train_iqlearn
+
+    _register_train_command("iqlearn", IQLearnConfig, "demos", train_iqlearn,
+                            "IQLearn (inverse RL as TD-regularised MLE) on demonstrations {prompt, response}; "
+                            "--alpha > 0 mixes fresh policy samples into each batch (online IQLearn).",
+                            task_defaults=lambda t: {"max_new_tokens": t.max_response_chars + 1})
 
 
 def _register_online_command(name: str, config_cls, train_fn, summary: str) -> None:
@@ -246,27 +261,40 @@ def _load_named(name: str, seed: int):
                           "reference, diversity.")
 def eval_command(
     task: str = typer.Option(..., help="Built-in task (see `preftune tasks`)."),
-    model: Path = typer.Option(..., help="Trained policy directory."),
+    model: Path = typer.Option(None, help="Trained policy directory (needed unless --reward-from is given)."),
     reference: Path = typer.Option(None, help="Reference policy directory for win rate and KL (e.g. the SFT model)."),
     num_prompts: int = typer.Option(200, min=1),
     samples_per_prompt: int = typer.Option(4, min=1, help="Samples per prompt (diversity needs >= 2)."),
     temperature: float = typer.Option(1.0, min=0.0),
     seed: int = typer.Option(0),
     output: Path = typer.Option(None, help="Write the metrics as JSON here too."),
+    reward_from: Path = typer.Option(None, help="An IQLearn (or any causal LM) directory: score the task's held-out "
+                                                "candidate responses with its extracted reward Σ_t Q − γV' and "
+                                                "report the Spearman correlation with the oracle (with n)."),
 ):
     _quiet_libraries()
     from preftune.evaluate import evaluate_policy
     from preftune.models import load_trained_causal_lm
     from preftune.tasks import get_task
 
+    if model is None and reward_from is None:
+        _fail("give --model DIR (a policy to evaluate) or --reward-from DIR (an IQLearn reward to correlate)")
     try:
         task_obj = get_task(task)
-        policy, tokenizer = load_trained_causal_lm(model)
+        policy, tokenizer = load_trained_causal_lm(model) if model else (None, None)
         ref = load_trained_causal_lm(reference)[0] if reference else None
+        irl = load_trained_causal_lm(reward_from) if reward_from else None
     except ValueError as e:
         _fail(str(e))
-    metrics = evaluate_policy(task_obj, policy, tokenizer, reference=ref, num_prompts=num_prompts,
-                              samples_per_prompt=samples_per_prompt, temperature=temperature, seed=seed)
+    metrics = {}
+    if policy is not None:
+        metrics = evaluate_policy(task_obj, policy, tokenizer, reference=ref, num_prompts=num_prompts,
+                                  samples_per_prompt=samples_per_prompt, temperature=temperature, seed=seed)
+    if irl is not None:  # IQLearn's reward extraction (Wulfmeier et al. 2024, §5.4)
+        from preftune.methods.iqlearn import reward_correlation, saved_gamma
+
+        metrics["extracted_reward"] = reward_correlation(task_obj, *irl, gamma=saved_gamma(reward_from),
+                                                         num_prompts=num_prompts, seed=seed)
     if output:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps(metrics, indent=2))

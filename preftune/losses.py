@@ -242,3 +242,92 @@ def token_entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tenso
     """Entropy of softmax(logits / T) at every position, ``[B, T]`` (a diagnostic of mode collapse)."""
     logp = (logits.float() / temperature).log_softmax(-1)
     return -(logp.exp() * logp).sum(-1)
+
+
+# --- IQLearn (Wulfmeier et al. 2024, "Imitating Language via Scalable Inverse RL", arXiv 2409.01369)
+# The LM's logits are soft Q-values: Q(s_t, a) = logits_t[a], V(s_t) = logsumexp_a Q(s_t, a), so
+# log π(a|s_t) = Q(s_t, a) − V(s_t). Inverse soft-Q-learning (Garg et al. 2021, IQ-Learn) with a χ² regulariser
+# and the expert-only value term becomes MLE plus a TD penalty on the implied reward r_t = Q(s_t, a_t) − γV(s_{t+1})
+# of the demonstrated transitions (Wulfmeier et al., Eq. 14; derivation in docs/methods.md).
+
+
+def iq_soft_values(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor,
+                   gamma: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(Q(s_t, a_t), V(s_t), γ·V(s_{t+1}))``, each ``[B, T]`` in fp32, for ``logits[:, t]`` scoring ``labels[:, t]``.
+
+    s_{t+1} is the state after a_t = labels[:, t], whose values are ``logits[:, t+1]``. After the last response
+    token (the eos, or the cut of a truncated response) the episode ends: V(s_{t+1}) = 0. The response must be one
+    contiguous run of mask = 1 per row (prompt left of it, padding right of it), as every collator here makes it.
+    """
+    logits = logits.float()
+    q = torch.gather(logits, -1, labels.unsqueeze(-1)).squeeze(-1)
+    v = torch.logsumexp(logits, dim=-1)
+    mask = mask.to(v.dtype)
+    next_mask = F.pad(mask[:, 1:], (0, 1))  # 0 past the end: the terminal state's value is 0
+    next_v = F.pad(v[:, 1:], (0, 1)) * next_mask
+    return q, v, gamma * next_v
+
+
+def iq_token_rewards(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor,
+                     gamma: float = 1.0) -> torch.Tensor:
+    """The reward IQLearn's Q implies for each response token, r_t = Q(s_t, a_t) − γ·V(s_{t+1}) (inverse soft
+    Bellman operator; Garg et al. 2021, Eq. 9), ``[B, T]``, zero off the mask."""
+    q, _, next_v = iq_soft_values(logits, labels, mask, gamma)
+    return (q - next_v) * mask.to(q.dtype)
+
+
+def iq_sequence_rewards(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor,
+                        gamma: float = 1.0) -> torch.Tensor:
+    """The extracted return of each response, Σ_t r_t over response tokens, ``[B]`` (Wulfmeier et al. §5.4: the
+    accumulated IRL reward of a complete trajectory). With γ = 1 it telescopes to log π(y|x) + V(s_0): the
+    sequence log-likelihood plus the value of the prompt state."""
+    return iq_token_rewards(logits, labels, mask, gamma).sum(-1)
+
+
+def iq_td_loss_with_stats(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0,
+                          lam: float = 0.1) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Offline IQLearn (Wulfmeier et al. 2024, Eq. 14) with diagnostics.
+
+    loss = mean_t[−log π(a_t|s_t)] + λ · mean_t[(Q(s_t, a_t) − γ·V(s_{t+1}))²], both means over response tokens,
+    gradients through Q and both V's (no target network). λ = 0 is exactly `sft_loss`. Stats (detached): ``nll``,
+    ``td`` (the mean squared implied reward), ``reward`` (its mean) and ``value`` (mean V on response states).
+    """
+    q, v, next_v = iq_soft_values(logits, labels, mask, gamma)
+    reward = q - next_v
+    nll = -masked_mean(q - v, mask)  # the same operations as sft_loss, so λ = 0 is bit-identical to it
+    td = masked_mean(reward.square(), mask)
+    loss = nll + lam * td
+    stats = {"nll": nll.detach(), "td": td.detach(), "reward": masked_mean(reward.detach(), mask),
+             "value": masked_mean(v.detach(), mask)}
+    return loss, stats
+
+
+def iq_td_loss(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0,
+               lam: float = 0.1) -> torch.Tensor:
+    """The scalar of `iq_td_loss_with_stats` (Wulfmeier et al. 2024, Eq. 14): MLE + λ·TD² on demonstrations."""
+    return iq_td_loss_with_stats(logits, labels, mask, gamma, lam)[0]
+
+
+def iq_online_loss_with_stats(expert_logits: torch.Tensor, expert_labels: torch.Tensor, expert_mask: torch.Tensor,
+                              policy_logits: torch.Tensor, policy_labels: torch.Tensor, policy_mask: torch.Tensor,
+                              alpha: float, gamma: float = 1.0, lam: float = 0.1
+                              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Online IQLearn: IQ-Learn's objective with the value term and the χ² term taken over the mixture
+    ρ = (1−α)·expert + α·policy (Garg et al. 2021, Eq. 10 with the ``value`` loss and the χ² regulariser on ρ,
+    as `Div99/IQ-Learn` does online; Wulfmeier et al. 2024 mix policy samples in at a ratio α).
+
+    Minimised: E_E[−log π] + α·(E_P[V(s) − γV(s')] − E_E[V(s) − γV(s')]) + λ·((1−α)·E_E[r²] + α·E_P[r²]),
+    every E a mean over response tokens, r = Q(s, a) − γV(s'). The NLL is on demonstrations only (the linear
+    reward term of IQ-Learn collapses to it exactly as offline); policy samples enter the value and χ² terms.
+    α = 0 is the offline loss. Stats add ``td_policy`` and ``value_gap`` (E_E[V − γV'] − E_P[V − γV']).
+    """
+    q_e, v_e, next_e = iq_soft_values(expert_logits, expert_labels, expert_mask, gamma)
+    q_p, v_p, next_p = iq_soft_values(policy_logits, policy_labels, policy_mask, gamma)
+    r_e, r_p = q_e - next_e, q_p - next_p
+    nll = -masked_mean(q_e - v_e, expert_mask)
+    td_e, td_p = masked_mean(r_e.square(), expert_mask), masked_mean(r_p.square(), policy_mask)
+    value_gap = masked_mean(v_e - next_e, expert_mask) - masked_mean(v_p - next_p, policy_mask)
+    loss = nll - alpha * value_gap + lam * ((1 - alpha) * td_e + alpha * td_p)
+    stats = {"nll": nll.detach(), "td": td_e.detach(), "td_policy": td_p.detach(), "value_gap": value_gap.detach(),
+             "reward": masked_mean(r_e.detach(), expert_mask), "value": masked_mean(v_e.detach(), expert_mask)}
+    return loss, stats
