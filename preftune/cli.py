@@ -363,5 +363,39 @@ def bench_trl_command(
                        methods=chosen, threads=threads or None)
 
 
+@bench_app.command("iqlearn", help="IQLearn against MLE (issue 5): step cost side by side, a λ sweep (accuracy, "
+                                    "Self-BLEU, extracted-reward Spearman; trade-off plot) and few-demonstration "
+                                    "overfitting curves.")
+def bench_iqlearn_command(
+    parts: str = typer.Option("cost,sweep,fewdemo", help="Comma-separated: cost, sweep, fewdemo."),
+    tasks: str = typer.Option("arithmetic,summarise", help="Comma-separated tasks for sweep and fewdemo."),
+    lams: str = typer.Option("0,0.01,0.03,0.1,0.3", help="λ values of the sweep (0 = MLE)."),
+    seeds: str = typer.Option("0,1,2", help="Comma-separated seeds."),
+    best_lam: float = typer.Option(0.01, help="λ of the small-data rows, the online row, the few-demo curves and "
+                                              "the cost measurement."),
+    alpha: float = typer.Option(0.1, help="Online mix-in ratio of the online row (0 = no online row)."),
+    eval_prompts: int = typer.Option(200, min=10, help="Held-out prompts per evaluation."),
+    eval_every: int = typer.Option(50, min=1, help="Steps between evaluations of the few-demo curves."),
+    output_dir: Path = typer.Option(Path("runs/bench-iqlearn"), help="results.json, sweep.md and PNGs go here."),
+    threads: int = typer.Option(1, min=1, help="Torch threads."),
+):
+    _quiet_libraries()
+    import torch
+
+    from preftune.bench.iqlearn import SETTINGS, run_bench
+
+    def split(text: str, cast):
+        return [cast(x.strip()) for x in text.split(",") if x.strip()]
+
+    chosen_parts, chosen_tasks = split(parts, str), split(tasks, str)
+    bad = [p for p in chosen_parts if p not in ("cost", "sweep", "fewdemo")] + \
+        [t for t in chosen_tasks if t not in SETTINGS]
+    if bad:
+        _fail(f"unknown part or task {bad}; parts: cost, sweep, fewdemo; tasks: {', '.join(SETTINGS)}")
+    torch.set_num_threads(threads)
+    run_bench(output_dir, chosen_parts, chosen_tasks, split(lams, float), split(seeds, int), best_lam, alpha,
+              eval_prompts, eval_every, log=console.print)
+
+
 def main() -> None:  # pragma: no cover
     sys.exit(app())

@@ -1,0 +1,274 @@
+"""`preftune bench iqlearn`: IQLearn against MLE on arithmetic and summarise (Wulfmeier et al. 2024, issue 5).
+
+Parts (``--parts``, comma-separated):
+- ``cost``: one optimizer step of MLE and of IQLearn on the same batch and model, timed side by side in
+  interleaved blocks; the median step time of each and their ratio.
+- ``sweep``: for each task, λ ∈ ``--lams`` (λ = 0 is MLE, bit-identical to `sft_loss`) × ``--seeds`` at the main
+  dataset size, λ ∈ {0, ``--best-lam``} at the small size, and online IQLearn (α = ``--alpha``) at the best λ;
+  each model: sampled accuracy/oracle reward, greedy oracle reward, Self-BLEU, distinct-2 and the extracted
+  reward's Spearman correlation with the oracle. Plot: accuracy against Self-BLEU as λ varies.
+- ``fewdemo``: few demonstrations, many steps; the held-out oracle reward every ``--eval-every`` steps, MLE against
+  IQLearn at ``--best-lam``. Plot: the curves.
+
+Every model is a freshly initialised tiny Llama trained with the same seed, data order and schedule; only the loss
+differs. Results go to ``<output-dir>/results.json`` and PNGs beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from preftune.data import collate_demos
+from preftune.evaluate import evaluate_policy
+from preftune.losses import iq_td_loss, sft_loss
+from preftune.methods.iqlearn import IQLearnConfig, reward_correlation, train_iqlearn
+from preftune.models import build_tiny_model, build_tiny_tokenizer
+from preftune.rollout import model_logits
+from preftune.tasks import get_task
+
+# per task: (steps, demonstrations) of the main setting, of the small-data setting, of the few-demo curve
+SETTINGS = {
+    "arithmetic": {"main": (800, 4000), "small": (800, 1000), "fewdemo": (800, 200)},
+    "summarise": {"main": (400, 2000), "small": (400, 300), "fewdemo": (600, 100)},
+}
+
+
+def measure_cost(task_name: str = "arithmetic", batch_size: int = 32, blocks: int = 10, steps_per_block: int = 20,
+                 lam: float = 0.1, seed: int = 0) -> dict:
+    """Step time (forward, loss, backward, AdamW) of MLE and IQLearn on one fixed batch, in alternating blocks."""
+    tokenizer = build_tiny_tokenizer()
+    batch = collate_demos(tokenizer, get_task(task_name).demonstrations("train", batch_size, seed), 96)
+    labels, mask = batch.input_ids[:, 1:], batch.response_mask[:, 1:]
+    losses = {"mle": lambda lg: sft_loss(lg, labels, mask),
+              "iqlearn": lambda lg: iq_td_loss(lg, labels, mask, 1.0, lam)}
+    models = {name: build_tiny_model("tiny", tokenizer, seed=seed) for name in losses}
+    optimizers = {name: torch.optim.AdamW(m.parameters(), lr=1e-3) for name, m in models.items()}
+
+    def step(name):
+        logits = model_logits(models[name], batch.input_ids, batch.attention_mask)[:, :-1]
+        losses[name](logits).backward()
+        optimizers[name].step()
+        optimizers[name].zero_grad(set_to_none=True)
+
+    for name in losses:  # warm-up: allocator, optimizer state
+        for _ in range(3):
+            step(name)
+    times = {name: [] for name in losses}
+    for block in range(blocks):
+        order = list(losses) if block % 2 == 0 else list(reversed(losses))
+        for name in order:
+            t0 = time.perf_counter()
+            for _ in range(steps_per_block):
+                step(name)
+            times[name].append((time.perf_counter() - t0) / steps_per_block * 1000)
+    mle, iq = statistics.median(times["mle"]), statistics.median(times["iqlearn"])
+    return {"task": task_name, "batch_size": batch_size, "tokens_per_batch": int(batch.attention_mask.sum()),
+            "blocks": blocks, "steps_per_block": steps_per_block, "threads": torch.get_num_threads(),
+            "mle_ms": mle, "iqlearn_ms": iq, "ratio": iq / mle, "block_ms": times}
+
+
+def _train(task, steps: int, num_demos: int, lam: float, seed: int, out: Path, alpha: float = 0.0, callback=None):
+    tokenizer = build_tiny_tokenizer()
+    config = IQLearnConfig(output_dir=str(out), overwrite=True, steps=steps, seed=seed, lam=lam, alpha=alpha,
+                           max_new_tokens=task.max_response_chars + 1, save_every=0, progress=False)
+    t0 = time.perf_counter()
+    result = train_iqlearn(config, task.demonstrations("train", num_demos, seed),
+                           model=build_tiny_model("tiny", tokenizer, seed=seed), tokenizer=tokenizer,
+                           callback=callback)
+    return result, time.perf_counter() - t0
+
+
+def evaluate_model(task, model, tokenizer, eval_prompts: int, seed: int) -> dict:
+    """Sampled (T = 1, 4 per prompt) and greedy oracle metrics, diversity, and the extracted reward's fit."""
+    sampled = evaluate_policy(task, model, tokenizer, num_prompts=eval_prompts, samples_per_prompt=4, seed=seed)
+    greedy = evaluate_policy(task, model, tokenizer, num_prompts=eval_prompts, samples_per_prompt=1,
+                             temperature=0.0, seed=seed)
+    reward = reward_correlation(task, model, tokenizer, num_prompts=eval_prompts, seed=seed)
+    return {"accuracy": sampled["accuracy"], "oracle_reward": sampled["oracle_reward"],
+            "greedy_oracle_reward": greedy["oracle_reward"], "self_bleu": sampled["self_bleu"],
+            "distinct_2": sampled["distinct_2"], "reward_spearman": reward["spearman"], "reward_n": reward["n"],
+            "reward_pair_accuracy": reward["pair_accuracy"], "reward_pairs": reward["pairs"]}
+
+
+def run_sweep(task_name: str, lams: list[float], seeds: list[int], best_lam: float, alpha: float,
+              eval_prompts: int, work_dir: Path, log=print) -> list[dict]:
+    task = get_task(task_name)
+    (main_steps, main_demos), (small_steps, small_demos) = SETTINGS[task_name]["main"], SETTINGS[task_name]["small"]
+    plan = [("main", main_steps, main_demos, lam, 0.0) for lam in lams]
+    plan += [("small", small_steps, small_demos, lam, 0.0) for lam in dict.fromkeys([0.0, best_lam])]
+    if alpha > 0:
+        plan += [("main", main_steps, main_demos, best_lam, alpha)]
+    rows = []
+    for setting, steps, demos, lam, a in plan:
+        for seed in seeds:
+            result, seconds = _train(task, steps, demos, lam, seed, work_dir / "model", alpha=a)
+            last = result.history[-1]
+            row = {"task": task_name, "setting": setting, "steps": steps, "demos": demos, "lam": lam, "alpha": a,
+                   "seed": seed, "train_seconds": seconds, "final_nll": last["nll"], "final_td": last["td"],
+                   **evaluate_model(task, result.model, result.tokenizer, eval_prompts, seed)}
+            rows.append(row)
+            log(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}))
+    return rows
+
+
+def run_fewdemo(task_name: str, lams: list[float], seeds: list[int], eval_every: int, eval_prompts: int,
+                work_dir: Path, log=print) -> list[dict]:
+    task = get_task(task_name)
+    steps, demos = SETTINGS[task_name]["fewdemo"]
+    rows = []
+    for lam in lams:
+        for seed in seeds:
+            curve = []
+
+            def callback(step, model, lam=lam, seed=seed, curve=curve):
+                if step % eval_every:
+                    return
+                with torch.random.fork_rng():  # evaluation must not move the training's RNG
+                    tokenizer = build_tiny_tokenizer()
+                    greedy = evaluate_policy(task, model, tokenizer, num_prompts=eval_prompts, samples_per_prompt=1,
+                                             temperature=0.0, seed=seed)
+                    sampled = evaluate_policy(task, model, tokenizer, num_prompts=eval_prompts,
+                                              samples_per_prompt=2, seed=seed)
+                curve.append({"step": step, "greedy_oracle_reward": greedy["oracle_reward"],
+                              "oracle_reward": sampled["oracle_reward"]})
+
+            result, seconds = _train(task, steps, demos, lam, seed, work_dir / "model", callback=callback)
+            train_nll = [r["nll"] for r in result.history]
+            rows.append({"task": task_name, "steps": steps, "demos": demos, "lam": lam, "seed": seed,
+                         "curve": curve, "train_nll": train_nll[::eval_every], "train_seconds": seconds})
+            log(json.dumps({"task": task_name, "lam": lam, "seed": seed,
+                            "final": curve[-1], "best": max(c["greedy_oracle_reward"] for c in curve)}))
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------
+# Tables and plots
+
+
+def _mean_se(values: list[float]) -> tuple[float, float]:
+    mean = statistics.fmean(values)
+    se = statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else 0.0
+    return mean, se
+
+
+def sweep_table(rows: list[dict]) -> str:
+    """Mean ± standard error over seeds of each (task, setting, λ, α)."""
+    keys = list(dict.fromkeys((r["task"], r["setting"], r["demos"], r["steps"], r["lam"], r["alpha"]) for r in rows))
+    cols = [("accuracy", "sampled acc."), ("oracle_reward", "sampled oracle"), ("greedy_oracle_reward",
+            "greedy oracle"), ("self_bleu", "Self-BLEU"), ("distinct_2", "distinct-2"),
+            ("reward_spearman", "reward Spearman"), ("reward_pair_accuracy", "reward pair acc.")]
+    lines = ["| task | demos × steps | method | seeds | " + " | ".join(t for _, t in cols) + " |",
+             "|---" * (len(cols) + 4) + "|"]
+    for task, _, demos, steps, lam, alpha in keys:
+        group = [r for r in rows if (r["task"], r["demos"], r["lam"], r["alpha"]) == (task, demos, lam, alpha)]
+        method = "MLE (λ = 0)" if lam == 0 else f"IQLearn λ = {lam:g}" + (f", online α = {alpha:g}" if alpha else "")
+        cells = []
+        for key, _ in cols:
+            mean, se = _mean_se([r[key] for r in group])
+            cells.append(f"{mean:.3f} ± {se:.3f}" if key not in ("self_bleu",) else f"{mean:.1f} ± {se:.1f}")
+        lines.append(f"| {task} | {demos} × {steps} | {method} | {len(group)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_tradeoff(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5.2 * len(tasks), 4.0), squeeze=False)
+    for ax, task in zip(axes.flat, tasks):
+        for setting, marker in (("main", "o"), ("small", "s")):
+            lams = sorted({r["lam"] for r in rows if r["task"] == task and r["setting"] == setting and not r["alpha"]})
+            xs, ys, xe, ye = [], [], [], []
+            for lam in lams:
+                g = [r for r in rows if (r["task"], r["setting"], r["lam"], r["alpha"]) == (task, setting, lam, 0.0)]
+                (x, xse), (y, yse) = _mean_se([r["self_bleu"] for r in g]), _mean_se([r["oracle_reward"] for r in g])
+                xs.append(x), ys.append(y), xe.append(xse), ye.append(yse)
+                ax.annotate(f"λ={lam:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+            if xs:
+                demos = next(r["demos"] for r in rows if r["task"] == task and r["setting"] == setting)
+                ax.errorbar(xs, ys, xerr=xe, yerr=ye, marker=marker, capsize=2, label=f"{demos} demos (λ=0: MLE)")
+        online = [r for r in rows if r["task"] == task and r["alpha"]]
+        if online:
+            (x, xse) = _mean_se([r["self_bleu"] for r in online])
+            (y, yse) = _mean_se([r["oracle_reward"] for r in online])
+            ax.errorbar([x], [y], xerr=[xse], yerr=[yse], marker="*", ms=10, ls="", capsize=2,
+                        label=f"online α={online[0]['alpha']:g}, λ={online[0]['lam']:g}")
+        ax.set_xlabel("Self-BLEU (lower = more diverse)")
+        ax.set_ylabel("oracle reward (sampled, T = 1)")
+        ax.set_title(task)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_fewdemo(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5.2 * len(tasks), 3.8), squeeze=False)
+    for ax, task in zip(axes.flat, tasks):
+        for lam in sorted({r["lam"] for r in rows if r["task"] == task}):
+            group = [r for r in rows if r["task"] == task and r["lam"] == lam]
+            steps = [c["step"] for c in group[0]["curve"]]
+            mean = [statistics.fmean(r["curve"][i]["greedy_oracle_reward"] for r in group) for i in range(len(steps))]
+            ax.plot(steps, mean, marker=".", label=("MLE" if lam == 0 else f"IQLearn λ={lam:g}") +
+                    f" ({len(group)} seeds)")
+        ax.set_title(f"{task}: {group[0]['demos']} demonstrations")
+        ax.set_xlabel("training step")
+        ax.set_ylabel("held-out oracle reward (greedy)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run_bench(output_dir: Path, parts: list[str], tasks: list[str], lams: list[float], seeds: list[int],
+              best_lam: float, alpha: float, eval_prompts: int, eval_every: int, log=print) -> dict:
+    """Run ``parts`` for ``tasks``; results of other parts and tasks already in ``results.json`` are kept, so
+    parts and tasks can run as separate commands (re-read just before each write)."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    path = output_dir / "results.json"
+
+    def save(part: str, value) -> dict:
+        results = json.loads(path.read_text()) if path.exists() else {}
+        if part == "cost":
+            results[part] = value
+        else:
+            results[part] = [r for r in results.get(part, []) if r["task"] not in tasks] + value
+        path.write_text(json.dumps(results, indent=1))
+        return results
+
+    results = save("cost", measure_cost(lam=best_lam)) if "cost" in parts else {}
+    if "cost" in parts:
+        c = results["cost"]
+        log(f"cost: MLE {c['mle_ms']:.1f} ms, IQLearn {c['iqlearn_ms']:.1f} ms per step, ratio {c['ratio']:.3f}")
+    for part, fn, kwargs in (("sweep", run_sweep, dict(lams=lams, best_lam=best_lam, alpha=alpha)),
+                             ("fewdemo", run_fewdemo, dict(lams=list(dict.fromkeys([0.0, best_lam])),
+                                                           eval_every=eval_every))):
+        if part in parts:
+            rows = [r for task in tasks for r in fn(task, seeds=seeds, eval_prompts=eval_prompts,
+                                                    work_dir=output_dir / f"work-{task}", log=log, **kwargs)]
+            results = save(part, rows)
+    results = json.loads(path.read_text()) if path.exists() else {}
+    if results.get("sweep"):
+        plot_tradeoff(results["sweep"], output_dir / "iqlearn_tradeoff.png")
+        (output_dir / "sweep.md").write_text(sweep_table(results["sweep"]) + "\n")
+        log(sweep_table(results["sweep"]))
+    if results.get("fewdemo"):
+        plot_fewdemo(results["fewdemo"], output_dir / "iqlearn_fewdemo.png")
+    return results
+
