@@ -21,8 +21,11 @@ def _check_run(run_dir, best_of):
     assert 0.5 <= pl["reward_model"]["ceiling"] <= 1.0
     assert "grpo (oracle reward)" in results["tasks"]["arithmetic"]["methods"]
     assert "sft" in results["tasks"]["summarise"]["methods"]
+    for task in ("arithmetic", "summarise"):  # IQLearn against the suite's SFT (issue 5)
+        assert any(m.startswith("iqlearn") for m in results["tasks"][task]["methods"])
+        assert {"sft", "iqlearn (λ = 0.01)"} == set(results["tasks"][task]["extracted_reward"])
     report = (run_dir / "report.md").read_text()
-    for name in expected | {"Reward model", "arith-grpo", "time generating"}:
+    for name in expected | {"Reward model", "arith-grpo", "time generating", "arith-iqlearn", "Spearman"}:
         assert name in report
     for png in ("preference_language.png", "losses.png"):
         assert (run_dir / png).stat().st_size > 10_000

@@ -109,6 +109,12 @@ def write_report(run_dir: Path) -> Path:
         t = results["tasks"].get(task_name)
         if t:
             lines += [f"## {task_name}", "", method_table(t["methods"]), ""]
+            if t.get("extracted_reward"):  # IQLearn's reward extraction (issue 5)
+                lines += ["Extracted reward Σ_t Q(s_t, a_t) − γV(s_{t+1}) on held-out candidate responses, against the "
+                          "oracle:", "", "| model | Spearman | n | pair accuracy | pairs |", "|---|---|---|---|---|"]
+                lines += [f"| {m} | {c['spearman']:.3f} | {c['n']} | {_fmt(c['pair_accuracy'])} | {c['pairs']} |"
+                          for m, c in t["extracted_reward"].items()]
+                lines += [""]
     if results.get("histories"):
         _plot_losses(results["histories"], run_dir / "losses.png")
         lines += ["## Training curves", "", "Offline stages: training loss. Online stages (PPO, RLOO, GRPO): the "

@@ -6,6 +6,8 @@ oracle), PPO and RLOO against the reward model, all judged against the SFT polic
 a noisy simulated annotator.
 arithmetic: SFT, then GRPO with the exact oracle as reward (RL from verifiable rewards).
 summarise: SFT accuracy and diversity, the baselines the imitation methods build on.
+arithmetic and summarise: IQLearn (TD-regularised MLE) against that SFT at equal steps, with the Spearman
+correlation of its extracted reward with the oracle.
 
 Every stage writes its model and metrics under ``runs/<name>/<stage>/``; with ``--resume`` a finished
 stage is loaded instead of retrained and an interrupted one continues from its last checkpoint.
@@ -29,6 +31,7 @@ from preftune.evaluate import evaluate_policy, sample_policy
 from preftune.feedback import Annotator, annotator_agreement_with_oracle, label_pairs
 from preftune.methods.bon import best_of_n, oracle_scorer, reward_model_scorer
 from preftune.methods.dpo import DPOConfig, train_dpo
+from preftune.methods.iqlearn import IQLearnConfig, reward_correlation, train_iqlearn
 from preftune.methods.ppo import PPOConfig, train_ppo
 from preftune.methods.reward import RewardConfig, heldout_accuracy, train_reward
 from preftune.methods.rloo import GRPOConfig, RLOOConfig, train_grpo, train_rloo
@@ -45,6 +48,9 @@ RM_KL_COEF = 0.2
 # (KL 49 nats, oracle reward −1.8: the likelihood-displacement failure); β = 0.3 keeps it near SFT (KL ~2) and
 # gains there. Measured side by side in docs/benchmarks.md.
 DPO_BETA = 0.3
+# IQLearn's TD weight in the suite: the best λ of the seed-0 exploration and of the 3-seed sweep on arithmetic and
+# summarise (docs/benchmarks.md, `preftune bench iqlearn`); λ ≥ 0.1 trades accuracy for diversity.
+IQLEARN_LAM = 0.01
 ARITHMETIC_GRPO_LR = 3e-4  # the verifiable reward is sparse (0/1) and noise-free: a larger step than the default
 
 
@@ -116,6 +122,7 @@ def run_suite(run_dir: Path, quick: bool = False, seed: int = 0, resume: bool = 
     results["tasks"]["preference-language"] = _preference_language(run_dir, size, seed, resume, tokenizer, results)
     for task_name in ("arithmetic", "summarise"):
         results["tasks"][task_name] = _imitation(run_dir, task_name, size, seed, resume, tokenizer, results)
+    _iqlearn(run_dir, size, seed, resume, tokenizer, results)
     results["timings"]["total"] = time.perf_counter() - started
     (run_dir / "results.json").write_text(json.dumps(results, indent=2))
     write_report(run_dir)
@@ -222,6 +229,30 @@ def _imitation(run_dir, task_name: str, size: SuiteSize, seed: int, resume: bool
                                                           num_prompts=size.eval_prompts, samples_per_prompt=4,
                                                           seed=seed)
     return {"methods": methods}
+
+
+def _iqlearn(run_dir, size: SuiteSize, seed: int, resume: bool, tokenizer, results: dict) -> None:
+    """IQLearn (issue 5) against the suite's SFT on arithmetic and summarise: same demonstrations, steps, schedule and
+    initialisation, only the TD term added; accuracy, diversity, and the extracted reward's Spearman correlation
+    with the oracle for both (SFT's logits read as Q, i.e. λ = 0, is the paper's MLE baseline)."""
+    for task_name in ("arithmetic", "summarise"):
+        task, stage = get_task(task_name), f"{task_name[:5]}-iqlearn"
+        model, _, t = _policy_stage(run_dir, stage, resume, lambda task=task, stage=stage: train_iqlearn(
+            IQLearnConfig(**_common(run_dir, stage, seed, resume, size.imitation_steps), lam=IQLEARN_LAM),
+            task.demonstrations("train", size.demos, seed), model=_fresh("tiny", tokenizer, seed),
+            tokenizer=tokenizer))
+        results["timings"][stage] = t
+        results["histories"][stage] = _history(_stage_dir(run_dir, stage))
+        out = results["tasks"][task_name]
+        name = f"iqlearn (λ = {IQLEARN_LAM:g})"
+        out["methods"][name] = evaluate_policy(task, model, tokenizer, num_prompts=size.eval_prompts,
+                                               samples_per_prompt=4, seed=seed)
+        out["methods"][f"{name} (greedy)"] = evaluate_policy(task, model, tokenizer, num_prompts=size.eval_prompts,
+                                                             samples_per_prompt=1, temperature=0.0, seed=seed)
+        sft_model, _ = load_trained_causal_lm(_stage_dir(run_dir, f"{task_name[:5]}-sft") / "final")
+        out["extracted_reward"] = {
+            "sft": reward_correlation(task, sft_model, tokenizer, num_prompts=size.eval_prompts, seed=seed),
+            name: reward_correlation(task, model, tokenizer, num_prompts=size.eval_prompts, seed=seed)}
 
 
 def _fresh(name: str, tokenizer, seed: int):
