@@ -367,7 +367,8 @@ def bench_trl_command(
                                     "Self-BLEU, extracted-reward Spearman; trade-off plot) and few-demonstration "
                                     "overfitting curves.")
 def bench_iqlearn_command(
-    parts: str = typer.Option("cost,sweep,fewdemo", help="Comma-separated: cost, sweep, fewdemo."),
+    parts: str = typer.Option("cost,sweep,temperature,fewdemo", help="Comma-separated: cost, sweep, temperature, "
+                                                                      "fewdemo."),
     tasks: str = typer.Option("arithmetic,summarise", help="Comma-separated tasks for sweep and fewdemo."),
     lams: str = typer.Option("0,0.01,0.03,0.1,0.3", help="λ values of the sweep (0 = MLE)."),
     seeds: str = typer.Option("0,1,2", help="Comma-separated seeds."),
@@ -388,10 +389,10 @@ def bench_iqlearn_command(
         return [cast(x.strip()) for x in text.split(",") if x.strip()]
 
     chosen_parts, chosen_tasks = split(parts, str), split(tasks, str)
-    bad = [p for p in chosen_parts if p not in ("cost", "sweep", "fewdemo")] + \
+    bad = [p for p in chosen_parts if p not in ("cost", "sweep", "temperature", "fewdemo")] + \
         [t for t in chosen_tasks if t not in SETTINGS]
     if bad:
-        _fail(f"unknown part or task {bad}; parts: cost, sweep, fewdemo; tasks: {', '.join(SETTINGS)}")
+        _fail(f"unknown part or task {bad}; parts: cost, sweep, temperature, fewdemo; tasks: {', '.join(SETTINGS)}")
     torch.set_num_threads(threads)
     run_bench(output_dir, chosen_parts, chosen_tasks, split(lams, float), split(seeds, int), best_lam, alpha,
               eval_prompts, eval_every, log=console.print)

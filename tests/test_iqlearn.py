@@ -209,9 +209,10 @@ def test_bench_parts_run_at_toy_size(tmp_path, monkeypatch):
     cost = bench.measure_cost(batch_size=4, blocks=2, steps_per_block=1)
     assert cost["mle_ms"] > 0 and cost["iqlearn_ms"] > 0 and len(cost["block_ms"]["mle"]) == 2
     monkeypatch.setattr(bench, "SETTINGS", {"arithmetic": {"main": (2, 16), "small": (2, 8), "fewdemo": (2, 8)}})
-    results = bench.run_bench(tmp_path, ["sweep", "fewdemo"], ["arithmetic"], [0.0, 0.1], [0], best_lam=0.1,
-                              alpha=0.25, eval_prompts=10, eval_every=1, log=lambda *a: None)
+    results = bench.run_bench(tmp_path, ["sweep", "temperature", "fewdemo"], ["arithmetic"], [0.0, 0.1], [0],
+                              best_lam=0.1, alpha=0.25, eval_prompts=10, eval_every=1, log=lambda *a: None)
     assert len(results["sweep"]) == 5  # 2 λ main, 2 λ small, 1 online
     assert [c["step"] for c in results["fewdemo"][0]["curve"]] == [1, 2]
+    assert len(results["temperature"]) == 4
     assert "IQLearn λ = 0.1, online α = 0.25" in (tmp_path / "sweep.md").read_text()
     assert (tmp_path / "iqlearn_tradeoff.png").exists() and (tmp_path / "iqlearn_fewdemo.png").exists()

@@ -7,6 +7,8 @@ Parts (``--parts``, comma-separated):
   dataset size, λ ∈ {0, ``--best-lam``} at the small size, and online IQLearn (α = ``--alpha``) at the best λ;
   each model: sampled accuracy/oracle reward, greedy oracle reward, Self-BLEU, distinct-2 and the extracted
   reward's Spearman correlation with the oracle. Plot: accuracy against Self-BLEU as λ varies.
+- ``temperature``: MLE's own trade-off, the main-setting MLE model sampled at T ∈ {1, 1.25, 1.5, 2} (the
+  baseline "IQLearn is more diverse at equal accuracy" must beat; drawn as a dashed line in the trade-off plot).
 - ``fewdemo``: few demonstrations, many steps; the held-out oracle reward every ``--eval-every`` steps, MLE against
   IQLearn at ``--best-lam``. Plot: the curves.
 
@@ -116,6 +118,24 @@ def run_sweep(task_name: str, lams: list[float], seeds: list[int], best_lam: flo
     return rows
 
 
+def run_temperature(task_name: str, temperatures: list[float], seeds: list[int], eval_prompts: int, work_dir: Path,
+                    log=print) -> list[dict]:
+    """MLE's own accuracy–diversity trade-off: the main-setting MLE model sampled at several temperatures (the
+    baseline IQLearn's λ curve has to beat at equal accuracy; the paper's is MLE + entropy regularisation)."""
+    task = get_task(task_name)
+    steps, demos = SETTINGS[task_name]["main"]
+    rows = []
+    for seed in seeds:
+        result, _ = _train(task, steps, demos, 0.0, seed, work_dir / "model")
+        for temperature in temperatures:
+            m = evaluate_policy(task, result.model, result.tokenizer, num_prompts=eval_prompts, samples_per_prompt=4,
+                                temperature=temperature, seed=seed)
+            rows.append({"task": task_name, "demos": demos, "steps": steps, "seed": seed, "temperature": temperature,
+                         **{k: m[k] for k in ("accuracy", "oracle_reward", "self_bleu", "distinct_2")}})
+            log(json.dumps(rows[-1]))
+    return rows
+
+
 def run_fewdemo(task_name: str, lams: list[float], seeds: list[int], eval_every: int, eval_prompts: int,
                 work_dir: Path, log=print) -> list[dict]:
     task = get_task(task_name)
@@ -175,7 +195,20 @@ def sweep_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot_tradeoff(rows: list[dict], path: Path) -> None:
+def temperature_table(rows: list[dict]) -> str:
+    lines = ["| task | MLE sampled at T | seeds | sampled acc. | sampled oracle | Self-BLEU | distinct-2 |",
+             "|---|---|---|---|---|---|---|"]
+    for task, temperature in dict.fromkeys((r["task"], r["temperature"]) for r in rows):
+        g = [r for r in rows if (r["task"], r["temperature"]) == (task, temperature)]
+        cells = [f"{m:.3f} ± {se:.3f}" for m, se in (_mean_se([r[k] for r in g]) for k in
+                                                      ("accuracy", "oracle_reward"))]
+        cells += [f"{m:.1f} ± {se:.1f}" for m, se in [_mean_se([r["self_bleu"] for r in g])]]
+        cells += [f"{m:.3f} ± {se:.3f}" for m, se in [_mean_se([r["distinct_2"] for r in g])]]
+        lines.append(f"| {task} | {temperature:g} | {len(g)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) if rows else ""
+
+
+def plot_tradeoff(rows: list[dict], path: Path, temperature_rows: list[dict] = ()) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -195,6 +228,13 @@ def plot_tradeoff(rows: list[dict], path: Path) -> None:
             if xs:
                 demos = next(r["demos"] for r in rows if r["task"] == task and r["setting"] == setting)
                 ax.errorbar(xs, ys, xerr=xe, yerr=ye, marker=marker, capsize=2, label=f"{demos} demos (λ=0: MLE)")
+        mle_t = [r for r in temperature_rows if r["task"] == task]
+        if mle_t:
+            temps = sorted({r["temperature"] for r in mle_t})
+            pts = [(_mean_se([r["self_bleu"] for r in mle_t if r["temperature"] == t])[0],
+                    _mean_se([r["oracle_reward"] for r in mle_t if r["temperature"] == t])[0]) for t in temps]
+            ax.plot(*zip(*pts), ls="--", marker="x", color="0.4", label="MLE sampled at T = " +
+                    ", ".join(f"{t:g}" for t in temps))
         online = [r for r in rows if r["task"] == task and r["alpha"]]
         if online:
             (x, xse) = _mean_se([r["self_bleu"] for r in online])
@@ -257,6 +297,7 @@ def run_bench(output_dir: Path, parts: list[str], tasks: list[str], lams: list[f
         c = results["cost"]
         log(f"cost: MLE {c['mle_ms']:.1f} ms, IQLearn {c['iqlearn_ms']:.1f} ms per step, ratio {c['ratio']:.3f}")
     for part, fn, kwargs in (("sweep", run_sweep, dict(lams=lams, best_lam=best_lam, alpha=alpha)),
+                             ("temperature", run_temperature, dict(temperatures=[1.0, 1.25, 1.5, 2.0])),
                              ("fewdemo", run_fewdemo, dict(lams=list(dict.fromkeys([0.0, best_lam])),
                                                            eval_every=eval_every))):
         if part in parts:
@@ -265,8 +306,9 @@ def run_bench(output_dir: Path, parts: list[str], tasks: list[str], lams: list[f
             results = save(part, rows)
     results = json.loads(path.read_text()) if path.exists() else {}
     if results.get("sweep"):
-        plot_tradeoff(results["sweep"], output_dir / "iqlearn_tradeoff.png")
-        (output_dir / "sweep.md").write_text(sweep_table(results["sweep"]) + "\n")
+        plot_tradeoff(results["sweep"], output_dir / "iqlearn_tradeoff.png", results.get("temperature", []))
+        (output_dir / "sweep.md").write_text(sweep_table(results["sweep"]) + "\n\n" +
+                                             temperature_table(results.get("temperature", [])) + "\n")
         log(sweep_table(results["sweep"]))
     if results.get("fewdemo"):
         plot_fewdemo(results["fewdemo"], output_dir / "iqlearn_fewdemo.png")
