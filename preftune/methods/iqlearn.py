@@ -93,13 +93,12 @@ def train_iqlearn(config: IQLearnConfig, demos: Sequence[Demo], model=None, toke
         nonlocal samples
         mine = trainer.shard(batch_indices(len(demos), cfg.batch_size, cfg.seed, it))
         n_policy = round(cfg.alpha * len(mine))
-        items = [("demo", i) for i in mine[n_policy:]]
+        demo_items = [("demo", i) for i in mine[n_policy:]]
+        sample_items = [("sample", r) for r in range(n_policy)]
         if n_policy:  # the first α·B drawn demonstrations give their prompts; the policy answers them afresh
             samples = generate(trainer.unwrapped_model(), tokenizer, [demos[i].prompt for i in mine[:n_policy]],
                                cfg.max_new_tokens, temperature=cfg.temperature)
-            items += [("sample", r) for r in range(n_policy)]
         # every micro-batch gets its share of both kinds, so each one is a mixture at ratio α
-        demo_items, sample_items = items[:len(items) - n_policy], items[len(items) - n_policy:]
         micro = [demo_items[k::cfg.grad_accum] + sample_items[k::cfg.grad_accum] for k in range(cfg.grad_accum)]
         metrics = trainer.update([m for m in micro if m], loss_fn)
         if callback is not None:
