@@ -285,7 +285,7 @@ def iq_sequence_rewards(logits: torch.Tensor, labels: torch.Tensor, mask: torch.
 
 
 def iq_td_loss_with_stats(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0,
-                          lam: float = 0.1) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                          lam: float = 0.01) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Offline IQLearn (Wulfmeier et al. 2024, Eq. 14) with diagnostics.
 
     loss = mean_t[−log π(a_t|s_t)] + λ · mean_t[(Q(s_t, a_t) − γ·V(s_{t+1}))²], both means over response tokens,
@@ -303,14 +303,14 @@ def iq_td_loss_with_stats(logits: torch.Tensor, labels: torch.Tensor, mask: torc
 
 
 def iq_td_loss(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0,
-               lam: float = 0.1) -> torch.Tensor:
+               lam: float = 0.01) -> torch.Tensor:
     """The scalar of `iq_td_loss_with_stats` (Wulfmeier et al. 2024, Eq. 14): MLE + λ·TD² on demonstrations."""
     return iq_td_loss_with_stats(logits, labels, mask, gamma, lam)[0]
 
 
 def iq_online_loss_with_stats(expert_logits: torch.Tensor, expert_labels: torch.Tensor, expert_mask: torch.Tensor,
                               policy_logits: torch.Tensor, policy_labels: torch.Tensor, policy_mask: torch.Tensor,
-                              alpha: float, gamma: float = 1.0, lam: float = 0.1
+                              alpha: float, gamma: float = 1.0, lam: float = 0.01
                               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Online IQLearn: IQ-Learn's objective with the value term and the χ² term taken over the mixture
     ρ = (1−α)·expert + α·policy (Garg et al. 2021, Eq. 10 with the ``value`` loss and the χ² regulariser on ρ,
