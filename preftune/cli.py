@@ -377,6 +377,7 @@ def bench_iqlearn_command(
     alpha: float = typer.Option(0.1, help="Online mix-in ratio of the online row (0 = no online row)."),
     eval_prompts: int = typer.Option(200, min=10, help="Held-out prompts per evaluation."),
     eval_every: int = typer.Option(50, min=1, help="Steps between evaluations of the few-demo curves."),
+    fewdemo_lams: str = typer.Option("", help="λ values of the few-demo curves (default: 0 and --best-lam)."),
     output_dir: Path = typer.Option(Path("runs/bench-iqlearn"), help="results.json, sweep.md and PNGs go here."),
     threads: int = typer.Option(1, min=1, help="Torch threads."),
 ):
@@ -395,7 +396,7 @@ def bench_iqlearn_command(
         _fail(f"unknown part or task {bad}; parts: cost, sweep, temperature, fewdemo; tasks: {', '.join(SETTINGS)}")
     torch.set_num_threads(threads)
     run_bench(output_dir, chosen_parts, chosen_tasks, split(lams, float), split(seeds, int), best_lam, alpha,
-              eval_prompts, eval_every, log=console.print)
+              eval_prompts, eval_every, log=console.print, fewdemo_lams=split(fewdemo_lams, float) or None)
 
 
 def main() -> None:  # pragma: no cover

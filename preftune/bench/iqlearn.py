@@ -10,7 +10,7 @@ Parts (``--parts``, comma-separated):
 - ``temperature``: MLE's own trade-off, the main-setting MLE model sampled at T ∈ {1, 1.25, 1.5, 2} (the
   baseline "IQLearn is more diverse at equal accuracy" must beat; drawn as a dashed line in the trade-off plot).
 - ``fewdemo``: few demonstrations, many steps; the held-out oracle reward every ``--eval-every`` steps, MLE against
-  IQLearn at ``--best-lam``. Plot: the curves.
+  IQLearn at ``--best-lam`` (or the λ values of ``--fewdemo-lams``). Plot: the curves.
 
 Every model is a freshly initialised tiny Llama trained with the same seed, data order and schedule; only the loss
 differs. Results go to ``<output-dir>/results.json`` and PNGs beside it.
@@ -277,9 +277,10 @@ def plot_fewdemo(rows: list[dict], path: Path) -> None:
 
 
 def run_bench(output_dir: Path, parts: list[str], tasks: list[str], lams: list[float], seeds: list[int],
-              best_lam: float, alpha: float, eval_prompts: int, eval_every: int, log=print) -> dict:
-    """Run ``parts`` for ``tasks``; results of other parts and tasks already in ``results.json`` are kept, so
-    parts and tasks can run as separate commands (re-read just before each write)."""
+              best_lam: float, alpha: float, eval_prompts: int, eval_every: int, log=print,
+              fewdemo_lams: list[float] | None = None) -> dict:
+    """Run ``parts`` for ``tasks``; rows of other configurations already in ``results.json`` are kept, so parts,
+    tasks and extra λ values can run as separate commands (the file is re-read just before each write)."""
     output_dir.mkdir(parents=True, exist_ok=True)
     path = output_dir / "results.json"
 
@@ -287,8 +288,12 @@ def run_bench(output_dir: Path, parts: list[str], tasks: list[str], lams: list[f
         results = json.loads(path.read_text()) if path.exists() else {}
         if part == "cost":
             results[part] = value
-        else:
-            results[part] = [r for r in results.get(part, []) if r["task"] not in tasks] + value
+        else:  # upsert: a new row replaces the old row of the same configuration
+            def key(row):
+                return tuple(row.get(k) for k in ("task", "demos", "steps", "lam", "alpha", "seed", "temperature"))
+
+            new_keys = {key(r) for r in value}
+            results[part] = [r for r in results.get(part, []) if key(r) not in new_keys] + value
         path.write_text(json.dumps(results, indent=1))
         return results
 
@@ -298,7 +303,7 @@ def run_bench(output_dir: Path, parts: list[str], tasks: list[str], lams: list[f
         log(f"cost: MLE {c['mle_ms']:.1f} ms, IQLearn {c['iqlearn_ms']:.1f} ms per step, ratio {c['ratio']:.3f}")
     for part, fn, kwargs in (("sweep", run_sweep, dict(lams=lams, best_lam=best_lam, alpha=alpha)),
                              ("temperature", run_temperature, dict(temperatures=[1.0, 1.25, 1.5, 2.0])),
-                             ("fewdemo", run_fewdemo, dict(lams=list(dict.fromkeys([0.0, best_lam])),
+                             ("fewdemo", run_fewdemo, dict(lams=fewdemo_lams or list(dict.fromkeys([0.0, best_lam])),
                                                            eval_every=eval_every))):
         if part in parts:
             rows = [r for task in tasks for r in fn(task, seeds=seeds, eval_prompts=eval_prompts,
