@@ -119,7 +119,7 @@ def train_dpo_gridworld(config: TrajectoryDPOConfig, env: GridWorld | None = Non
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-        _log(history, env, logits, data.ledger, it, loss=float(loss))
+        _log(history, env, logits, data.ledger, it, loss=float(loss.detach()))
     return TabularRun(logits.detach(), history, data.ledger)
 
 
