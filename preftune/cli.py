@@ -389,5 +389,25 @@ def bench_trl_command(
                        methods=chosen, threads=threads or None)
 
 
+@bench_app.command("zpg", help="ZPG/ZBCPG experiments: GridWorld return vs human queries against trajectory DPO "
+                               "and RM+PPO, the estimator's cosine with the exact gradient, and ZPG on an LM.")
+def bench_zpg_command(
+    parts: str = typer.Option("gridworld,cosine,lm", help="Comma-separated: gridworld, cosine, lm."),
+    output: Path = typer.Option(Path("runs/bench-zpg"), help="Folder for results.json and the plots."),
+    queries: int = typer.Option(51_200, min=64, help="GridWorld human-query budget per run."),
+    seeds: int = typer.Option(5, min=1, help="GridWorld seeds per method."),
+    lm_iterations: int = typer.Option(50, min=1, help="ZPG iterations on preference-language."),
+):
+    _quiet_libraries()
+    from preftune.bench.zpg import run_zpg_bench
+
+    chosen = tuple(p.strip() for p in parts.split(",") if p.strip())
+    unknown = set(chosen) - {"gridworld", "cosine", "lm"}
+    if unknown:
+        _fail(f"--parts must be among gridworld, cosine, lm; got {sorted(unknown)}")
+    run_zpg_bench(chosen, output, queries=queries, seeds=seeds, lm_iterations=lm_iterations)
+    console.print(f"[green]results[/]: {output / 'results.json'}")
+
+
 def main() -> None:  # pragma: no cover
     sys.exit(app())

@@ -2,7 +2,8 @@
 the same currency as ZPG: human comparisons of two trajectories, counted by a `QueryLedger`.
 
 Both collect data online, in rounds: sample ``batch_size`` trajectory pairs from the current policy, ask one
-annotator about each pair (one query per pair), add the pairs to everything collected so far, then update.
+annotator about each pair (one query per pair), add the pairs to everything collected so far, then take
+``updates_per_round`` Adam steps on minibatches drawn from all pairs so far.
 
 - DPO on trajectories (Rafailov et al. 2023, Eq. 7, `losses.dpo_loss`) with log π(τ) = Σ_h log π(a_h|s_h) and the
   uniform starting policy as π_ref. DPO's derivation needs log π(τ) − log π_ref(τ) to be the whole log-ratio of
@@ -37,8 +38,9 @@ class GridWorldBaselineConfig(TrainConfig):
                                                  ge=1))
     batch_size: int = field(default=256, metadata=doc("Trajectory pairs (= human queries) per round.", ge=1))
     lr: float = field(default=0.05, metadata=doc("Adam learning rate of the policy logits.", gt=0))
-    updates_per_round: int = field(default=20, metadata=doc("Full-batch Adam steps on all pairs so far per round.",
+    updates_per_round: int = field(default=10, metadata=doc("Adam steps per round on all pairs collected so far.",
                                                             ge=1))
+    minibatch: int = field(default=1024, metadata=doc("Pairs per Adam step, drawn from all pairs so far.", ge=1))
     annotator_link: Literal["bradley-terry", "thurstone", "weibull"] = field(default="bradley-terry", metadata=doc(
         "The simulated annotators' link."))
     annotator_temperature: float = field(default=1.0, metadata=doc("Annotator temperature T.", gt=0))
@@ -70,6 +72,11 @@ def _select(first: Trajectories, second: Trajectories, take_first: torch.Tensor)
         (second.states, second.actions, second.next_states, second.rewards, second.live))))
 
 
+def _index(traj: Trajectories, rows: torch.Tensor) -> Trajectories:
+    return Trajectories(traj.states[rows], traj.actions[rows], traj.next_states[rows], traj.rewards[rows],
+                        traj.live[rows])
+
+
 def _cat(parts: list[Trajectories]) -> Trajectories:
     return Trajectories(*(torch.cat([getattr(p, f) for p in parts]) for f in
                           ("states", "actions", "next_states", "rewards", "live")))
@@ -83,17 +90,22 @@ class PreferenceCollector:
         self.annotator = Annotator(return_utility, link=config.annotator_link,
                                    temperature=config.annotator_temperature)
         self.ledger = QueryLedger()
-        self.chosen: list[Trajectories] = []
-        self.rejected: list[Trajectories] = []
+        self.chosen: Trajectories | None = None
+        self.rejected: Trajectories | None = None
 
-    def collect(self, logits: torch.Tensor) -> tuple[Trajectories, Trajectories]:
+    def collect(self, logits: torch.Tensor) -> None:
         n = self.config.batch_size
         a, b = self.env.sample(logits, n, self.generator), self.env.sample(logits, n, self.generator)
         probs = self.annotator.prob_from_margins(a.returns - b.returns)
         a_wins = repeated_preference_shares(probs, 1, self.generator, self.ledger, self.tag) > 0.5
-        self.chosen.append(_select(a, b, a_wins))
-        self.rejected.append(_select(b, a, a_wins))
-        return _cat(self.chosen), _cat(self.rejected)
+        new_chosen, new_rejected = _select(a, b, a_wins), _select(b, a, a_wins)
+        self.chosen = new_chosen if self.chosen is None else _cat([self.chosen, new_chosen])
+        self.rejected = new_rejected if self.rejected is None else _cat([self.rejected, new_rejected])
+
+    def minibatch(self) -> tuple[Trajectories, Trajectories]:
+        """A uniform draw (with replacement) of ``minibatch`` pairs from everything collected so far."""
+        rows = torch.randint(self.chosen.returns.shape[0], (self.config.minibatch,), generator=self.generator)
+        return _index(self.chosen, rows), _index(self.rejected, rows)
 
 
 def _log(history: list[dict], env: GridWorld, logits: torch.Tensor, ledger: QueryLedger, it: int, **extra) -> None:
@@ -111,9 +123,10 @@ def train_dpo_gridworld(config: TrajectoryDPOConfig, env: GridWorld | None = Non
     data = PreferenceCollector(env, config, generator, "dpo")
     history: list[dict] = []
     for it in range(config.steps):
-        chosen, rejected = data.collect(logits)
-        ref_chosen, ref_rejected = trajectory_logprobs(reference, chosen), trajectory_logprobs(reference, rejected)
+        data.collect(logits)
         for _ in range(config.updates_per_round):
+            chosen, rejected = data.minibatch()
+            ref_chosen, ref_rejected = trajectory_logprobs(reference, chosen), trajectory_logprobs(reference, rejected)
             loss = dpo_loss(trajectory_logprobs(logits, chosen), trajectory_logprobs(logits, rejected),
                             ref_chosen, ref_rejected, config.beta)
             optimizer.zero_grad()
@@ -144,8 +157,9 @@ def train_reward_ppo_gridworld(config: RewardPPOConfig, env: GridWorld | None = 
     data = PreferenceCollector(env, config, generator, "rm")
     history: list[dict] = []
     for it in range(config.steps):
-        chosen, rejected = data.collect(logits)
+        data.collect(logits)
         for _ in range(config.updates_per_round):  # Bradley–Terry MLE on all comparisons so far
+            chosen, rejected = data.minibatch()
             rm_loss = bt_loss(_trajectory_reward(reward, chosen).sum(-1), _trajectory_reward(reward, rejected).sum(-1))
             reward_opt.zero_grad()
             rm_loss.backward()
