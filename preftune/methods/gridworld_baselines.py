@@ -178,5 +178,5 @@ def train_reward_ppo_gridworld(config: RewardPPOConfig, env: GridWorld | None = 
                 policy_opt.zero_grad()
                 loss.backward()
                 policy_opt.step()
-        _log(history, env, logits, data.ledger, it, reward_loss=float(rm_loss))
+        _log(history, env, logits, data.ledger, it, reward_loss=float(rm_loss.detach()))
     return TabularRun(logits.detach(), history, data.ledger)
