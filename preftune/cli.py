@@ -397,6 +397,7 @@ def bench_zpg_command(
     queries: int = typer.Option(51_200, min=64, help="GridWorld human-query budget per run."),
     seeds: int = typer.Option(5, min=1, help="GridWorld seeds per method."),
     lm_iterations: int = typer.Option(50, min=1, help="ZPG iterations on preference-language."),
+    methods: str = typer.Option("zpg,zbcpg,dpo,rm+ppo", help="GridWorld methods to run."),
 ):
     _quiet_libraries()
     from preftune.bench.zpg import run_zpg_bench
@@ -405,7 +406,11 @@ def bench_zpg_command(
     unknown = set(chosen) - {"gridworld", "cosine", "lm"}
     if unknown:
         _fail(f"--parts must be among gridworld, cosine, lm; got {sorted(unknown)}")
-    run_zpg_bench(chosen, output, queries=queries, seeds=seeds, lm_iterations=lm_iterations)
+    gridworld_methods = tuple(m.strip() for m in methods.split(",") if m.strip())
+    if set(gridworld_methods) - {"zpg", "zbcpg", "dpo", "rm+ppo"}:
+        _fail(f"--methods must be among zpg, zbcpg, dpo, rm+ppo; got {gridworld_methods}")
+    run_zpg_bench(chosen, output, queries=queries, seeds=seeds, lm_iterations=lm_iterations,
+                  methods=gridworld_methods)
     console.print(f"[green]results[/]: {output / 'results.json'}")
 
 

@@ -222,14 +222,15 @@ def plot(results: dict, output: Path) -> None:
 
 
 def run_zpg_bench(parts: tuple[str, ...], output: Path, queries: int = 51_200, seeds: int = 5,
-                  lm_iterations: int = 50) -> dict:
+                  lm_iterations: int = 50, methods: tuple[str, ...] = ("zpg", "zbcpg", "dpo", "rm+ppo")) -> dict:
     torch.set_num_threads(1)
     output.mkdir(parents=True, exist_ok=True)
     path = output / "results.json"
     results = json.loads(path.read_text()) if path.exists() else {}
     if "gridworld" in parts:
-        results["gridworld"] = gridworld_comparison(queries, seeds, slip=0.2)
-        results["gridworld_deterministic"] = gridworld_comparison(queries // 2, max(2, seeds // 2 + 1), slip=0.0)
+        results["gridworld"] = gridworld_comparison(queries, seeds, slip=0.2, methods=methods)
+        results["gridworld_deterministic"] = gridworld_comparison(queries // 2, max(2, seeds // 2 + 1), slip=0.0,
+                                                                  methods=methods)
     if "cosine" in parts:
         results["cosine"] = estimator_cosine()
         print("  cosine " + ", ".join(f"{k} {v['mean']:.2f}" for k, v in results["cosine"]["cosine"].items())
