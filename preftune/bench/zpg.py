@@ -149,7 +149,7 @@ def lm_comparison(queries_per_iteration: tuple[int, int] = (32, 2), iterations: 
                         mu=mu, lr=lr, param_filter=param_filter, max_new_tokens=task.max_response_chars + 1, **common)
     zpg = train_zpg_lm(zpg_cfg, task.prompts("train", 10_000, seed), task.reward, model=copy.deepcopy(sft),
                        tokenizer=tokenizer)
-    budget = zpg.history[-1]["queries"]
+    budget = int(zpg.history[-1]["queries"])
     pairs = label_pairs(task.candidate_pairs("train", budget, seed), Annotator(task.reward), random.Random(seed))
     dpo_cfg = DPOConfig(output_dir=str(output_dir / "lm-dpo"), steps=max(1, budget // 32), beta=0.3, **common)
     dpo = train_dpo(dpo_cfg, pairs, model=copy.deepcopy(sft), tokenizer=tokenizer).model
