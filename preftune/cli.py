@@ -197,7 +197,7 @@ _register_online_methods()
 # ZPG / ZBCPG (Zhang & Ying, arXiv 2409.17401): policy gradient from human comparisons, GridWorld or an LM task
 # LM defaults of bench/zpg.py's LM section: perturb only the final norm's 128 gains (d = 128); all weights (d ≈ 4e5)
 # need far more queries than a CPU run can ask (the estimator's variance grows like d²)
-ZPG_LM_DEFAULTS = {"lr": 2e-3, "mu": 4.0, "batch_size": 32, "annotators_per_pair": 2,
+ZPG_LM_DEFAULTS = {"lr": 0.05, "mu": 4.0, "batch_size": 32, "annotators_per_pair": 2,
                    "param_filter": r"(^|\.)(norm|ln_f)\.weight$"}
 
 
@@ -399,7 +399,7 @@ def bench_zpg_command(
     output: Path = typer.Option(Path("runs/bench-zpg"), help="Folder for results.json and the plots."),
     queries: int = typer.Option(51_200, min=64, help="GridWorld human-query budget per run."),
     seeds: int = typer.Option(5, min=1, help="GridWorld seeds per method."),
-    lm_iterations: int = typer.Option(300, min=1, help="ZPG iterations on preference-language."),
+    lm_iterations: int = typer.Option(600, min=1, help="ZPG iterations on preference-language."),
     methods: str = typer.Option("zpg,zbcpg,dpo,rm+ppo", help="GridWorld methods to run."),
 ):
     _quiet_libraries()

@@ -122,8 +122,8 @@ def estimator_cosine(pairs=(10, 100, 1000, 4000), labels=(1, 4, 16, 64), mu: flo
     return table
 
 
-def lm_comparison(queries_per_iteration: tuple[int, int] = (32, 2), iterations: int = 300, sft_steps: int = 300,
-                  seed: int = 0, param_filter: str = r"(^|\.)(norm|ln_f)\.weight$", mu: float = 4.0, lr: float = 2e-3,
+def lm_comparison(queries_per_iteration: tuple[int, int] = (32, 2), iterations: int = 600, sft_steps: int = 300,
+                  seed: int = 0, param_filter: str = r"(^|\.)(norm|ln_f)\.weight$", mu: float = 4.0, lr: float = 0.05,
                   eval_prompts: int = 400, output_dir: Path = Path("runs/bench-zpg")) -> dict:
     """SFT on teacher demonstrations, then ZPG on the oracle-judged annotators' comparisons, and DPO on as many
     annotator labels of teacher pairs; mean oracle reward on eval prompts."""
@@ -222,7 +222,7 @@ def plot(results: dict, output: Path) -> None:
 
 
 def run_zpg_bench(parts: tuple[str, ...], output: Path, queries: int = 51_200, seeds: int = 5,
-                  lm_iterations: int = 300, methods: tuple[str, ...] = ("zpg", "zbcpg", "dpo", "rm+ppo")) -> dict:
+                  lm_iterations: int = 600, methods: tuple[str, ...] = ("zpg", "zbcpg", "dpo", "rm+ppo")) -> dict:
     torch.set_num_threads(1)
     output.mkdir(parents=True, exist_ok=True)
     path = output / "results.json"
