@@ -17,6 +17,7 @@ The perturbed coordinates of an LM are all trainable weights (``perturb="all"``)
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import time
@@ -197,7 +198,7 @@ def train_zpg_lm(config: ZPGConfig, prompts: Sequence[str], utility: Callable[[s
     """ZPG/ZBCPG on a causal LM: N prompts per iteration, one response from π_θ and one from π_{θ+μv} to each,
     compared by M annotators whose utility is ``utility(prompt, response)`` (a task's oracle reward)."""
     if config.perturb == "lora" and not config.lora:
-        config = type(config)(**{**config.__dict__, "lora": True})
+        config = dataclasses.replace(config, lora=True)
     policy, tokenizer = load_policy(config, model, tokenizer)
     ledger = QueryLedger(config.query_budget)
     annotator = config.annotator(utility)
