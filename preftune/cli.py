@@ -209,6 +209,63 @@ _register_methods()
 _register_online_methods()
 
 
+# ZPG / ZBCPG (Zhang & Ying, arXiv 2409.17401): policy gradient from human comparisons, GridWorld or an LM task
+# LM defaults of bench/zpg.py's LM section: perturb only the final norm's 128 gains (d = 128); all weights (d ≈ 4e5)
+# need far more queries than a CPU run can ask (the estimator's variance grows like d²)
+ZPG_LM_DEFAULTS = {"lr": 0.05, "mu": 4.0, "batch_size": 32, "annotators_per_pair": 2,
+                   "param_filter": r"(^|\.)(norm|ln_f)\.weight$"}
+
+
+def _register_zpg_command(name: str) -> None:
+    from preftune.methods.zpg import ZPGConfig
+
+    @train_app.command(name, help=f"{name.upper()}: zeroth-order policy gradient straight from human comparisons "
+                       "of trajectory pairs (no reward model); --task gridworld (tabular policy, exact return) or a "
+                       "text task such as preference-language (an LM).",
+                       epilog="Config fields (YAML keys or flags):\n\n"
+                       + describe_fields(ZPGConfig).replace("\n", "\n\n"),
+                       context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+    def command(
+        ctx: typer.Context,
+        task: str = typer.Option(..., help="gridworld, or a text task (see `preftune tasks`)."),
+        config: Path = typer.Option(None, help="YAML file of config fields."),
+        num_prompts: int = typer.Option(2000, help="Text tasks: training prompts to draw."),
+    ):
+        _quiet_libraries()
+        from preftune.methods.zpg import train_zpg_gridworld, train_zpg_lm
+        from preftune.tasks import get_task
+
+        try:
+            if task == "gridworld":
+                cfg = build_config(ZPGConfig, config, ctx.args, algorithm=name)
+                save_yaml(cfg, Path(cfg.output_dir) / "config.yaml")
+                run = train_zpg_gridworld(cfg)
+                _write_tabular_run(run, Path(cfg.output_dir))
+                console.print(f"[green]done[/]: {name} on gridworld, {run.ledger.total} queries, true return "
+                              f"{run.history[-1]['true_return']:.3f} -> {cfg.output_dir}")
+                return
+            task_obj = get_task(task)
+            defaults = {**ZPG_LM_DEFAULTS, "max_new_tokens": task_obj.max_response_chars + 1}
+            cfg = build_config(ZPGConfig, config, ctx.args, defaults=defaults, algorithm=name)
+            save_yaml(cfg, Path(cfg.output_dir) / "config.yaml")
+            result = train_zpg_lm(cfg, task_obj.prompts("train", num_prompts, cfg.seed), task_obj.reward)
+        except (ConfigError, ValueError) as e:
+            _fail(str(e))
+        console.print(f"[green]done[/]: {name} on {task} -> {result.path}")
+
+
+def _write_tabular_run(run, output_dir: Path) -> None:
+    from safetensors.torch import save_file
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in run.history))
+    save_file({"logits": run.logits.contiguous()}, str(output_dir / "policy.safetensors"))
+
+
+for _name in ("zpg", "zbcpg"):
+    _register_zpg_command(_name)
+
+
 @train_app.command("bon", help="Best-of-N: sample N responses per prompt, keep the best by a reward model or "
                                "the task oracle; writes the chosen responses and their oracle scores.")
 def train_bon(
@@ -397,6 +454,31 @@ def bench_iqlearn_command(
     torch.set_num_threads(threads)
     run_bench(output_dir, chosen_parts, chosen_tasks, split(lams, float), split(seeds, int), best_lam, alpha,
               eval_prompts, eval_every, log=console.print, fewdemo_lams=split(fewdemo_lams, float) or None)
+
+
+@bench_app.command("zpg", help="ZPG/ZBCPG experiments: GridWorld return vs human queries against trajectory DPO "
+                               "and RM+PPO, the estimator's cosine with the exact gradient, and ZPG on an LM.")
+def bench_zpg_command(
+    parts: str = typer.Option("gridworld,cosine,lm", help="Comma-separated: gridworld, cosine, lm."),
+    output: Path = typer.Option(Path("runs/bench-zpg"), help="Folder for results.json and the plots."),
+    queries: int = typer.Option(51_200, min=64, help="GridWorld human-query budget per run."),
+    seeds: int = typer.Option(5, min=1, help="GridWorld seeds per method."),
+    lm_iterations: int = typer.Option(600, min=1, help="ZPG iterations on preference-language."),
+    methods: str = typer.Option("zpg,zbcpg,dpo,rm+ppo", help="GridWorld methods to run."),
+):
+    _quiet_libraries()
+    from preftune.bench.zpg import run_zpg_bench
+
+    chosen = tuple(p.strip() for p in parts.split(",") if p.strip())
+    unknown = set(chosen) - {"gridworld", "cosine", "lm"}
+    if unknown:
+        _fail(f"--parts must be among gridworld, cosine, lm; got {sorted(unknown)}")
+    gridworld_methods = tuple(m.strip() for m in methods.split(",") if m.strip())
+    if set(gridworld_methods) - {"zpg", "zbcpg", "dpo", "rm+ppo"}:
+        _fail(f"--methods must be among zpg, zbcpg, dpo, rm+ppo; got {gridworld_methods}")
+    run_zpg_bench(chosen, output, queries=queries, seeds=seeds, lm_iterations=lm_iterations,
+                  methods=gridworld_methods)
+    console.print(f"[green]results[/]: {output / 'results.json'}")
 
 
 def main() -> None:  # pragma: no cover

@@ -47,8 +47,13 @@ class Annotator:
 
     def prob_first_preferred(self, prompt: str, a: str, b: str) -> float:
         """The exact probability that this annotator labels ``a`` as preferred to ``b``."""
-        margin = (self.utility(prompt, a) - self.utility(prompt, b)) / self.temperature
-        p = float(preference_link(torch.tensor(margin, dtype=torch.float64), link_name(self.link), self.weibull_shape))
+        margin = self.utility(prompt, a) - self.utility(prompt, b)
+        return float(self.prob_from_margins(torch.tensor(margin, dtype=torch.float64)))
+
+    def prob_from_margins(self, margins: torch.Tensor) -> torch.Tensor:
+        """The same probability for a tensor of utility differences u(a) − u(b), e.g. trajectory returns."""
+        p = preference_link(torch.as_tensor(margins, dtype=torch.float64) / self.temperature, link_name(self.link),
+                            self.weibull_shape)
         return (1.0 - self.flip_prob) * p + self.flip_prob * (1.0 - p)
 
     def compare(self, prompt: str, a: str, b: str, rng: random.Random) -> bool:
@@ -82,6 +87,11 @@ class Population:
 
     def prob_first_preferred(self, prompt: str, a: str, b: str) -> float:
         return sum(w * ann.prob_first_preferred(prompt, a, b) for ann, w in zip(self.annotators, self.weights))
+
+    def prob_from_margins(self, margins: torch.Tensor) -> torch.Tensor:
+        """The mixture's probability for utility differences every member shares (members differ in link,
+        temperature and noise only)."""
+        return sum(w * ann.prob_from_margins(margins) for ann, w in zip(self.annotators, self.weights))
 
     def compare(self, prompt: str, a: str, b: str, rng: random.Random) -> bool:
         return self.sample_annotator(rng).compare(prompt, a, b, rng)
@@ -144,6 +154,21 @@ def label_pairs(
         first_preferred = annotator.compare(prompt, a, b, rng)
         pairs.append(Pair(prompt, a, b) if first_preferred else Pair(prompt, b, a))
     return pairs
+
+
+def repeated_preference_shares(probs: torch.Tensor, num_labels: int, generator: torch.Generator | None = None,
+                               ledger: QueryLedger | None = None, tag: str = "labels") -> torch.Tensor:
+    """Ask ``num_labels`` independent annotators about each pair; return each pair's share preferring its
+    first item. ``probs[i]`` is the exact probability that one annotator (or a population's random member)
+    prefers the first item of pair i, so the count is Binomial(num_labels, probs[i]). All len(probs) ×
+    num_labels queries are recorded in the ledger before any is answered."""
+    if num_labels < 1:
+        raise ValueError(f"num_labels must be >= 1, got {num_labels}")
+    probs = torch.as_tensor(probs, dtype=torch.float64)
+    if ledger is not None:
+        ledger.record(tag, probs.numel() * num_labels)
+    counts = torch.binomial(torch.full_like(probs, float(num_labels)), probs, generator=generator)
+    return counts / num_labels
 
 
 def annotator_agreement_with_oracle(pairs: list[Pair], oracle: Callable[[str, str], float]) -> float:

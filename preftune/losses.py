@@ -331,3 +331,39 @@ def iq_online_loss_with_stats(expert_logits: torch.Tensor, expert_labels: torch.
     stats = {"nll": nll.detach(), "td": td_e.detach(), "td_policy": td_p.detach(), "value_gap": value_gap.detach(),
              "reward": masked_mean(r_e.detach(), expert_mask), "value": masked_mean(v_e.detach(), expert_mask)}
     return loss, stats
+
+
+# --- ZPG / ZBCPG (Zhang & Ying, Zeroth-Order Policy Gradient for RLHF without Reward Inference, arXiv 2409.17401)
+
+
+def preference_value_difference(p_hat: torch.Tensor, link: str = "logistic", eps: float = 0.05,
+                                shape: float = 2.0) -> torch.Tensor:
+    """Δ̂ = mean_i σ⁻¹(clip(p̂_i, eps, 1 − eps)): the value difference the preference shares imply
+    (Zhang & Ying 2025, the value-difference estimate of Alg. 1, step "estimate the local value difference").
+
+    ``p_hat[i]`` is the share of M annotators who preferred the second (perturbed) trajectory of pair i; σ is
+    the known link. Shares are clipped because σ⁻¹(0) and σ⁻¹(1) are infinite (a finite M gives 0 and 1 often),
+    and inverted *per pair* before averaging: σ⁻¹ is non-linear, so inverting a share pooled over different
+    pairs would be biased. The clip bound is preftune's choice (the paper's truncation rule was not available).
+    """
+    if not 0.0 < eps < 0.5:
+        raise ValueError(f"eps must be in (0, 0.5), got {eps}")
+    p_hat = torch.as_tensor(p_hat, dtype=torch.float64)
+    return inverse_preference_link(p_hat.clamp(eps, 1.0 - eps), link, shape).mean()
+
+
+def zpg_gradient(p_hat: torch.Tensor, direction: torch.Tensor, mu: float, link: str = "logistic",
+                 eps: float = 0.05, shape: float = 2.0) -> torch.Tensor:
+    """The zeroth-order policy-gradient estimate from human preferences (Zhang & Ying 2025, Alg. 1 (ZPG) and
+    Alg. 2 (ZBCPG); the two-point unit-sphere estimator of Flaxman et al. 2005 / Nesterov & Spokoiny 2017):
+
+    ĝ = (d/μ) · Δ̂ · v,  Δ̂ = mean_i σ⁻¹(clip(p̂_i, eps, 1 − eps))  (`preference_value_difference`),
+
+    with v = ``direction`` (unit norm) and d = ``direction.numel()``, the dimension of the perturbed space (all
+    parameters for ZPG, one block for ZBCPG). Δ̂ estimates V(θ + μv) − V(θ), and for v uniform on the unit
+    sphere (d/μ)·E_v[(V(θ + μv) − V(θ))·v] is the gradient of the ball-smoothed value V_μ.
+    """
+    if not mu > 0:
+        raise ValueError(f"mu must be > 0, got {mu}")
+    value_difference = preference_value_difference(p_hat, link, eps, shape)
+    return (direction.numel() / mu) * value_difference.to(direction.dtype) * direction

@@ -7,7 +7,8 @@ import pytest
 from preftune.bench.suite import SuiteSize, run_suite
 
 TINY = SuiteSize(sft_steps=4, reward_steps=3, reward_batch_size=16, dpo_steps=3, demos=64, pairs=128,
-                 heldout_pairs=32, eval_prompts=8, best_of=2, imitation_steps=4, online_steps=2, grpo_steps=2)
+                 heldout_pairs=32, eval_prompts=8, best_of=2, imitation_steps=4, online_steps=2, grpo_steps=2,
+                 gridworld_queries=512)
 PL_METHODS = {"sft", "dpo", "ppo (reward model)", "rloo (reward model)", "best-of-2 (rm)", "best-of-2 (oracle)"}
 
 
@@ -24,8 +25,9 @@ def _check_run(run_dir, best_of):
     for task in ("arithmetic", "summarise"):  # IQLearn against the suite's SFT (issue 5)
         assert any(m.startswith("iqlearn") for m in results["tasks"][task]["methods"])
         assert {"sft", "iqlearn (λ = 0.01)"} == set(results["tasks"][task]["extracted_reward"])
+    assert set(results["tasks"]["gridworld"]["methods"]) == {"zpg", "zbcpg", "dpo", "rm+ppo"}
     report = (run_dir / "report.md").read_text()
-    for name in expected | {"Reward model", "arith-grpo", "time generating", "arith-iqlearn", "Spearman"}:
+    for name in expected | {"Reward model", "arith-grpo", "time generating", "arith-iqlearn", "Spearman", "gridworld"}:
         assert name in report
     for png in ("preference_language.png", "losses.png"):
         assert (run_dir / png).stat().st_size > 10_000

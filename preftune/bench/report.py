@@ -115,6 +115,16 @@ def write_report(run_dir: Path) -> Path:
                 lines += [f"| {m} | {c['spearman']:.3f} | {c['n']} | {_fmt(c['pair_accuracy'])} | {c['pairs']} |"
                           for m, c in t["extracted_reward"].items()]
                 lines += [""]
+    gw = results["tasks"].get("gridworld")
+    if gw:
+        lines += ["## gridworld (ZPG, ZBCPG and baselines at equal human queries)", "",
+                  f"Stochastic GridWorld (slip {gw['slip']}), true return by dynamic programming: uniform start "
+                  f"{gw['uniform_return']:.3f}, optimum {gw['optimal_return']:.3f}; seed {results['meta']['seed']}.",
+                  "", "| method | " + " | ".join(f"{b} queries" for b in gw["budgets"][1::2]) + " |",
+                  "|---" * (len(gw["budgets"][1::2]) + 1) + "|"]
+        lines += [f"| {name} | " + " | ".join(f"{c['mean']:.3f}" for c in entry["curve"][1::2]) + " |"
+                  for name, entry in gw["methods"].items()]
+        lines += [""]
     if results.get("histories"):
         _plot_losses(results["histories"], run_dir / "losses.png")
         lines += ["## Training curves", "", "Offline stages: training loss. Online stages (PPO, RLOO, GRPO): the "

@@ -70,11 +70,13 @@ class SuiteSize:
     imitation_steps: int = 800
     online_steps: int = 100  # PPO and RLOO iterations of 32 prompts (RLOO: 4 samples each)
     grpo_steps: int = 150
+    gridworld_queries: int = 12_800  # ZPG, ZBCPG, trajectory DPO, RM+PPO: human queries each, one seed
 
     @classmethod
     def quick(cls) -> SuiteSize:
         return cls(sft_steps=150, reward_steps=120, dpo_steps=80, demos=1000, pairs=15000, heldout_pairs=500,
-                   eval_prompts=100, best_of=8, imitation_steps=150, online_steps=30, grpo_steps=30)
+                   eval_prompts=100, best_of=8, imitation_steps=150, online_steps=30, grpo_steps=30,
+                   gridworld_queries=3_200)
 
 
 def _stage_dir(run_dir: Path, name: str) -> Path:
@@ -123,6 +125,7 @@ def run_suite(run_dir: Path, quick: bool = False, seed: int = 0, resume: bool = 
     for task_name in ("arithmetic", "summarise"):
         results["tasks"][task_name] = _imitation(run_dir, task_name, size, seed, resume, tokenizer, results)
     _iqlearn(run_dir, size, seed, resume, tokenizer, results)
+    results["tasks"]["gridworld"] = _gridworld(size, seed, results)
     results["timings"]["total"] = time.perf_counter() - started
     (run_dir / "results.json").write_text(json.dumps(results, indent=2))
     write_report(run_dir)
@@ -253,6 +256,17 @@ def _iqlearn(run_dir, size: SuiteSize, seed: int, resume: bool, tokenizer, resul
         out["extracted_reward"] = {
             "sft": reward_correlation(task, sft_model, tokenizer, num_prompts=size.eval_prompts, seed=seed),
             name: reward_correlation(task, model, tokenizer, num_prompts=size.eval_prompts, seed=seed)}
+
+
+def _gridworld(size: SuiteSize, seed: int, results: dict) -> dict:
+    """ZPG and ZBCPG against trajectory DPO and RM+PPO at the same number of human queries (exact returns by DP);
+    the full study with several seeds is `preftune bench zpg`."""
+    from preftune.bench.zpg import gridworld_comparison
+
+    t0 = time.perf_counter()
+    out = gridworld_comparison(size.gridworld_queries, seeds=1, slip=0.2, points=8)
+    results["timings"]["gridworld"] = time.perf_counter() - t0
+    return out
 
 
 def _fresh(name: str, tokenizer, seed: int):

@@ -1,0 +1,226 @@
+"""ZPG and ZBCPG (Zhang & Ying, Zeroth-Order Policy Gradient for RLHF without Reward Inference, arXiv 2409.17401):
+policy gradient straight from human comparisons, with no reward model.
+
+One iteration, for a tabular GridWorld policy or a language model alike (`zeroth_order_step`):
+
+1. draw a direction v uniformly on the unit sphere of the perturbed coordinates — all of them (ZPG), or one random
+   block of ``block_size`` coordinates of a fixed partition (ZBCPG);
+2. sample N trajectories τ_i from π_θ and N trajectories τ'_i from π_{θ+μv} (for an LM: one response to each of N
+   prompts from each policy, so pair i shares prompt i);
+3. ask M annotators about each pair (N·M queries, all through the ledger); p̂_i = share preferring τ'_i;
+4. ĝ = (d/μ)·mean_i σ⁻¹(clip(p̂_i))·v with the learner's link σ (`losses.zpg_gradient`), d = dim of v;
+5. θ ← θ + α·ĝ (plain gradient ascent, as in the paper; for ZBCPG only the block moves).
+
+The perturbed coordinates of an LM are all trainable weights (``perturb="all"``), fresh LoRA adapters
+(``perturb="lora"``), or the weights whose names match ``param_filter`` (a fixed block).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from preftune.config import ConfigError, TrainConfig, doc
+from preftune.feedback import Annotator, QueryLedger, repeated_preference_shares
+from preftune.losses import preference_value_difference, zpg_gradient
+from preftune.methods.sft import TrainedPolicy
+from preftune.models import load_policy, save_causal_lm
+from preftune.rollout import generate
+from preftune.tasks.gridworld import GridWorld, return_utility
+from preftune.trainer import Trainer, batch_indices
+
+
+@dataclass
+class ZPGConfig(TrainConfig):
+    output_dir: str = field(default="runs/zpg", metadata=doc("Where checkpoints, metrics and the final policy go."))
+    algorithm: Literal["zpg", "zbcpg"] = field(default="zpg", metadata=doc(
+        "zpg: perturb all coordinates at once; zbcpg: one random block of block_size coordinates per iteration."))
+    steps: int = field(default=300, metadata=doc("Policy-gradient iterations T.", ge=1))
+    batch_size: int = field(default=16, metadata=doc("N: trajectory pairs per iteration.", ge=1))
+    annotators_per_pair: int = field(default=4, metadata=doc("M: annotator labels per pair (N·M queries per "
+                                                             "iteration).", ge=1))
+    mu: float = field(default=4.0, metadata=doc("Perturbation radius μ (the norm of θ' − θ).", gt=0))
+    lr: float = field(default=0.1, metadata=doc(
+        "Step size α of θ ← θ + α·ĝ (GridWorld-tuned; the CLI lowers it for LMs).", gt=0))
+    link: Literal["logistic", "probit", "weibull"] = field(default="logistic", metadata=doc(
+        "The link σ the learner inverts (logistic = Bradley–Terry); a mismatch with annotator_link is allowed."))
+    link_shape: float = field(default=2.0, metadata=doc("Shape k of the learner's Weibull link.", gt=0))
+    clip_eps: float = field(default=0.05, metadata=doc(
+        "Preference shares are clipped to [eps, 1 − eps] before σ⁻¹ (σ⁻¹(0), σ⁻¹(1) are infinite).", gt=0, le=0.49))
+    block_size: int = field(default=4, metadata=doc(
+        "ZBCPG: coordinates per block (4 = one GridWorld state's action logits).", ge=1))
+    perturb: Literal["all", "lora"] = field(default="all", metadata=doc(
+        "LM: perturb all trainable weights, or fresh LoRA adapters only (sets lora)."))
+    param_filter: str = field(default="", metadata=doc(
+        "LM: perturb only the weights whose name matches this regex (a fixed block); empty = no filter."))
+    annotator_link: Literal["bradley-terry", "thurstone", "weibull"] = field(default="bradley-terry", metadata=doc(
+        "The simulated annotators' link."))
+    annotator_temperature: float = field(default=1.0, metadata=doc(
+        "Annotators prefer by σ((u' − u)/T); smaller T = more decisive.", gt=0))
+    annotator_flip_prob: float = field(default=0.0, metadata=doc("Annotator label-flip probability.", ge=0, le=0.5))
+    query_budget: int | None = field(default=None, metadata=doc(
+        "Stop with an error if the ledger would exceed this many human queries; none = no limit.", ge=1))
+    # --- GridWorld
+    gridworld_slip: float = field(default=0.2, metadata=doc("GridWorld: probability a move slips sideways.",
+                                                            ge=0, le=1))
+    gridworld_horizon: int = field(default=20, metadata=doc("GridWorld: moves per episode.", ge=1))
+    # --- LM sampling
+    max_new_tokens: int = field(default=30, metadata=doc("LM: longest sampled response in tokens.", ge=1))
+    temperature: float = field(default=1.0, metadata=doc("LM: sampling temperature.", gt=0))
+    lr_schedule: Literal["cosine", "linear", "constant"] = field(default="constant", metadata=doc(
+        "Unused by ZPG's plain ascent step (kept for the shared trainer)."))
+    warmup_ratio: float = field(default=0.0, metadata=doc("Unused by ZPG (kept for the shared trainer).", ge=0, le=1))
+    save_every: int = field(default=0, metadata=doc("Checkpoint every N iterations (0 = only at the end).", ge=0))
+    log_every: int = field(default=1, metadata=doc("Log metrics every N iterations.", ge=1))
+
+    def check(self) -> None:
+        if self.perturb == "lora" and self.param_filter:
+            raise ConfigError("config fields 'perturb'='lora' and 'param_filter' exclude each other: LoRA already "
+                              "picks the perturbed weights")
+
+    def annotator(self, utility: Callable[[str, object], float]) -> Annotator:
+        return Annotator(utility, link=self.annotator_link, temperature=self.annotator_temperature,
+                         flip_prob=self.annotator_flip_prob)
+
+
+# ----------------------------------------------------------------------------------------------
+# The perturbed coordinates and one iteration, shared by the tabular and the LM policy
+
+
+class FlatParameters:
+    """Tensors seen as one vector of their d coordinates, so a direction or a step is one flat tensor."""
+
+    def __init__(self, tensors: Sequence[torch.Tensor]):
+        if not tensors:
+            raise ConfigError("no parameters to perturb (check perturb / param_filter)")
+        self.tensors = list(tensors)
+        self.sizes = [t.numel() for t in self.tensors]
+        self.dim = sum(self.sizes)
+
+    @torch.no_grad()
+    def add_(self, vector: torch.Tensor, alpha: float) -> None:
+        for t, chunk in zip(self.tensors, vector.split(self.sizes)):
+            t.add_(chunk.view_as(t).to(t.dtype), alpha=alpha)
+
+
+def draw_direction(dim: int, config: ZPGConfig, generator: torch.Generator) -> tuple[torch.Tensor, slice]:
+    """A unit direction on all ``dim`` coordinates (ZPG) or on one block of a fixed partition into blocks of
+    ``block_size`` (ZBCPG, block drawn uniformly); returns the block-sized direction and where it sits."""
+    block = slice(0, dim)
+    if config.algorithm == "zbcpg":
+        num_blocks = math.ceil(dim / config.block_size)
+        k = int(torch.randint(num_blocks, (1,), generator=generator))
+        block = slice(k * config.block_size, min((k + 1) * config.block_size, dim))
+    v = torch.randn(block.stop - block.start, generator=generator, dtype=torch.float64)
+    return v / v.norm(), block
+
+
+def zeroth_order_step(params: FlatParameters, config: ZPGConfig, sample_utilities: Callable[[], torch.Tensor],
+                      annotator, ledger: QueryLedger, generator: torch.Generator) -> dict:
+    """One ZPG/ZBCPG iteration (module docstring). ``sample_utilities()`` draws N trajectories of the *current*
+    parameters and returns their utilities (returns, or oracle rewards of responses to fixed prompts)."""
+    direction, block = draw_direction(params.dim, config, generator)
+    embedded = torch.zeros(params.dim, dtype=torch.float64)
+    embedded[block] = direction
+    base = sample_utilities()
+    params.add_(embedded, config.mu)
+    try:
+        perturbed = sample_utilities()
+    finally:
+        params.add_(embedded, -config.mu)
+    probs = annotator.prob_from_margins(perturbed - base)  # P(τ' ≻ τ) for each pair
+    p_hat = repeated_preference_shares(probs, config.annotators_per_pair, generator, ledger, "zpg")
+    gradient = zpg_gradient(p_hat, direction, config.mu, config.link, config.clip_eps, config.link_shape)
+    step = torch.zeros_like(embedded)
+    step[block] = gradient
+    params.add_(step, config.lr)
+    eps = config.clip_eps
+    return {"value_difference": float(preference_value_difference(p_hat, config.link, eps, config.link_shape)),
+            "true_difference": float((perturbed - base).mean()),  # what Δ̂ estimates (the annotators never show it)
+            "clipped_fraction": float(((p_hat <= eps) | (p_hat >= 1 - eps)).double().mean()),
+            "score": float(base.mean()), "queries": ledger.total}
+
+
+# ----------------------------------------------------------------------------------------------
+# Tabular softmax policy in the GridWorld
+
+
+@dataclass
+class TabularRun:
+    logits: torch.Tensor  # [S, A]
+    history: list[dict]
+    ledger: QueryLedger
+
+
+def train_zpg_gridworld(config: ZPGConfig, env: GridWorld | None = None, logits: torch.Tensor | None = None,
+                        ) -> TabularRun:
+    """ZPG/ZBCPG on a tabular softmax policy (uniform start); logs the exact return and ‖∇J‖ every iteration."""
+    env = env or GridWorld(slip=config.gridworld_slip, horizon=config.gridworld_horizon)
+    theta = torch.zeros(env.num_states, env.num_actions, dtype=torch.float64) if logits is None else logits.clone()
+    generator = torch.Generator().manual_seed(config.seed)
+    ledger = QueryLedger(config.query_budget)
+    annotator = config.annotator(return_utility)
+    params = FlatParameters([theta])
+    history = []
+    for it in range(config.steps):
+        stats = zeroth_order_step(params, config, lambda: env.sample(theta, config.batch_size, generator).returns,
+                                  annotator, ledger, generator)
+        value, gradient = env.value_and_gradient(theta)
+        history.append({"iteration": it + 1, **stats, "true_return": value, "grad_norm": float(gradient.norm())})
+    return TabularRun(theta, history, ledger)
+
+
+# ----------------------------------------------------------------------------------------------
+# Language model
+
+
+def perturbed_parameters(model, config: ZPGConfig) -> list[torch.Tensor]:
+    """The LM weights ZPG perturbs: every trainable one (LoRA adapters only when the model has them), optionally
+    restricted to names matching ``param_filter``."""
+    pattern = re.compile(config.param_filter) if config.param_filter else None
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad and (pattern is None or pattern.search(n))]
+    if not named:
+        raise ConfigError(f"config field 'param_filter' ({config.param_filter!r}) matches no trainable parameter; "
+                          f"names look like {[n for n, _ in model.named_parameters()][:4]}")
+    return [p for _, p in named]
+
+
+def train_zpg_lm(config: ZPGConfig, prompts: Sequence[str], utility: Callable[[str, str], float], model=None,
+                 tokenizer=None) -> TrainedPolicy:
+    """ZPG/ZBCPG on a causal LM: N prompts per iteration, one response from π_θ and one from π_{θ+μv} to each,
+    compared by M annotators whose utility is ``utility(prompt, response)`` (a task's oracle reward)."""
+    if config.perturb == "lora" and not config.lora:
+        config = dataclasses.replace(config, lora=True)
+    policy, tokenizer = load_policy(config, model, tokenizer)
+    ledger = QueryLedger(config.query_budget)
+    annotator = config.annotator(utility)
+    generator = torch.Generator().manual_seed(config.seed)
+    trainer = Trainer(config, policy, name=config.algorithm, state_objects=[ledger])
+    params = FlatParameters(perturbed_parameters(trainer.unwrapped_model(), config))
+
+    def iteration(it: int) -> dict:
+        started = time.perf_counter()
+        batch = [prompts[i] for i in batch_indices(len(prompts), config.batch_size, config.seed, it)]
+
+        def sample_utilities() -> torch.Tensor:
+            texts = generate(trainer.model, tokenizer, batch, config.max_new_tokens,
+                             temperature=config.temperature).texts
+            return torch.tensor([annotator.utility(p, t) for p, t in zip(batch, texts)], dtype=torch.float64)
+
+        generator.manual_seed(config.seed * 1_000_003 + it)  # direction and labels: a pure function of (seed, it)
+        torch.manual_seed(config.seed * 1_000_033 + it)  # sampling, likewise
+        stats = zeroth_order_step(params, config, sample_utilities, annotator, ledger, generator)
+        return {**stats, "perturbed_dim": params.dim, "seconds_per_iteration": time.perf_counter() - started}
+
+    history = trainer.fit(iteration, config.steps, description=config.algorithm)
+    model = trainer.unwrapped_model()
+    path = save_causal_lm(model, tokenizer, Path(config.output_dir) / "final") if trainer.is_main else None
+    return TrainedPolicy(model, tokenizer, history, path)
