@@ -12,8 +12,8 @@ One round (an iteration of `Trainer.fit`):
    largest mutual information with the index), ts (the K best under one posterior sample), double-ts (each
    candidate the best under its own posterior sample, resampled if already picked);
 3. ask the population (every query recorded in the `QueryLedger`) and keep the choice;
-4. ``updates_per_round`` optimizer steps on minibatches of all choices so far: E_z choice NLL of u_z, plus the
-   epistemic head's L2;
+4. ``updates_per_round`` optimizer steps on minibatches of all choices so far: the choice NLL of log π/τ trains
+   the LM; the same NLL of u_z averaged over indices z (LM utilities held fixed) plus an L2 trains the head;
 5. log the exact distances of π_θ(·|x) to the population's choice distribution.
 """
 
@@ -48,8 +48,9 @@ EXPLORATION_SCHEMES = ("passive", "boltzmann", "infomax", "ts", "double-ts")
 class JointConfig(TrainConfig):
     output_dir: str = field(default="runs/joint", metadata=doc("Where checkpoints, metrics and the final model go."))
     steps: int = field(default=40, metadata=doc("Rounds: each asks queries_per_round queries, then trains.", ge=1))
-    batch_size: int = field(default=64, metadata=doc("Choices per optimizer step, drawn from all asked so far.", ge=1))
-    lr: float = field(default=3e-3, metadata=doc("Peak learning rate of AdamW.", gt=0))
+    batch_size: int = field(default=128, metadata=doc("Choices per optimizer step, drawn from all asked so far.",
+                                                      ge=1))
+    lr: float = field(default=1e-3, metadata=doc("Peak learning rate of AdamW.", gt=0))
     lr_schedule: Literal["cosine", "linear", "constant"] = field(default="constant", metadata=doc(
         "Decay after warmup."))
     warmup_ratio: float = field(default=0.0, metadata=doc("Fraction of optimizer steps of linear warmup.", ge=0, le=1))
@@ -59,7 +60,7 @@ class JointConfig(TrainConfig):
     explore: Literal["passive", "boltzmann", "infomax", "ts", "double-ts"] = field(default="double-ts", metadata=doc(
         "Which candidates to show: passive (uniform), boltzmann (policy samples), infomax (most informative), "
         "ts (one posterior sample's best), double-ts (each candidate from its own posterior sample)."))
-    queries_per_round: int = field(default=32, metadata=doc("Queries asked per round.", ge=1))
+    queries_per_round: int = field(default=64, metadata=doc("Queries asked per round.", ge=1))
     candidates: int = field(default=2, metadata=doc("K: candidates shown per query (2 = pairwise).", ge=2))
     query_budget: int | None = field(default=None, metadata=doc("Stop with an error beyond this many queries.", ge=1))
     choice_temperature: float = field(default=1.0, metadata=doc("τ of the choice model π^(1/τ).", gt=0))
@@ -70,7 +71,7 @@ class JointConfig(TrainConfig):
     max_resamples: int = field(default=30, metadata=doc(
         "double-ts: fresh posterior samples tried before taking the best candidate not yet picked.", ge=1))
     # --- training
-    updates_per_round: int = field(default=10, metadata=doc("Optimizer steps after each round's queries.", ge=1))
+    updates_per_round: int = field(default=20, metadata=doc("Optimizer steps after each round's queries.", ge=1))
     # --- epistemic head
     uncertainty: Literal["epinet", "ensemble"] = field(default="epinet", metadata=doc(
         "Epistemic head on the LM's last hidden state."))
@@ -228,10 +229,13 @@ def train_joint(config: JointConfig, task: PopulationTask | None = None, model: 
             logps, feats = trainer.model(batch_ids)
             head = trainer.unwrapped_model().head
             offsets = head(feats, head.sample_index(config.index_samples, generator).to(trainer.device))
-            sampled = (logps[None] / tau + offsets).view(-1, k)  # [S·B, K]: one index per whole choice set
-            nll = choice_loss(sampled, chosen.repeat(config.index_samples))
-            plain = choice_loss(logps.view(-1, k).detach(), chosen, tau)
-            return nll + config.head_l2 * learnable_l2(head), {"choice_nll": plain.item()}
+            # the LM learns by maximum likelihood of the choices (the joint learning itself); the head learns the
+            # posterior around it: the same likelihood under each index, with the LM's utilities held fixed
+            nll = choice_loss(logps.view(-1, k), chosen, tau)
+            sampled = (logps.detach()[None] / tau + offsets).view(-1, k)  # [S·B, K]: one index per choice set
+            head_nll = choice_loss(sampled, chosen.repeat(config.index_samples))
+            loss = nll + head_nll + config.head_l2 * learnable_l2(head)
+            return loss, {"choice_nll": nll.item(), "head_nll": head_nll.item()}
 
         metrics: dict = {}
         for _ in range(config.updates_per_round):
