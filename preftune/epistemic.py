@@ -12,19 +12,40 @@ features from the LM's last hidden state at a sequence's final token and adds δ
   δ(h, z) = learnable_z(sg h) + a · prior_z(sg h), M small MLP heads, each with its own fixed prior head.
 
 Where queries were asked, training drives the learnable part to cancel the prior's disagreement; elsewhere
-the prior's spread stays — the posterior is wide where there are no data. Both standardise the features with
-a parameter-free layer norm, so the prior's spread is about a · 1 in utility units whatever the LM.
+the prior's spread stays — the posterior is wide where there are no data. Both standardise each feature
+dimension with a fixed mean and scale (`set_feature_scaling`, fitted once on the features of the inputs the
+model will see, e.g. the whole enumerable response space): a random LM's last hidden states share a large common
+component, and without removing it every response would get nearly the same prior draw, so the prior could not
+tell one response's uncertainty from another's.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 
 def _mlp(inputs: int, hidden: int, outputs: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(inputs, hidden), nn.ReLU(), nn.Linear(hidden, outputs))
+
+
+class _Standardise(nn.Module):
+    """(h − mean) / std per feature dimension, with fixed buffers (identity until `set_feature_scaling`)."""
+
+    def __init__(self, feature_dim: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(feature_dim))
+        self.register_buffer("std", torch.ones(feature_dim))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return (features.detach().float() - self.mean) / self.std
+
+
+def set_feature_scaling(head: nn.Module, features: torch.Tensor) -> None:
+    """Fix the head's feature standardisation to the mean and std of ``features`` ``[N, H]``."""
+    features = features.detach().float()
+    head.standardise.mean.copy_(features.mean(0))
+    head.standardise.std.copy_(features.std(0).clamp_min(1e-6))
 
 
 def _init_prior(net: nn.Sequential) -> None:
@@ -43,6 +64,7 @@ class Epinet(nn.Module):
                  seed: int = 0):
         super().__init__()
         self.index_dim, self.prior_scale = index_dim, prior_scale
+        self.standardise = _Standardise(feature_dim)
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             self.learnable = _mlp(feature_dim + index_dim, hidden, index_dim)
@@ -57,7 +79,7 @@ class Epinet(nn.Module):
 
     def forward(self, features: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """Offsets ``[S, N]`` for features ``[N, H]`` and indices ``[S, D]``: each index applied to every row."""
-        h = F.layer_norm(features.detach().float(), features.shape[-1:])
+        h = self.standardise(features)
         z = index.to(h)
         s, n = z.shape[0], h.shape[0]
         pairs = torch.cat([h[None].expand(s, n, -1), z[:, None].expand(s, n, -1)], -1)
@@ -72,6 +94,7 @@ class EnsembleHeads(nn.Module):
     def __init__(self, feature_dim: int, size: int = 10, hidden: int = 32, prior_scale: float = 1.0, seed: int = 0):
         super().__init__()
         self.size, self.prior_scale = size, prior_scale
+        self.standardise = _Standardise(feature_dim)
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             self.learnable = _mlp(feature_dim, hidden, size)
@@ -86,7 +109,7 @@ class EnsembleHeads(nn.Module):
 
     def forward(self, features: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """Offsets ``[S, N]`` for features ``[N, H]`` and member indices ``[S]``."""
-        h = F.layer_norm(features.detach().float(), features.shape[-1:])
+        h = self.standardise(features)
         every = self.learnable(h) + self.prior_scale * self.prior(h)  # [N, M]
         return every[:, index.long()].T
 

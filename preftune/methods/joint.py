@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from preftune.config import ConfigError, TrainConfig, doc
-from preftune.epistemic import build_epistemic_head, learnable_l2
+from preftune.epistemic import build_epistemic_head, learnable_l2, set_feature_scaling
 from preftune.feedback import QueryLedger
 from preftune.losses import choice_loss, sequence_logprobs
 from preftune.tasks.population import (
@@ -75,7 +75,7 @@ class JointConfig(TrainConfig):
     # --- epistemic head
     uncertainty: Literal["epinet", "ensemble"] = field(default="epinet", metadata=doc(
         "Epistemic head on the LM's last hidden state."))
-    index_dim: int = field(default=8, metadata=doc("Epinet index dimension D (z ~ N(0, I_D)).", ge=1))
+    index_dim: int = field(default=16, metadata=doc("Epinet index dimension D (z ~ N(0, I_D)).", ge=1))
     ensemble_size: int = field(default=10, metadata=doc("Heads of the ensemble.", ge=2))
     head_hidden: int = field(default=32, metadata=doc("Hidden width of the epistemic head's MLPs.", ge=1))
     prior_scale: float = field(default=1.0, metadata=doc("Scale a of the fixed random prior network.", ge=0))
@@ -197,6 +197,9 @@ def train_joint(config: JointConfig, task: PopulationTask | None = None, model: 
     ids = response_space_ids(tokenizer, all_prompts, task.responses)  # [P, Y, T]; train prompts come first
     targets = task.targets(all_prompts)
     favourites = [task.favourites(p) for p in all_prompts]
+    if not config.resume:  # standardise the head's inputs over the whole response space, once (epistemic.py)
+        with torch.no_grad():
+            set_feature_scaling(model.head, model(ids.flatten(0, 1))[1])
     ledger, records = QueryLedger(budget=config.query_budget), ChoiceRecords()
     trainer = Trainer(config, model, total_updates=config.steps * config.updates_per_round, name="joint",
                       state_objects=(ledger, records))
@@ -270,11 +273,14 @@ def policy_distribution_of(model: JointModel, ids: torch.Tensor) -> torch.Tensor
 
 @torch.no_grad()
 def posterior_spread(model: JointModel, ids: torch.Tensor, samples: int = 64, seed: int = 0) -> torch.Tensor:
-    """Standard deviation over epistemic indices of each response's utility, ``[P, Y]``: the posterior's width."""
+    """Standard deviation over epistemic indices of each response's utility relative to its prompt's mean
+    utility, ``[P, Y]``: the posterior's width. Centred, because a choice depends only on utility differences
+    (an offset shared by all responses of a prompt is unidentifiable and never trained)."""
     generator = torch.Generator().manual_seed(seed)
     was_training = model.training
     model.eval()
     _, features = model(ids.flatten(0, 1))
     model.train(was_training)
     offsets = model.head(features, model.head.sample_index(samples, generator))  # [S, P·Y]
-    return offsets.std(0).view(ids.shape[0], ids.shape[1])
+    offsets = offsets.view(samples, ids.shape[0], ids.shape[1])
+    return (offsets - offsets.mean(-1, keepdim=True)).std(0)
