@@ -7,7 +7,8 @@ import pytest
 from preftune.bench.suite import SuiteSize, run_suite
 
 TINY = SuiteSize(sft_steps=4, reward_steps=3, reward_batch_size=16, dpo_steps=3, demos=64, pairs=128,
-                 heldout_pairs=32, eval_prompts=8, best_of=2, imitation_steps=4, online_steps=2, grpo_steps=2)
+                 heldout_pairs=32, eval_prompts=8, best_of=2, imitation_steps=4, online_steps=2, grpo_steps=2,
+                 joint_rounds=1, joint_updates_per_round=1, joint_baseline_steps=2)
 PL_METHODS = {"sft", "dpo", "ppo (reward model)", "rloo (reward model)", "best-of-2 (rm)", "best-of-2 (oracle)"}
 
 
@@ -21,8 +22,9 @@ def _check_run(run_dir, best_of):
     assert 0.5 <= pl["reward_model"]["ceiling"] <= 1.0
     assert "grpo (oracle reward)" in results["tasks"]["arithmetic"]["methods"]
     assert "sft" in results["tasks"]["summarise"]["methods"]
+    assert set(results["tasks"]["population"]["curves"]) == {"passive", "double-ts"}
     report = (run_dir / "report.md").read_text()
-    for name in expected | {"Reward model", "arith-grpo", "time generating"}:
+    for name in expected | {"Reward model", "arith-grpo", "time generating", "joint learning from choices"}:
         assert name in report
     for png in ("preference_language.png", "losses.png"):
         assert (run_dir / png).stat().st_size > 10_000

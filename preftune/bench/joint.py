@@ -39,7 +39,7 @@ class JointBenchSize:
     queries_per_round: int = 64
     updates_per_round: int = 15
     baseline_steps: int = 200  # reward model and DPO optimizer steps
-    ppo_iterations: int = 30
+    ppo_iterations: int = 30  # 0: no PPO run (the exact KL-regularised optimum of the reward model is still shown)
     schemes: tuple[str, ...] = EXPLORATION_SCHEMES
 
     @classmethod
@@ -75,10 +75,12 @@ def _rlhf_baselines(run_dir: Path, task: PopulationTask, tokenizer, ids, records
     reference = policy_distribution(start, train_ids)
     optimum = (reference.log() + rewards / PPO_KL_COEF).softmax(-1)
     out[f"RM + exact KL-optimum (β={PPO_KL_COEF})"] = distribution_metrics(optimum, targets, favourites)
-    ppo = train_ppo(PPOConfig(output_dir=str(run_dir / "ppo"), steps=size.ppo_iterations, batch_size=32,
-                              max_new_tokens=4, kl_coef=PPO_KL_COEF, lr=1e-3, **common),
-                    prompts * 8, reward_model, model=copy.deepcopy(start), tokenizer=tokenizer).model
-    out[f"RM + PPO (β={PPO_KL_COEF})"] = distribution_metrics(policy_distribution(ppo, train_ids), targets, favourites)
+    if size.ppo_iterations:
+        ppo = train_ppo(PPOConfig(output_dir=str(run_dir / "ppo"), steps=size.ppo_iterations, batch_size=32,
+                                  max_new_tokens=4, kl_coef=PPO_KL_COEF, lr=1e-3, **common),
+                        prompts * 8, reward_model, model=copy.deepcopy(start), tokenizer=tokenizer).model
+        out[f"RM + PPO (β={PPO_KL_COEF})"] = distribution_metrics(policy_distribution(ppo, train_ids), targets,
+                                                                favourites)
     dpo = train_dpo(DPOConfig(output_dir=str(run_dir / "dpo"), steps=size.baseline_steps, batch_size=64,
                               beta=DPO_BETA, lr=1e-3, **common), pairs, model=copy.deepcopy(start),
                     tokenizer=tokenizer).model

@@ -109,6 +109,15 @@ def write_report(run_dir: Path) -> Path:
         t = results["tasks"].get(task_name)
         if t:
             lines += [f"## {task_name}", "", method_table(t["methods"]), ""]
+    population = results["tasks"].get("population")
+    if population:
+        from preftune.bench.joint import joint_tables
+
+        lines += ["## population: joint learning from choices", "",
+                  "Distance of π(·|x) to the population's choice distribution p* (exact, over the 64 responses of "
+                  "each training prompt); RLHF baselines on the passive run's queries. `preftune bench joint` runs "
+                  "every exploration scheme over several seeds.", "", *joint_tables(population), "",
+                  "![exploration](population/joint_exploration.png)", ""]
     if results.get("histories"):
         _plot_losses(results["histories"], run_dir / "losses.png")
         lines += ["## Training curves", "", "Offline stages: training loss. Online stages (PPO, RLOO, GRPO): the "
