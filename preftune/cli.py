@@ -378,6 +378,7 @@ def bench_joint_command(
     queries_per_round: int = typer.Option(64, min=1),
     quick: bool = typer.Option(False, "--quick", help="A tiny run that checks the setup."),
     seed: int = typer.Option(0, help="First seed."),
+    workers: int = typer.Option(1, min=1, help="Runs in parallel processes (one thread each)."),
 ):
     _quiet_libraries()
     import torch
@@ -387,7 +388,7 @@ def bench_joint_command(
     torch.set_num_threads(1)
     size = JointBenchSize.quick() if quick else JointBenchSize(seeds=seeds, rounds=rounds,
                                                                queries_per_round=queries_per_round)
-    results = run_joint_benchmark(output_dir, size, seed)
+    results = run_joint_benchmark(output_dir, size, seed, workers)
     console.print(f"[green]report[/]: {write_joint_report(results, output_dir)}")
 
 

@@ -113,8 +113,10 @@ def test_uncertainty_shrinks_on_the_queried_prompt(setup):
     policy = build_population_policy(tokenizer, seed=0)
     model = JointModel(policy, Epinet(policy.config.hidden_size, index_dim=8, seed=1))
     with torch.no_grad():
-        set_feature_scaling(model.head, model(ids.flatten(0, 1))[1])
-    before = posterior_spread(model, ids)
+        features = model(ids.flatten(0, 1))[1]
+    set_feature_scaling(model.head, features)
+    features = features.view(6, 64, -1)
+    before = posterior_spread(model.head, features)
     rng, generator = random.Random(0), torch.Generator().manual_seed(0)
     prompt = task.split_prompts("train")[0]
     rows = []
@@ -124,13 +126,14 @@ def test_uncertainty_shrinks_on_the_queried_prompt(setup):
     optimizer = torch.optim.Adam([p for p in model.head.parameters() if p.requires_grad], lr=3e-3)
     for _ in range(150):
         batch = [rows[i] for i in torch.randint(len(rows), (64,), generator=generator).tolist()]
-        logps, features = model(torch.stack([ids[0, shown] for shown, _ in batch]).flatten(0, 1))
-        offsets = model.head(features, model.head.sample_index(4, generator))
+        logps, _ = model(torch.stack([ids[0, shown] for shown, _ in batch]).flatten(0, 1))
+        offsets = model.head(torch.cat([features[0, shown] for shown, _ in batch]),
+                             model.head.sample_index(4, generator))
         loss = choice_loss((logps.detach()[None] + offsets).view(-1, 2), torch.tensor([c for _, c in batch]).repeat(4))
         optimizer.zero_grad()
         (loss + 1e-3 * learnable_l2(model.head)).backward()
         optimizer.step()
-    after = posterior_spread(model, ids)
+    after = posterior_spread(model.head, features)
     queried, never = after[0].mean() / before[0].mean(), after[4:].mean() / before[4:].mean()
     assert queried < 0.8 and queried < never  # narrower where asked, wider on the never-queried prompts
 

@@ -22,7 +22,7 @@ def _check_run(run_dir, best_of):
     assert 0.5 <= pl["reward_model"]["ceiling"] <= 1.0
     assert "grpo (oracle reward)" in results["tasks"]["arithmetic"]["methods"]
     assert "sft" in results["tasks"]["summarise"]["methods"]
-    assert set(results["tasks"]["population"]["curves"]) == {"passive", "double-ts"}
+    assert set(results["tasks"]["population"]["curves"]) == {"passive", "double-ts (sample)"}
     report = (run_dir / "report.md").read_text()
     for name in expected | {"Reward model", "arith-grpo", "time generating", "joint learning from choices"}:
         assert name in report

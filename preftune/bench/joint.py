@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from preftune.data import Pair
-from preftune.methods.joint import EXPLORATION_SCHEMES, JointConfig, posterior_spread, train_joint
+from preftune.methods.joint import EXPLORATION_SCHEMES, JointConfig, head_features_of, posterior_spread, train_joint
 from preftune.tasks.population import (
     PopulationTask,
     build_population_policy,
@@ -40,12 +40,12 @@ class JointBenchSize:
     updates_per_round: int = 15
     baseline_steps: int = 200  # reward model and DPO optimizer steps
     ppo_iterations: int = 30  # 0: no PPO run (the exact KL-regularised optimum of the reward model is still shown)
-    schemes: tuple[str, ...] = EXPLORATION_SCHEMES
+    schemes: tuple[str, ...] = (*EXPLORATION_SCHEMES, "ts (sample)", "double-ts (sample)")
 
     @classmethod
     def quick(cls) -> JointBenchSize:
         return cls(seeds=1, rounds=3, queries_per_round=32, updates_per_round=5, baseline_steps=20, ppo_iterations=2,
-                   schemes=("passive", "double-ts"))
+                   schemes=("passive", "double-ts (sample)"))
 
 
 PPO_KL_COEF = 0.05  # the usual RLHF β (and preftune's PPO default)
@@ -88,37 +88,70 @@ def _rlhf_baselines(run_dir: Path, task: PopulationTask, tokenizer, ids, records
     return out
 
 
-def run_joint_benchmark(run_dir: Path, size: JointBenchSize | None = None, seed: int = 0) -> dict:
+# scheme name in the benchmark -> (explore, posterior_pick)
+SCHEME_VARIANTS = {name: (name, "argmax") for name in EXPLORATION_SCHEMES} | {
+    "ts (sample)": ("ts", "sample"), "double-ts (sample)": ("double-ts", "sample")}
+
+
+def _run_one(run_dir: Path, size: JointBenchSize, scheme: str, seed: int) -> dict:
+    """One joint-learning run (and, for passive, the RLHF baselines on its queries): a job of the benchmark."""
+    from transformers.utils import logging
+
+    torch.set_num_threads(1)
+    logging.set_verbosity_error()  # a worker process does not inherit the CLI's quieting
+    logging.disable_progress_bar()
+    task, tokenizer = PopulationTask(), build_population_tokenizer()
+    ids = response_space_ids(tokenizer, task.all_prompts(), task.responses)
+    explore, pick = SCHEME_VARIANTS[scheme]
+    t0 = time.perf_counter()
+    config = JointConfig(output_dir=str(run_dir / f"joint-{explore}-{pick}-{seed}"), seed=seed, overwrite=True,
+                         progress=False, explore=explore, posterior_pick=pick, steps=size.rounds,
+                         queries_per_round=size.queries_per_round, updates_per_round=size.updates_per_round)
+    result = train_joint(config, task, tokenizer=tokenizer)
+    out = {"scheme": scheme, "seed": seed, "seconds": time.perf_counter() - t0,
+           "curve": [{k: h[k] for k in ("queries", "kl", "tv", "mass_type0", "mass_type1", "mass_type2")}
+                     for h in result.history],
+           "spread": _spread_by_exposure(result, ids, len(task.split_prompts("train")))}
+    if scheme == "passive":
+        t0 = time.perf_counter()
+        out["baselines"] = _rlhf_baselines(run_dir / f"baselines-{seed}", task, tokenizer, ids, result.records.rows,
+                                           seed, size)
+        out["baseline_seconds"] = time.perf_counter() - t0
+    return out
+
+
+def run_joint_benchmark(run_dir: Path, size: JointBenchSize | None = None, seed: int = 0, workers: int = 1) -> dict:
+    """Every (seed, scheme) run, on ``workers`` processes; results.json and the plots in ``run_dir``."""
     size = size or JointBenchSize()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    task, tokenizer = PopulationTask(), build_population_tokenizer()
-    ids = response_space_ids(tokenizer, task.all_prompts(), task.responses)
+    unknown = [s for s in size.schemes if s not in SCHEME_VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown scheme(s) {unknown}; choose from {list(SCHEME_VARIANTS)}")
+    task = PopulationTask()
     prompts = task.split_prompts("train")
     floor = distribution_metrics(torch.stack([luce_projection(task, p) for p in prompts]), task.targets(prompts),
                                  [task.favourites(p) for p in prompts])
+    jobs = [(scheme, s) for s in range(seed, seed + size.seeds) for scheme in size.schemes]
+    if workers > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            runs = list(pool.map(_run_one, *zip(*[(run_dir, size, scheme, s) for scheme, s in jobs])))
+    else:
+        runs = [_run_one(run_dir, size, scheme, s) for scheme, s in jobs]
     results: dict = {"size": size.__dict__ | {"schemes": list(size.schemes)}, "floor": floor, "curves": {},
-                     "final": {}, "baselines": {}, "spread": {}, "timings": {}}
-    for s in range(seed, seed + size.seeds):
-        for scheme in size.schemes:
-            t0 = time.perf_counter()
-            config = JointConfig(output_dir=str(run_dir / f"joint-{scheme}-{s}"), seed=s, overwrite=True,
-                                 progress=False, explore=scheme, steps=size.rounds,
-                                 queries_per_round=size.queries_per_round, updates_per_round=size.updates_per_round)
-            result = train_joint(config, task, tokenizer=tokenizer)
-            results["timings"][f"joint-{scheme}-{s}"] = time.perf_counter() - t0
-            results["curves"].setdefault(scheme, []).append(
-                [{k: h[k] for k in ("queries", "kl", "tv", "mass_type0", "mass_type1", "mass_type2")}
-                 for h in result.history])
-            if scheme == "passive":
-                t0 = time.perf_counter()
-                for name, metrics in _rlhf_baselines(run_dir / f"baselines-{s}", task, tokenizer, ids,
-                                                     result.records.rows, s, size).items():
-                    results["baselines"].setdefault(name, []).append(metrics)
-                results["timings"][f"baselines-{s}"] = time.perf_counter() - t0
-            if scheme in ("passive", "double-ts"):
-                results["spread"].setdefault(scheme, []).append(_spread_by_exposure(result, ids, len(prompts)))
-        (run_dir / "results.json").write_text(json.dumps(results, indent=2))
+                     "baselines": {}, "spread": {}, "timings": {}}
+    for run in runs:
+        scheme, s = run["scheme"], run["seed"]
+        results["curves"].setdefault(scheme, []).append(run["curve"])
+        results["spread"].setdefault(scheme, []).append(run["spread"])
+        results["timings"][f"joint {scheme}, seed {s}"] = run["seconds"]
+        for name, metrics in run.get("baselines", {}).items():
+            results["baselines"].setdefault(name, []).append(metrics)
+        if "baseline_seconds" in run:
+            results["timings"][f"baselines, seed {s}"] = run["baseline_seconds"]
     results["final"] = {scheme: _final(curves) for scheme, curves in results["curves"].items()}
     results["queries_to_match_passive"] = _queries_to_match(results["curves"])
     (run_dir / "results.json").write_text(json.dumps(results, indent=2))
@@ -128,7 +161,7 @@ def run_joint_benchmark(run_dir: Path, size: JointBenchSize | None = None, seed:
 
 def _spread_by_exposure(result, ids: torch.Tensor, num_train: int) -> dict:
     """Posterior std of each response's utility, by how often it was shown; eval prompts were never queried."""
-    spread = posterior_spread(result.model, ids)
+    spread = posterior_spread(result.model.head, head_features_of(result, ids))
     shown = torch.zeros(spread.shape, dtype=torch.long)
     for p, candidates, _ in result.records.rows:
         shown[p, candidates] += 1
@@ -191,7 +224,7 @@ def write_joint_plots(results: dict, run_dir: Path) -> None:
     fig.savefig(run_dir / "joint_exploration.png", dpi=110)
     plt.close(fig)
 
-    spread = results.get("spread", {})
+    spread = {k: v for k, v in results.get("spread", {}).items() if k in ("passive", "double-ts (sample)")}
     if spread:
         fig, axes = plt.subplots(1, len(spread), figsize=(5.5 * len(spread), 3.6), squeeze=False)
         for ax, (scheme, runs) in zip(axes[0], spread.items()):
@@ -233,17 +266,19 @@ def joint_tables(results: dict) -> list[str]:
         lines += ["", f"Queries until the seed-mean KL first reaches passive's final {match['passive_final_kl']:.3f} "
                   f"(passive: {match['passive_queries']} queries): "
                   + ", ".join(f"{s} {match[s] if match[s] is not None else 'never'}" for s in results["curves"]) + "."]
-    for scheme, runs in results.get("spread", {}).items():
-        lines += ["", f"Epinet posterior std of the utility after the {scheme} runs (mean over responses and "
-                      "seeds):", "", "| responses | n | mean std |", "|---|---|---|"]
-        groups: dict = {}
-        for run in runs:
-            for g in run["groups"]:
-                groups.setdefault(g["group"], []).append(g)
-        for name, gs in groups.items():
-            values = [g["mean_std"] for g in gs if g["mean_std"] is not None]
-            lines.append(f"| {name} | {sum(g['n'] for g in gs)} | "
-                         f"{statistics.fmean(values):.3f} |" if values else f"| {name} | 0 | – |")
+    spread = results.get("spread", {})
+    if spread:
+        groups = [g["group"] for g in next(iter(spread.values()))[0]["groups"]]
+        lines += ["", "Epinet posterior spread after training (std over indices of a response's centred utility; mean "
+                  "over responses and seeds; n = responses over all seeds):", "",
+                  "| scheme | " + " | ".join(groups) + " |", "|---" * (len(groups) + 1) + "|"]
+        for scheme, runs in spread.items():
+            cells = []
+            for i in range(len(groups)):
+                values = [r["groups"][i]["mean_std"] for r in runs if r["groups"][i]["mean_std"] is not None]
+                n = sum(r["groups"][i]["n"] for r in runs)
+                cells.append(f"{statistics.fmean(values):.3f} (n={n})" if values else "– (n=0)")
+            lines.append(f"| {scheme} | " + " | ".join(cells) + " |")
     return lines
 
 

@@ -64,7 +64,7 @@ class SuiteSize:
     imitation_steps: int = 800
     online_steps: int = 100  # PPO and RLOO iterations of 32 prompts (RLOO: 4 samples each)
     grpo_steps: int = 150
-    joint_rounds: int = 8  # population task: joint learning, passive vs double-TS, rounds of 64 queries
+    joint_rounds: int = 8  # population task: joint learning, passive vs double-TS (sample), rounds of 64 queries
     joint_updates_per_round: int = 10
     joint_baseline_steps: int = 100  # reward model and DPO on the passive run's queries
 
@@ -236,14 +236,14 @@ def _fresh(name: str, tokenizer, seed: int):
 
 
 def _population(run_dir: Path, size: SuiteSize, seed: int, results: dict) -> dict:
-    """Joint learning from choices (issue 9): passive vs double Thompson sampling, DPO and the reward model's
-    KL-regularised optimum on the passive queries; `preftune bench joint` is the full comparison."""
+    """Joint learning from choices (issue 9): passive vs double Thompson sampling (sampling variant), DPO and the
+    reward model's KL-regularised optimum on the passive queries; `preftune bench joint` is the full comparison."""
     from preftune.bench.joint import JointBenchSize, run_joint_benchmark
 
     t0 = time.perf_counter()
     bench = JointBenchSize(seeds=1, rounds=size.joint_rounds, queries_per_round=64,
                            updates_per_round=size.joint_updates_per_round, baseline_steps=size.joint_baseline_steps,
-                           ppo_iterations=0, schemes=("passive", "double-ts"))
+                           ppo_iterations=0, schemes=("passive", "double-ts (sample)"))
     out = run_joint_benchmark(run_dir / "population", bench, seed)
     results["timings"]["population"] = time.perf_counter() - t0
     return out

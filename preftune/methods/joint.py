@@ -68,6 +68,9 @@ class JointConfig(TrainConfig):
                                                                    gt=0))
     infomax_samples: int = field(default=16, metadata=doc("Posterior samples per query to estimate information gain.",
                                                           ge=2))
+    posterior_pick: Literal["argmax", "sample"] = field(default="argmax", metadata=doc(
+        "How a posterior sample picks its candidate(s) in ts / double-ts: its best response (Dwaracherla et al.), "
+        "or a draw from its own choice distribution softmax(u_z) (preftune's variant for the inclusive target)."))
     max_resamples: int = field(default=30, metadata=doc(
         "double-ts: fresh posterior samples tried before taking the best candidate not yet picked.", ge=1))
     # --- training
@@ -79,6 +82,9 @@ class JointConfig(TrainConfig):
     ensemble_size: int = field(default=10, metadata=doc("Heads of the ensemble.", ge=2))
     head_hidden: int = field(default=32, metadata=doc("Hidden width of the epistemic head's MLPs.", ge=1))
     prior_scale: float = field(default=1.0, metadata=doc("Scale a of the fixed random prior network.", ge=0))
+    head_features: Literal["initial", "current"] = field(default="initial", metadata=doc(
+        "The head's input: the starting LM's last hidden states, computed once (the head's targets stay put), or "
+        "the training LM's (they drift as it learns, and the head chases them)."))
     index_samples: int = field(default=4, metadata=doc("Epistemic indices per optimizer step (the loss is their mean).",
                                                        ge=1))
     head_l2: float = field(default=1e-3, metadata=doc("L2 weight on the head's learnable parameters.", ge=0))
@@ -126,6 +132,7 @@ class JointResult:
     records: ChoiceRecords
     ledger: QueryLedger
     path: Path | None
+    head_features: torch.Tensor | None = None  # the starting LM's features, when the head reads those
 
 
 # ----------------------------------------------------------------------------------------------
@@ -145,21 +152,28 @@ def information_gain(samples: torch.Tensor) -> torch.Tensor:
 
 def select_candidates(scheme: str, utilities: torch.Tensor, sample, k: int, generator: torch.Generator,
                       boltzmann_temperature: float = 1.0, infomax_samples: int = 16,
-                      max_resamples: int = 30) -> list[int]:
+                      max_resamples: int = 30, posterior_pick: str = "argmax") -> list[int]:
     """K distinct response indices for one query."""
     n = utilities.shape[0]
+
+    def gumbel() -> torch.Tensor:  # + Gumbel noise, then top-k: k draws without replacement from softmax
+        return -torch.empty(n).exponential_(generator=generator).log()
+
+    def posterior_draw() -> torch.Tensor:  # one posterior sample's utilities, ranked by its pick rule
+        draw = sample(1)[0]
+        return draw + gumbel() if posterior_pick == "sample" else draw
+
     if scheme == "passive":
         return torch.randperm(n, generator=generator)[:k].tolist()
     if scheme == "boltzmann":  # K policy samples without replacement: Gumbel-top-k on log π / T
-        gumbel = -torch.empty(n).exponential_(generator=generator).log()
-        return torch.topk(utilities / boltzmann_temperature + gumbel, k).indices.tolist()
+        return torch.topk(utilities / boltzmann_temperature + gumbel(), k).indices.tolist()
     if scheme == "ts":
-        return torch.topk(sample(1)[0], k).indices.tolist()
+        return torch.topk(posterior_draw(), k).indices.tolist()
     if scheme == "double-ts":
         picked: list[int] = []
         for _ in range(k):
             for _ in range(max_resamples):
-                draw = sample(1)[0]
+                draw = posterior_draw()
                 best = int(draw.argmax())
                 if best not in picked:
                     break
@@ -197,9 +211,10 @@ def train_joint(config: JointConfig, task: PopulationTask | None = None, model: 
     ids = response_space_ids(tokenizer, all_prompts, task.responses)  # [P, Y, T]; train prompts come first
     targets = task.targets(all_prompts)
     favourites = [task.favourites(p) for p in all_prompts]
+    with torch.no_grad():
+        initial_features = model(ids.flatten(0, 1))[1].view(ids.shape[0], ids.shape[1], -1)
     if not config.resume:  # standardise the head's inputs over the whole response space, once (epistemic.py)
-        with torch.no_grad():
-            set_feature_scaling(model.head, model(ids.flatten(0, 1))[1])
+        set_feature_scaling(model.head, initial_features.flatten(0, 1))
     ledger, records = QueryLedger(budget=config.query_budget), ChoiceRecords()
     trainer = Trainer(config, model, total_updates=config.steps * config.updates_per_round, name="joint",
                       state_objects=(ledger, records))
@@ -212,7 +227,8 @@ def train_joint(config: JointConfig, task: PopulationTask | None = None, model: 
         with torch.no_grad():  # 1. score every response of every prompt
             logps, features = joint(ids.flatten(0, 1))
         utilities = (logps / tau).view(len(all_prompts), -1)
-        features = features.view(len(all_prompts), len(task.responses), -1)
+        features = initial_features if config.head_features == "initial" else features.view(ids.shape[0],
+                                                                                            ids.shape[1], -1)
         for _ in range(config.queries_per_round):  # 2.-3. choose candidates, ask one person
             p = int(torch.randint(len(prompts), (1,), generator=generator))
 
@@ -221,7 +237,8 @@ def train_joint(config: JointConfig, task: PopulationTask | None = None, model: 
                     return utilities[p] + joint.head(features[p], joint.head.sample_index(n, generator))
 
             shown = select_candidates(config.explore, utilities[p], sample, k, generator,
-                                      config.boltzmann_temperature, config.infomax_samples, config.max_resamples)
+                                      config.boltzmann_temperature, config.infomax_samples, config.max_resamples,
+                                      config.posterior_pick)
             ledger.record("joint")
             chosen = task.population.choose(prompts[p], [task.responses[i] for i in shown], people)
             records.rows.append((p, shown, chosen))
@@ -230,6 +247,8 @@ def train_joint(config: JointConfig, task: PopulationTask | None = None, model: 
             batch_ids = torch.stack([ids[p, shown] for p, shown, _ in rows]).flatten(0, 1).to(trainer.device)
             chosen = torch.tensor([c for _, _, c in rows], device=trainer.device)
             logps, feats = trainer.model(batch_ids)
+            if config.head_features == "initial":
+                feats = torch.cat([initial_features[p, shown] for p, shown, _ in rows]).to(trainer.device)
             head = trainer.unwrapped_model().head
             offsets = head(feats, head.sample_index(config.index_samples, generator).to(trainer.device))
             # the LM learns by maximum likelihood of the choices (the joint learning itself); the head learns the
@@ -260,7 +279,8 @@ def train_joint(config: JointConfig, task: PopulationTask | None = None, model: 
 
         path = save_causal_lm(model.policy, tokenizer, Path(config.output_dir) / "final")
         save_file({n: t.contiguous() for n, t in model.head.state_dict().items()}, path / "epistemic_head.safetensors")
-    return JointResult(model, tokenizer, history, records, ledger, path)
+    return JointResult(model, tokenizer, history, records, ledger, path,
+                       initial_features if config.head_features == "initial" else None)
 
 
 @torch.no_grad()
@@ -272,15 +292,19 @@ def policy_distribution_of(model: JointModel, ids: torch.Tensor) -> torch.Tensor
 
 
 @torch.no_grad()
-def posterior_spread(model: JointModel, ids: torch.Tensor, samples: int = 64, seed: int = 0) -> torch.Tensor:
+def posterior_spread(head: nn.Module, features: torch.Tensor, samples: int = 64, seed: int = 0) -> torch.Tensor:
     """Standard deviation over epistemic indices of each response's utility relative to its prompt's mean
-    utility, ``[P, Y]``: the posterior's width. Centred, because a choice depends only on utility differences
-    (an offset shared by all responses of a prompt is unidentifiable and never trained)."""
+    utility, ``[P, Y]`` for features ``[P, Y, H]``: the posterior's width. Centred, because a choice depends only
+    on utility differences (an offset shared by all responses of a prompt is unidentifiable and never trained)."""
     generator = torch.Generator().manual_seed(seed)
-    was_training = model.training
-    model.eval()
-    _, features = model(ids.flatten(0, 1))
-    model.train(was_training)
-    offsets = model.head(features, model.head.sample_index(samples, generator))  # [S, P·Y]
-    offsets = offsets.view(samples, ids.shape[0], ids.shape[1])
+    offsets = head(features.flatten(0, 1), head.sample_index(samples, generator))  # [S, P·Y]
+    offsets = offsets.view(samples, features.shape[0], features.shape[1])
     return (offsets - offsets.mean(-1, keepdim=True)).std(0)
+
+
+@torch.no_grad()
+def head_features_of(result: JointResult, ids: torch.Tensor) -> torch.Tensor:
+    """The features ``[P, Y, H]`` the result's head reads: the starting LM's or the trained LM's."""
+    if result.head_features is not None:
+        return result.head_features
+    return result.model(ids.flatten(0, 1))[1].view(ids.shape[0], ids.shape[1], -1)
