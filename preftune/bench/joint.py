@@ -20,7 +20,15 @@ from pathlib import Path
 import torch
 
 from preftune.data import Pair
-from preftune.methods.joint import EXPLORATION_SCHEMES, JointConfig, head_features_of, posterior_spread, train_joint
+from preftune.epistemic import set_feature_scaling
+from preftune.methods.joint import (
+    EXPLORATION_SCHEMES,
+    JointConfig,
+    build_joint_model,
+    head_features_of,
+    posterior_spread,
+    train_joint,
+)
 from preftune.tasks.population import (
     PopulationTask,
     build_population_policy,
@@ -107,11 +115,16 @@ def _run_one(run_dir: Path, size: JointBenchSize, scheme: str, seed: int) -> dic
     config = JointConfig(output_dir=str(run_dir / f"joint-{explore}-{pick}-{seed}"), seed=seed, overwrite=True,
                          progress=False, explore=explore, posterior_pick=pick, steps=size.rounds,
                          queries_per_round=size.queries_per_round, updates_per_round=size.updates_per_round)
-    result = train_joint(config, task, tokenizer=tokenizer)
+    model = build_joint_model(config, tokenizer)
+    with torch.no_grad():  # the prior's spread, before any query: the reference for "shrinks where asked"
+        features = model(ids.flatten(0, 1))[1]
+    set_feature_scaling(model.head, features)
+    prior_spread = float(posterior_spread(model.head, features.view(ids.shape[0], ids.shape[1], -1)).mean())
+    result = train_joint(config, task, model=model, tokenizer=tokenizer)
     out = {"scheme": scheme, "seed": seed, "seconds": time.perf_counter() - t0,
            "curve": [{k: h[k] for k in ("queries", "kl", "tv", "mass_type0", "mass_type1", "mass_type2")}
                      for h in result.history],
-           "spread": _spread_by_exposure(result, ids, len(task.split_prompts("train")))}
+           "spread": _spread_by_exposure(result, ids, len(task.split_prompts("train"))) | {"prior": prior_spread}}
     if scheme == "passive":
         t0 = time.perf_counter()
         out["baselines"] = _rlhf_baselines(run_dir / f"baselines-{seed}", task, tokenizer, ids, result.records.rows,
@@ -218,7 +231,7 @@ def write_joint_plots(results: dict, run_dir: Path) -> None:
         ax.set_xlabel("queries")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    axes[1].legend(fontsize=7, ncol=2)
     fig.suptitle("joint learning: distance to the population's choice distribution (mean ± sd over seeds)")
     fig.tight_layout()
     fig.savefig(run_dir / "joint_exploration.png", dpi=110)
@@ -231,10 +244,16 @@ def write_joint_plots(results: dict, run_dir: Path) -> None:
             shown = torch.tensor(sum((r["shown"] for r in runs), []))
             std = torch.tensor(sum((r["std"] for r in runs), []))
             jitter = torch.rand(len(shown), generator=torch.Generator().manual_seed(0)) * 0.6 - 0.3
-            ax.scatter((shown.clamp(max=30) + jitter).tolist(), std.tolist(), s=6, alpha=0.4)
-            ax.set_xlabel("times the response was shown (−1: eval prompt, never queried; capped at 30)")
-            ax.set_ylabel("epinet posterior std of the utility")
-            ax.set_title(scheme)
+            x = torch.where(shown < 0, torch.full_like(shown, -3), shown.clamp(max=30)) + jitter
+            for mask, colour, label in ((shown < 0, "#d8763b", "eval prompts (never queried)"),
+                                        (shown >= 0, "#3b7dd8", "training prompts")):
+                ax.scatter(x[mask].tolist(), std[mask].tolist(), s=6, alpha=0.4, color=colour, label=label)
+            prior = statistics.fmean(r.get("prior", float("nan")) for r in runs)
+            ax.axhline(prior, color="k", ls="--", lw=0.8, label="prior, before any query")
+            ax.set_xlabel("times shown (capped at 30)")
+            ax.set_ylabel("posterior std of the utility")
+            ax.set_title(f"epinet after {scheme}")
+            ax.legend(fontsize=7)
             ax.grid(alpha=0.3)
         fig.tight_layout()
         fig.savefig(run_dir / "joint_uncertainty.png", dpi=110)
@@ -270,15 +289,17 @@ def joint_tables(results: dict) -> list[str]:
     if spread:
         groups = [g["group"] for g in next(iter(spread.values()))[0]["groups"]]
         lines += ["", "Epinet posterior spread after training (std over indices of a response's centred utility; mean "
-                  "over responses and seeds; n = responses over all seeds):", "",
-                  "| scheme | " + " | ".join(groups) + " |", "|---" * (len(groups) + 1) + "|"]
+                  "over responses and seeds; n = responses over all seeds), and of the untrained prior:", "",
+                  "| scheme | prior (before any query) | " + " | ".join(groups) + " |",
+                  "|---" * (len(groups) + 2) + "|"]
         for scheme, runs in spread.items():
             cells = []
             for i in range(len(groups)):
                 values = [r["groups"][i]["mean_std"] for r in runs if r["groups"][i]["mean_std"] is not None]
                 n = sum(r["groups"][i]["n"] for r in runs)
                 cells.append(f"{statistics.fmean(values):.3f} (n={n})" if values else "– (n=0)")
-            lines.append(f"| {scheme} | " + " | ".join(cells) + " |")
+            prior = statistics.fmean(r.get("prior", float("nan")) for r in runs)
+            lines.append(f"| {scheme} | {prior:.3f} | " + " | ".join(cells) + " |")
     return lines
 
 

@@ -198,15 +198,19 @@ def select_candidates(scheme: str, utilities: torch.Tensor, sample, k: int, gene
 # ----------------------------------------------------------------------------------------------
 
 
+def build_joint_model(config: JointConfig, tokenizer) -> JointModel:
+    """The starting policy (a fresh tiny LM on the response space) and an untrained epistemic head."""
+    policy = build_population_policy(tokenizer, seed=config.seed)
+    head = build_epistemic_head(config.uncertainty, policy.config.hidden_size, config.index_dim,
+                                config.ensemble_size, config.head_hidden, config.prior_scale, config.seed + 1)
+    return JointModel(policy, head)
+
+
 def train_joint(config: JointConfig, task: PopulationTask | None = None, model: JointModel | None = None,
                 tokenizer=None) -> JointResult:
     task = task or PopulationTask()
     tokenizer = tokenizer or build_population_tokenizer()
-    if model is None:
-        policy = build_population_policy(tokenizer, seed=config.seed)
-        head = build_epistemic_head(config.uncertainty, policy.config.hidden_size, config.index_dim,
-                                    config.ensemble_size, config.head_hidden, config.prior_scale, config.seed + 1)
-        model = JointModel(policy, head)
+    model = model or build_joint_model(config, tokenizer)
     prompts, all_prompts = task.split_prompts("train"), task.all_prompts()
     ids = response_space_ids(tokenizer, all_prompts, task.responses)  # [P, Y, T]; train prompts come first
     targets = task.targets(all_prompts)
