@@ -5,8 +5,9 @@ Both are epistemic neural networks (Osband et al. 2021, arXiv 2107.08924): given
 features from the LM's last hidden state at a sequence's final token and adds δ to the sequence's utility
 (log π(y|x) / τ, `methods/joint.py`), so every index gives one plausible Luce choice model.
 
-- `Epinet` (ENN §4): z ~ N(0, I_D); δ(h, z) = σ_L([sg h, z])ᵀ z + a · σ_P(sg h)ᵀ z with a learnable MLP σ_L
-  and a *fixed*, randomly initialised MLP σ_P (the prior network; no gradient ever reaches it) of scale a.
+- `Epinet` (the ENN paper's epinet): z ~ N(0, I_D); δ(h, z) = σ_L([sg h, z])ᵀ z + a · σ_P(sg h)ᵀ z with a
+  learnable MLP σ_L and a *fixed*, randomly initialised MLP σ_P (the prior network; no gradient ever reaches it)
+  of scale a.
   The features are stop-gradient: the epinet never changes the LM's representation.
 - `EnsembleHeads` (ensemble with randomised prior functions, Osband et al. 2018): z uniform in {0..M−1};
   δ(h, z) = learnable_z(sg h) + a · prior_z(sg h), M small MLP heads, each with its own fixed prior head.
@@ -58,7 +59,7 @@ def _init_prior(net: nn.Sequential) -> None:
 
 
 class Epinet(nn.Module):
-    """δ(h, z) = σ_L([sg h, z])ᵀ z + prior_scale · σ_P(sg h)ᵀ z / √D, z ~ N(0, I_D) (ENN, arXiv 2107.08924 §4)."""
+    """δ(h, z) = σ_L([sg h, z])ᵀ z + prior_scale · σ_P(sg h)ᵀ z / √D, z ~ N(0, I_D) (the epinet of arXiv 2107.08924)."""
 
     def __init__(self, feature_dim: int, index_dim: int = 8, hidden: int = 32, prior_scale: float = 1.0,
                  seed: int = 0):
