@@ -266,6 +266,39 @@ for _name in ("zpg", "zbcpg"):
     _register_zpg_command(_name)
 
 
+def _register_joint_command() -> None:
+    from preftune.methods.joint import JointConfig
+
+    @train_app.command("joint", help="Joint learning from choices on the population task: the LM is the choice model "
+                                     "(Luce on its own probabilities), an epinet or ensemble gives its posterior, "
+                                     "--explore picks which candidates to show.",
+                       epilog="Config fields (YAML keys or flags):\n\n" + describe_fields(JointConfig).replace(
+                           "\n", "\n\n"),
+                       context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+    def command(
+        ctx: typer.Context,
+        task: str = typer.Option("population", help="The task: 'population' (the enumerable didactic process)."),
+        config: Path = typer.Option(None, help="YAML file of config fields."),
+    ):
+        _quiet_libraries()
+        from preftune.methods.joint import train_joint
+
+        try:
+            if task != "population":
+                raise ConfigError(f"train joint needs --task population (its responses are enumerable), got {task!r}")
+            cfg = build_config(JointConfig, config, ctx.args)
+            save_yaml(cfg, Path(cfg.output_dir) / "config.yaml")
+            result = train_joint(cfg)
+        except (ConfigError, ValueError) as e:
+            _fail(str(e))
+        last = result.history[-1]
+        console.print(f"[green]done[/]: joint ({cfg.explore}) after {result.ledger.total} queries: "
+                      f"KL(p*‖π) {last['kl']:.3f}, TV {last['tv']:.3f} -> {result.path}")
+
+
+_register_joint_command()
+
+
 @train_app.command("bon", help="Best-of-N: sample N responses per prompt, keep the best by a reward model or "
                                "the task oracle; writes the chosen responses and their oracle scores.")
 def train_bon(
@@ -479,6 +512,30 @@ def bench_zpg_command(
     run_zpg_bench(chosen, output, queries=queries, seeds=seeds, lm_iterations=lm_iterations,
                   methods=gridworld_methods)
     console.print(f"[green]results[/]: {output / 'results.json'}")
+
+
+@bench_app.command("joint", help="Joint learning from choices: every exploration scheme over several seeds (distance "
+                                 "to the population vs queries), RM + PPO and DPO on the passive run's queries, and "
+                                 "the epinet's spread on shown vs never-shown responses.")
+def bench_joint_command(
+    output_dir: Path = typer.Option(Path("runs/bench-joint"), help="Where results.json, report.md and plots go."),
+    seeds: int = typer.Option(3, min=1, help="Seeds (each runs every scheme)."),
+    rounds: int = typer.Option(16, min=1, help="Rounds of queries per run."),
+    queries_per_round: int = typer.Option(64, min=1),
+    quick: bool = typer.Option(False, "--quick", help="A tiny run that checks the setup."),
+    seed: int = typer.Option(0, help="First seed."),
+    workers: int = typer.Option(1, min=1, help="Runs in parallel processes (one thread each)."),
+):
+    _quiet_libraries()
+    import torch
+
+    from preftune.bench.joint import JointBenchSize, run_joint_benchmark, write_joint_report
+
+    torch.set_num_threads(1)
+    size = JointBenchSize.quick() if quick else JointBenchSize(seeds=seeds, rounds=rounds,
+                                                               queries_per_round=queries_per_round)
+    results = run_joint_benchmark(output_dir, size, seed, workers)
+    console.print(f"[green]report[/]: {write_joint_report(results, output_dir)}")
 
 
 def main() -> None:  # pragma: no cover

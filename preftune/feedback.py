@@ -9,7 +9,7 @@ this module and enter as `Pair` records directly.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -60,6 +60,30 @@ class Annotator:
         """One noisy label: True if ``a`` is preferred."""
         return rng.random() < self.prob_first_preferred(prompt, a, b)
 
+    def choice_probs(self, prompt: str, candidates: Sequence[str]) -> list[float]:
+        """The exact probability of picking each of K candidates.
+
+        K = 2 is `prob_first_preferred`. K > 2 needs the Bradley–Terry link, whose K-way form is Luce's choice
+        rule softmax(u / T); label-flip noise f then moves mass f onto the other K − 1 candidates evenly
+        (preftune's extension; it reduces to the pairwise flip at K = 2).
+        """
+        if len(candidates) < 2:
+            raise ValueError(f"a choice needs at least 2 candidates, got {len(candidates)}")
+        if len(candidates) == 2:
+            p = self.prob_first_preferred(prompt, candidates[0], candidates[1])
+            return [p, 1.0 - p]
+        if self.link != "bradley-terry":
+            raise ValueError(f"choices among {len(candidates)} candidates need link 'bradley-terry' (Luce), "
+                             f"got {self.link!r}")
+        utilities = torch.tensor([self.utility(prompt, c) for c in candidates], dtype=torch.float64)
+        luce = (utilities / self.temperature).softmax(-1)
+        k = len(candidates)
+        return ((1.0 - self.flip_prob) * luce + self.flip_prob * (1.0 - luce) / (k - 1)).tolist()
+
+    def choose(self, prompt: str, candidates: Sequence[str], rng: random.Random) -> int:
+        """One noisy choice among K candidates: the index of the picked one."""
+        return _draw(self.choice_probs(prompt, candidates), rng)
+
 
 @dataclass
 class Population:
@@ -95,6 +119,25 @@ class Population:
 
     def compare(self, prompt: str, a: str, b: str, rng: random.Random) -> bool:
         return self.sample_annotator(rng).compare(prompt, a, b, rng)
+
+    def choice_probs(self, prompt: str, candidates: Sequence[str]) -> list[float]:
+        """The population's choice distribution over K candidates: the weighted mixture of its types'."""
+        per_type = [ann.choice_probs(prompt, candidates) for ann in self.annotators]
+        return [sum(w * probs[i] for w, probs in zip(self.weights, per_type)) for i in range(len(candidates))]
+
+    def choose(self, prompt: str, candidates: Sequence[str], rng: random.Random) -> int:
+        """One person, drawn by weight, picks among the candidates; returns the picked index."""
+        return self.sample_annotator(rng).choose(prompt, candidates, rng)
+
+
+def _draw(probs: Sequence[float], rng: random.Random) -> int:
+    """An index drawn with the given probabilities by one uniform (the last index absorbs rounding)."""
+    u, total = rng.random(), 0.0
+    for i, p in enumerate(probs):
+        total += p
+        if u < total:
+            return i
+    return len(probs) - 1
 
 
 class BudgetExceeded(RuntimeError):

@@ -367,3 +367,26 @@ def zpg_gradient(p_hat: torch.Tensor, direction: torch.Tensor, mu: float, link: 
         raise ValueError(f"mu must be > 0, got {mu}")
     value_difference = preference_value_difference(p_hat, link, eps, shape)
     return (direction.numel() / mu) * value_difference.to(direction.dtype) * direction
+
+
+# --- Joint learning from choices (Xu, Dong, Arumugam, Van Roy, arXiv 2305.11455)
+
+
+def choice_loss(logprobs: torch.Tensor, chosen: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Negative log-likelihood of observed choices under a Luce choice on the LM's own probabilities.
+
+    A person shown K candidates y_1..y_K for prompt x picks y_i with probability
+    π(y_i|x)^(1/τ) / Σ_k π(y_k|x)^(1/τ) = softmax(log π(y|x) / τ)_i — the LM *is* the reward model, its
+    sequence log-probability the utility (arXiv 2305.11455; preftune writes the choice model out as Luce's
+    axiom, docs/methods.md). ``logprobs`` ``[B, K]`` are sequence log-probs (or any utilities, e.g. an
+    epistemic sample of them), ``chosen`` ``[B]`` the picked column; returns the mean of
+    −log softmax(logprobs / τ)[chosen]. For K = 2 it is `bt_loss` on (log π_c − log π_r) / τ.
+    """
+    if logprobs.dim() != 2 or logprobs.shape[1] < 2:
+        raise ValueError(f"choice_loss needs logprobs of shape [B, K] with K >= 2, got {tuple(logprobs.shape)}")
+    if chosen.shape != logprobs.shape[:1]:
+        raise ValueError(f"chosen must have shape [B] = {tuple(logprobs.shape[:1])}, got {tuple(chosen.shape)}")
+    if not temperature > 0:
+        raise ValueError(f"choice temperature must be > 0, got {temperature}")
+    log_choice = (logprobs.float() / temperature).log_softmax(-1)
+    return -log_choice.gather(-1, chosen.long()[:, None]).mean()

@@ -144,3 +144,24 @@ def kl_from_logprobs(policy_logps, ref_logps) -> float:
     if policy.size == 0:
         raise ValueError("kl_from_logprobs needs at least one sample")
     return float(np.mean(policy - ref))
+
+
+def kl_divergence(p, q) -> float:
+    """Exact KL(p ‖ q) = Σ p log(p / q) of two distributions over the same finite outcomes (0 log 0 = 0).
+
+    Infinite when q is 0 where p is not. Rows of 2-D inputs are separate distributions: the mean over rows.
+    """
+    p, q = _as_float_array(p), _as_float_array(q)
+    if p.shape != q.shape:
+        raise ValueError(f"distributions differ in shape: {p.shape} vs {q.shape}")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(p > 0, p * (np.log(p) - np.log(q)), 0.0)
+    return float(np.mean(terms.sum(-1)))
+
+
+def total_variation(p, q) -> float:
+    """Exact total variation ½ Σ |p − q| of two distributions over the same finite outcomes (mean over rows)."""
+    p, q = _as_float_array(p), _as_float_array(q)
+    if p.shape != q.shape:
+        raise ValueError(f"distributions differ in shape: {p.shape} vs {q.shape}")
+    return float(np.mean(0.5 * np.abs(p - q).sum(-1)))

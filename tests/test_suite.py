@@ -8,7 +8,7 @@ from preftune.bench.suite import SuiteSize, run_suite
 
 TINY = SuiteSize(sft_steps=4, reward_steps=3, reward_batch_size=16, dpo_steps=3, demos=64, pairs=128,
                  heldout_pairs=32, eval_prompts=8, best_of=2, imitation_steps=4, online_steps=2, grpo_steps=2,
-                 gridworld_queries=512)
+                 gridworld_queries=512, joint_rounds=1, joint_updates_per_round=1, joint_baseline_steps=2)
 PL_METHODS = {"sft", "dpo", "ppo (reward model)", "rloo (reward model)", "best-of-2 (rm)", "best-of-2 (oracle)"}
 
 
@@ -26,8 +26,10 @@ def _check_run(run_dir, best_of):
         assert any(m.startswith("iqlearn") for m in results["tasks"][task]["methods"])
         assert {"sft", "iqlearn (λ = 0.01)"} == set(results["tasks"][task]["extracted_reward"])
     assert set(results["tasks"]["gridworld"]["methods"]) == {"zpg", "zbcpg", "dpo", "rm+ppo"}
+    assert set(results["tasks"]["population"]["curves"]) == {"passive", "double-ts (sample)"}
     report = (run_dir / "report.md").read_text()
-    for name in expected | {"Reward model", "arith-grpo", "time generating", "arith-iqlearn", "Spearman", "gridworld"}:
+    for name in expected | {"Reward model", "arith-grpo", "time generating", "arith-iqlearn", "Spearman", "gridworld",
+                            "joint learning from choices"}:
         assert name in report
     for png in ("preference_language.png", "losses.png"):
         assert (run_dir / png).stat().st_size > 10_000

@@ -125,6 +125,15 @@ def write_report(run_dir: Path) -> Path:
         lines += [f"| {name} | " + " | ".join(f"{c['mean']:.3f}" for c in entry["curve"][1::2]) + " |"
                   for name, entry in gw["methods"].items()]
         lines += [""]
+    population = results["tasks"].get("population")
+    if population:
+        from preftune.bench.joint import joint_tables
+
+        lines += ["## population: joint learning from choices", "",
+                  "Distance of π(·|x) to the population's choice distribution p* (exact, over the 64 responses of "
+                  "each training prompt); RLHF baselines on the passive run's queries. `preftune bench joint` runs "
+                  "every exploration scheme over several seeds.", "", *joint_tables(population), "",
+                  "![exploration](population/joint_exploration.png)", ""]
     if results.get("histories"):
         _plot_losses(results["histories"], run_dir / "losses.png")
         lines += ["## Training curves", "", "Offline stages: training loss. Online stages (PPO, RLOO, GRPO): the "

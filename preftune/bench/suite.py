@@ -71,12 +71,15 @@ class SuiteSize:
     online_steps: int = 100  # PPO and RLOO iterations of 32 prompts (RLOO: 4 samples each)
     grpo_steps: int = 150
     gridworld_queries: int = 12_800  # ZPG, ZBCPG, trajectory DPO, RM+PPO: human queries each, one seed
+    joint_rounds: int = 8  # population task: joint learning, passive vs double-TS (sample), rounds of 64 queries
+    joint_updates_per_round: int = 10
+    joint_baseline_steps: int = 100  # reward model and DPO on the passive run's queries
 
     @classmethod
     def quick(cls) -> SuiteSize:
         return cls(sft_steps=150, reward_steps=120, dpo_steps=80, demos=1000, pairs=15000, heldout_pairs=500,
                    eval_prompts=100, best_of=8, imitation_steps=150, online_steps=30, grpo_steps=30,
-                   gridworld_queries=3_200)
+                   gridworld_queries=3_200, joint_rounds=3, joint_updates_per_round=4, joint_baseline_steps=15)
 
 
 def _stage_dir(run_dir: Path, name: str) -> Path:
@@ -126,6 +129,7 @@ def run_suite(run_dir: Path, quick: bool = False, seed: int = 0, resume: bool = 
         results["tasks"][task_name] = _imitation(run_dir, task_name, size, seed, resume, tokenizer, results)
     _iqlearn(run_dir, size, seed, resume, tokenizer, results)
     results["tasks"]["gridworld"] = _gridworld(size, seed, results)
+    results["tasks"]["population"] = _population(run_dir, size, seed, results)
     results["timings"]["total"] = time.perf_counter() - started
     (run_dir / "results.json").write_text(json.dumps(results, indent=2))
     write_report(run_dir)
@@ -273,3 +277,17 @@ def _fresh(name: str, tokenizer, seed: int):
     from preftune.models import build_tiny_model
 
     return build_tiny_model(name, tokenizer, seed=seed)
+
+
+def _population(run_dir: Path, size: SuiteSize, seed: int, results: dict) -> dict:
+    """Joint learning from choices (issue 9): passive vs double Thompson sampling (sampling variant), DPO and the
+    reward model's KL-regularised optimum on the passive queries; `preftune bench joint` is the full comparison."""
+    from preftune.bench.joint import JointBenchSize, run_joint_benchmark
+
+    t0 = time.perf_counter()
+    bench = JointBenchSize(seeds=1, rounds=size.joint_rounds, queries_per_round=64,
+                           updates_per_round=size.joint_updates_per_round, baseline_steps=size.joint_baseline_steps,
+                           ppo_iterations=0, schemes=("passive", "double-ts (sample)"))
+    out = run_joint_benchmark(run_dir / "population", bench, seed)
+    results["timings"]["population"] = time.perf_counter() - t0
+    return out

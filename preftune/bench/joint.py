@@ -1,0 +1,312 @@
+"""`preftune bench joint`: exploration schemes for joint learning from choices, and RLHF on the same queries.
+
+For each seed: joint learning (`methods/joint.py`) with every exploration scheme, logging the exact distance of
+π_θ(·|x) to the population's choice distribution after every round; then, on the *passive* run's queries, a
+Bradley–Terry reward model (`train_reward`) followed by (a) PPO against it (`train_ppo`) and (b) the exact
+KL-regularised optimum π ∝ π_ref · exp(r / β) over the 64 responses (what PPO converges to), and DPO
+(`train_dpo`); finally the epinet's posterior spread on responses that were shown against those never shown.
+Writes ``results.json`` and two plots; `write_joint_report` renders them.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from preftune.data import Pair
+from preftune.epistemic import set_feature_scaling
+from preftune.methods.joint import (
+    EXPLORATION_SCHEMES,
+    JointConfig,
+    build_joint_model,
+    head_features_of,
+    posterior_spread,
+    train_joint,
+)
+from preftune.tasks.population import (
+    PopulationTask,
+    build_population_policy,
+    build_population_tokenizer,
+    distribution_metrics,
+    luce_projection,
+    policy_distribution,
+    response_space_ids,
+)
+
+
+@dataclass
+class JointBenchSize:
+    seeds: int = 3
+    rounds: int = 16
+    queries_per_round: int = 64
+    updates_per_round: int = 15
+    baseline_steps: int = 200  # reward model and DPO optimizer steps
+    ppo_iterations: int = 30  # 0: no PPO run (the exact KL-regularised optimum of the reward model is still shown)
+    schemes: tuple[str, ...] = (*EXPLORATION_SCHEMES, "ts (sample)", "double-ts (sample)")
+
+    @classmethod
+    def quick(cls) -> JointBenchSize:
+        return cls(seeds=1, rounds=3, queries_per_round=32, updates_per_round=5, baseline_steps=20, ppo_iterations=2,
+                   schemes=("passive", "double-ts (sample)"))
+
+
+PPO_KL_COEF = 0.05  # the usual RLHF β (and preftune's PPO default)
+DPO_BETA = 0.1  # the usual DPO β (and preftune's DPO default)
+
+
+def _rlhf_baselines(run_dir: Path, task: PopulationTask, tokenizer, ids, records, seed: int,
+                    size: JointBenchSize) -> dict:
+    """RM + PPO, RM + exact KL-regularised optimum, and DPO, all on the given pairwise queries."""
+    from preftune.methods.dpo import DPOConfig, train_dpo
+    from preftune.methods.ppo import PPOConfig, train_ppo
+    from preftune.methods.reward import RewardConfig, train_reward
+    from preftune.rollout import score_rewards
+
+    prompts = task.split_prompts("train")
+    pairs = [Pair(prompts[p], task.responses[shown[c]], task.responses[shown[1 - c]]) for p, shown, c in records]
+    start = build_population_policy(tokenizer, seed=seed)  # the same starting policy as joint learning
+    train_ids = ids[: len(prompts)]
+    targets, favourites = task.targets(prompts), [task.favourites(p) for p in prompts]
+    common = dict(seed=seed, overwrite=True, progress=False, save_every=0, max_length=16)
+    out = {}
+    reward_model = train_reward(RewardConfig(output_dir=str(run_dir / "reward"), steps=size.baseline_steps,
+                                             batch_size=64, **common), pairs, model=copy.deepcopy(start),
+                                tokenizer=tokenizer).model
+    flat = train_ids.flatten(0, 1)
+    rewards = score_rewards(reward_model, flat, torch.ones_like(flat)).view(len(prompts), -1).double()
+    reference = policy_distribution(start, train_ids)
+    optimum = (reference.log() + rewards / PPO_KL_COEF).softmax(-1)
+    out[f"RM + exact KL-optimum (β={PPO_KL_COEF})"] = distribution_metrics(optimum, targets, favourites)
+    if size.ppo_iterations:
+        ppo = train_ppo(PPOConfig(output_dir=str(run_dir / "ppo"), steps=size.ppo_iterations, batch_size=32,
+                                  max_new_tokens=4, kl_coef=PPO_KL_COEF, lr=1e-3, **common),
+                        prompts * 8, reward_model, model=copy.deepcopy(start), tokenizer=tokenizer).model
+        out[f"RM + PPO (β={PPO_KL_COEF})"] = distribution_metrics(policy_distribution(ppo, train_ids), targets,
+                                                                favourites)
+    dpo = train_dpo(DPOConfig(output_dir=str(run_dir / "dpo"), steps=size.baseline_steps, batch_size=64,
+                              beta=DPO_BETA, lr=1e-3, **common), pairs, model=copy.deepcopy(start),
+                    tokenizer=tokenizer).model
+    out[f"DPO (β={DPO_BETA})"] = distribution_metrics(policy_distribution(dpo, train_ids), targets, favourites)
+    return out
+
+
+# scheme name in the benchmark -> (explore, posterior_pick)
+SCHEME_VARIANTS = {name: (name, "argmax") for name in EXPLORATION_SCHEMES} | {
+    "ts (sample)": ("ts", "sample"), "double-ts (sample)": ("double-ts", "sample")}
+
+
+def _run_one(run_dir: Path, size: JointBenchSize, scheme: str, seed: int) -> dict:
+    """One joint-learning run (and, for passive, the RLHF baselines on its queries): a job of the benchmark."""
+    from transformers.utils import logging
+
+    torch.set_num_threads(1)
+    logging.set_verbosity_error()  # a worker process does not inherit the CLI's quieting
+    logging.disable_progress_bar()
+    task, tokenizer = PopulationTask(), build_population_tokenizer()
+    ids = response_space_ids(tokenizer, task.all_prompts(), task.responses)
+    explore, pick = SCHEME_VARIANTS[scheme]
+    t0 = time.perf_counter()
+    config = JointConfig(output_dir=str(run_dir / f"joint-{explore}-{pick}-{seed}"), seed=seed, overwrite=True,
+                         progress=False, explore=explore, posterior_pick=pick, steps=size.rounds,
+                         queries_per_round=size.queries_per_round, updates_per_round=size.updates_per_round)
+    model = build_joint_model(config, tokenizer)
+    with torch.no_grad():  # the prior's spread, before any query: the reference for "shrinks where asked"
+        features = model(ids.flatten(0, 1))[1]
+    set_feature_scaling(model.head, features)
+    prior_spread = float(posterior_spread(model.head, features.view(ids.shape[0], ids.shape[1], -1)).mean())
+    result = train_joint(config, task, model=model, tokenizer=tokenizer)
+    out = {"scheme": scheme, "seed": seed, "seconds": time.perf_counter() - t0,
+           "curve": [{k: h[k] for k in ("queries", "kl", "tv", "mass_type0", "mass_type1", "mass_type2")}
+                     for h in result.history],
+           "spread": _spread_by_exposure(result, ids, len(task.split_prompts("train"))) | {"prior": prior_spread}}
+    if scheme == "passive":
+        t0 = time.perf_counter()
+        out["baselines"] = _rlhf_baselines(run_dir / f"baselines-{seed}", task, tokenizer, ids, result.records.rows,
+                                           seed, size)
+        out["baseline_seconds"] = time.perf_counter() - t0
+    return out
+
+
+def run_joint_benchmark(run_dir: Path, size: JointBenchSize | None = None, seed: int = 0, workers: int = 1) -> dict:
+    """Every (seed, scheme) run, on ``workers`` processes; results.json and the plots in ``run_dir``."""
+    size = size or JointBenchSize()
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    unknown = [s for s in size.schemes if s not in SCHEME_VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown scheme(s) {unknown}; choose from {list(SCHEME_VARIANTS)}")
+    task = PopulationTask()
+    prompts = task.split_prompts("train")
+    floor = distribution_metrics(torch.stack([luce_projection(task, p) for p in prompts]), task.targets(prompts),
+                                 [task.favourites(p) for p in prompts])
+    jobs = [(scheme, s) for s in range(seed, seed + size.seeds) for scheme in size.schemes]
+    if workers > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            runs = list(pool.map(_run_one, *zip(*[(run_dir, size, scheme, s) for scheme, s in jobs])))
+    else:
+        runs = [_run_one(run_dir, size, scheme, s) for scheme, s in jobs]
+    results: dict = {"size": size.__dict__ | {"schemes": list(size.schemes)}, "floor": floor, "curves": {},
+                     "baselines": {}, "spread": {}, "timings": {}}
+    for run in runs:
+        scheme, s = run["scheme"], run["seed"]
+        results["curves"].setdefault(scheme, []).append(run["curve"])
+        results["spread"].setdefault(scheme, []).append(run["spread"])
+        results["timings"][f"joint {scheme}, seed {s}"] = run["seconds"]
+        for name, metrics in run.get("baselines", {}).items():
+            results["baselines"].setdefault(name, []).append(metrics)
+        if "baseline_seconds" in run:
+            results["timings"][f"baselines, seed {s}"] = run["baseline_seconds"]
+    results["final"] = {scheme: _final(curves) for scheme, curves in results["curves"].items()}
+    results["queries_to_match_passive"] = _queries_to_match(results["curves"])
+    (run_dir / "results.json").write_text(json.dumps(results, indent=2))
+    write_joint_plots(results, run_dir)
+    return results
+
+
+def _spread_by_exposure(result, ids: torch.Tensor, num_train: int) -> dict:
+    """Posterior std of each response's utility, by how often it was shown; eval prompts were never queried."""
+    spread = posterior_spread(result.model.head, head_features_of(result, ids))
+    shown = torch.zeros(spread.shape, dtype=torch.long)
+    for p, candidates, _ in result.records.rows:
+        shown[p, candidates] += 1
+    shown[num_train:] = -1  # eval prompts
+    rows = []
+    for label, mask in (("never shown (train prompts)", shown == 0), ("shown 1-4 times", (shown >= 1) & (shown <= 4)),
+                        ("shown 5+ times", shown >= 5), ("eval prompts (never queried)", shown == -1)):
+        values = spread[mask]
+        rows.append({"group": label, "n": int(mask.sum()), "mean_std": float(values.mean()) if len(values) else None})
+    return {"groups": rows, "shown": shown.flatten().tolist(), "std": spread.flatten().tolist()}
+
+
+def _mean_spread(values: list[float]) -> tuple[float, float]:
+    mean = statistics.fmean(values)
+    return mean, (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def _final(curves: list[list[dict]]) -> dict:
+    return {key: _mean_spread([c[-1][key] for c in curves]) for key in ("kl", "tv", "mass_type0", "mass_type1",
+                                                                         "mass_type2")}
+
+
+def _queries_to_match(curves: dict) -> dict:
+    """Per scheme: the first query count whose seed-mean KL is at or below passive's final seed-mean KL."""
+    if "passive" not in curves:
+        return {}
+
+    def mean_curve(runs):
+        return [(runs[0][i]["queries"], statistics.fmean(r[i]["kl"] for r in runs)) for i in range(len(runs[0]))]
+
+    goal = mean_curve(curves["passive"])[-1][1]
+    out = {"passive_final_kl": goal, "passive_queries": mean_curve(curves["passive"])[-1][0]}
+    for scheme, runs in curves.items():
+        out[scheme] = next((q for q, kl in mean_curve(runs) if kl <= goal), None)
+    return out
+
+
+def write_joint_plots(results: dict, run_dir: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for scheme, runs in results["curves"].items():
+        queries = [h["queries"] for h in runs[0]]
+        for ax, key in zip(axes, ("kl", "tv")):
+            values = torch.tensor([[h[key] for h in run] for run in runs])
+            mean, spread = values.mean(0), values.std(0) if len(runs) > 1 else torch.zeros(len(queries))
+            ax.plot(queries, mean, label=scheme)
+            ax.fill_between(queries, mean - spread, mean + spread, alpha=0.15)
+    for ax, label, key in zip(axes, ("KL(p* ‖ π)", "total variation"), ("kl", "tv")):
+        ax.axhline(results["floor"][key], color="k", ls="--", lw=0.8, label="Luce floor (uniform pairs)")
+        ax.set_xlabel("queries")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7, ncol=2)
+    fig.suptitle("joint learning: distance to the population's choice distribution (mean ± sd over seeds)")
+    fig.tight_layout()
+    fig.savefig(run_dir / "joint_exploration.png", dpi=110)
+    plt.close(fig)
+
+    spread = {k: v for k, v in results.get("spread", {}).items() if k in ("passive", "double-ts (sample)")}
+    if spread:
+        fig, axes = plt.subplots(1, len(spread), figsize=(5.5 * len(spread), 3.6), squeeze=False)
+        for ax, (scheme, runs) in zip(axes[0], spread.items()):
+            shown = torch.tensor(sum((r["shown"] for r in runs), []))
+            std = torch.tensor(sum((r["std"] for r in runs), []))
+            jitter = torch.rand(len(shown), generator=torch.Generator().manual_seed(0)) * 0.6 - 0.3
+            x = torch.where(shown < 0, torch.full_like(shown, -3), shown.clamp(max=30)) + jitter
+            for mask, colour, label in ((shown < 0, "#d8763b", "eval prompts (never queried)"),
+                                        (shown >= 0, "#3b7dd8", "training prompts")):
+                ax.scatter(x[mask].tolist(), std[mask].tolist(), s=6, alpha=0.4, color=colour, label=label)
+            prior = statistics.fmean(r.get("prior", float("nan")) for r in runs)
+            ax.axhline(prior, color="k", ls="--", lw=0.8, label="prior, before any query")
+            ax.set_xlabel("times shown (capped at 30)")
+            ax.set_ylabel("posterior std of the utility")
+            ax.set_title(f"epinet after {scheme}")
+            ax.legend(fontsize=7)
+            ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(run_dir / "joint_uncertainty.png", dpi=110)
+        plt.close(fig)
+
+
+def _pm(pair) -> str:
+    mean, spread = pair
+    return f"{mean:.3f} ± {spread:.3f}"
+
+
+def joint_tables(results: dict) -> list[str]:
+    """Markdown lines: final distances per scheme, queries to match passive, baselines, spread by exposure."""
+    lines = ["| scheme | KL(p*‖π) | TV | mass on majority favourite | minority 1 | minority 2 |",
+             "|---|---|---|---|---|---|"]
+    for scheme, final in results["final"].items():
+        lines.append(f"| joint, {scheme} | " + " | ".join(_pm(final[k]) for k in ("kl", "tv", "mass_type0",
+                                                                                   "mass_type1", "mass_type2")) + " |")
+    for name, runs in results["baselines"].items():
+        row = {k: _mean_spread([r[k] for r in runs]) for k in ("kl", "tv", "mass_type0", "mass_type1", "mass_type2")}
+        lines.append(f"| {name}, passive queries | " + " | ".join(_pm(row[k]) for k in row) + " |")
+    floor, target = results["floor"], results["floor"]
+    lines.append(f"| Luce floor (uniform pairs) | {floor['kl']:.3f} | {floor['tv']:.3f} | {floor['mass_type0']:.3f} | "
+                 f"{floor['mass_type1']:.3f} | {floor['mass_type2']:.3f} |")
+    lines.append(f"| target p* | 0 | 0 | {target['target_mass_type0']:.3f} | {target['target_mass_type1']:.3f} | "
+                 f"{target['target_mass_type2']:.3f} |")
+    match = results.get("queries_to_match_passive", {})
+    if match:
+        lines += ["", f"Queries until the seed-mean KL first reaches passive's final {match['passive_final_kl']:.3f} "
+                  f"(passive: {match['passive_queries']} queries): "
+                  + ", ".join(f"{s} {match[s] if match[s] is not None else 'never'}" for s in results["curves"]) + "."]
+    spread = results.get("spread", {})
+    if spread:
+        groups = [g["group"] for g in next(iter(spread.values()))[0]["groups"]]
+        lines += ["", "Epinet posterior spread after training (std over indices of a response's centred utility; mean "
+                  "over responses and seeds; n = responses over all seeds), and of the untrained prior:", "",
+                  "| scheme | prior (before any query) | " + " | ".join(groups) + " |",
+                  "|---" * (len(groups) + 2) + "|"]
+        for scheme, runs in spread.items():
+            cells = []
+            for i in range(len(groups)):
+                values = [r["groups"][i]["mean_std"] for r in runs if r["groups"][i]["mean_std"] is not None]
+                n = sum(r["groups"][i]["n"] for r in runs)
+                cells.append(f"{statistics.fmean(values):.3f} (n={n})" if values else "– (n=0)")
+            prior = statistics.fmean(r.get("prior", float("nan")) for r in runs)
+            lines.append(f"| {scheme} | {prior:.3f} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def write_joint_report(results: dict, run_dir: Path) -> Path:
+    lines = ["# preftune bench joint", "", *joint_tables(results), "", "![exploration](joint_exploration.png)", "",
+             "![uncertainty](joint_uncertainty.png)", "", "| run | seconds |", "|---|---|"]
+    lines += [f"| {k} | {v:.1f} |" for k, v in results["timings"].items()]
+    path = Path(run_dir) / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path

@@ -1,0 +1,314 @@
+"""Joint learning from choices: the LM is policy, reward model and environment at once (Xu et al., arXiv 2305.11455).
+
+The person shown K candidates picks y_i with probability ∝ π_θ(y_i|x)^(1/τ) (`losses.choice_loss`), so fitting
+the choices by maximum likelihood *is* fine-tuning: no reward model, no RL step. An epistemic head on the LM's
+last hidden state (`epistemic.Epinet` or `EnsembleHeads`) turns the utilities log π/τ into a posterior
+u_z(x, y) = log π(y|x)/τ + δ(h(x, y), z), which drives the choice of the next candidates to show.
+
+One round (an iteration of `Trainer.fit`):
+1. score every response of every training prompt (the response space is enumerable: `tasks/population.py`);
+2. for each of ``queries_per_round`` prompts (uniform), pick K candidates with the exploration scheme:
+   passive (uniform), boltzmann (policy samples, without replacement), infomax (the K-set whose choice has the
+   largest mutual information with the index), ts (the K best under one posterior sample), double-ts (each
+   candidate the best under its own posterior sample, resampled if already picked);
+3. ask the population (every query recorded in the `QueryLedger`) and keep the choice;
+4. ``updates_per_round`` optimizer steps on minibatches of all choices so far: the choice NLL of log π/τ trains
+   the LM; the same NLL of u_z averaged over indices z (LM utilities held fixed) plus an L2 trains the head;
+5. log the exact distances of π_θ(·|x) to the population's choice distribution.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+
+from preftune.config import ConfigError, TrainConfig, doc
+from preftune.epistemic import build_epistemic_head, learnable_l2, set_feature_scaling
+from preftune.feedback import QueryLedger
+from preftune.losses import choice_loss, sequence_logprobs
+from preftune.tasks.population import (
+    PopulationTask,
+    build_population_policy,
+    build_population_tokenizer,
+    distribution_metrics,
+    response_mask_of,
+    response_space_ids,
+)
+from preftune.trainer import Trainer
+
+EXPLORATION_SCHEMES = ("passive", "boltzmann", "infomax", "ts", "double-ts")
+
+
+@dataclass
+class JointConfig(TrainConfig):
+    output_dir: str = field(default="runs/joint", metadata=doc("Where checkpoints, metrics and the final model go."))
+    steps: int = field(default=40, metadata=doc("Rounds: each asks queries_per_round queries, then trains.", ge=1))
+    batch_size: int = field(default=128, metadata=doc("Choices per optimizer step, drawn from all asked so far.",
+                                                      ge=1))
+    lr: float = field(default=1e-3, metadata=doc("Peak learning rate of AdamW.", gt=0))
+    lr_schedule: Literal["cosine", "linear", "constant"] = field(default="constant", metadata=doc(
+        "Decay after warmup."))
+    warmup_ratio: float = field(default=0.0, metadata=doc("Fraction of optimizer steps of linear warmup.", ge=0, le=1))
+    save_every: int = field(default=0, metadata=doc("Checkpoint every N rounds (0 = only at the end).", ge=0))
+    log_every: int = field(default=1, metadata=doc("Log metrics every N rounds.", ge=1))
+    # --- queries
+    explore: Literal["passive", "boltzmann", "infomax", "ts", "double-ts"] = field(default="double-ts", metadata=doc(
+        "Which candidates to show: passive (uniform), boltzmann (policy samples), infomax (most informative), "
+        "ts (one posterior sample's best), double-ts (each candidate from its own posterior sample)."))
+    queries_per_round: int = field(default=64, metadata=doc("Queries asked per round.", ge=1))
+    candidates: int = field(default=2, metadata=doc("K: candidates shown per query (2 = pairwise).", ge=2))
+    query_budget: int | None = field(default=None, metadata=doc("Stop with an error beyond this many queries.", ge=1))
+    choice_temperature: float = field(default=1.0, metadata=doc("τ of the choice model π^(1/τ).", gt=0))
+    boltzmann_temperature: float = field(default=1.0, metadata=doc("Temperature of boltzmann's policy samples.",
+                                                                   gt=0))
+    infomax_samples: int = field(default=16, metadata=doc("Posterior samples per query to estimate information gain.",
+                                                          ge=2))
+    posterior_pick: Literal["argmax", "sample"] = field(default="argmax", metadata=doc(
+        "How a posterior sample picks its candidate(s) in ts / double-ts: its best response (Dwaracherla et al.), "
+        "or a draw from its own choice distribution softmax(u_z) (preftune's variant for the inclusive target)."))
+    max_resamples: int = field(default=30, metadata=doc(
+        "double-ts: fresh posterior samples tried before taking the best candidate not yet picked.", ge=1))
+    # --- training
+    updates_per_round: int = field(default=20, metadata=doc("Optimizer steps after each round's queries.", ge=1))
+    # --- epistemic head
+    uncertainty: Literal["epinet", "ensemble"] = field(default="epinet", metadata=doc(
+        "Epistemic head on the LM's last hidden state."))
+    index_dim: int = field(default=16, metadata=doc("Epinet index dimension D (z ~ N(0, I_D)).", ge=1))
+    ensemble_size: int = field(default=10, metadata=doc("Heads of the ensemble.", ge=2))
+    head_hidden: int = field(default=32, metadata=doc("Hidden width of the epistemic head's MLPs.", ge=1))
+    prior_scale: float = field(default=1.0, metadata=doc("Scale a of the fixed random prior network.", ge=0))
+    head_features: Literal["initial", "current"] = field(default="initial", metadata=doc(
+        "The head's input: the starting LM's last hidden states, computed once (the head's targets stay put), or "
+        "the training LM's (they drift as it learns, and the head chases them)."))
+    index_samples: int = field(default=4, metadata=doc("Epistemic indices per optimizer step (the loss is their mean).",
+                                                       ge=1))
+    head_l2: float = field(default=1e-3, metadata=doc("L2 weight on the head's learnable parameters.", ge=0))
+
+    def check(self) -> None:
+        if self.candidates > 64:
+            raise ConfigError(f"config field 'candidates' must be at most the 64 responses, got {self.candidates}")
+        if self.model != "tiny":
+            raise ConfigError(f"config field 'model' must be 'tiny' for joint (the population task has its own "
+                              f"word-level response space), got {self.model!r}")
+
+
+class JointModel(nn.Module):
+    """The policy and its epistemic head; ``forward(ids)`` → (sequence log-probs ``[N]``, features ``[N, H]``)."""
+
+    def __init__(self, policy: nn.Module, head: nn.Module):
+        super().__init__()
+        self.policy, self.head = policy, head
+
+    def forward(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.policy(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), use_cache=False,
+                          output_hidden_states=True)
+        logps = sequence_logprobs(out.logits[:, :-1], input_ids[:, 1:], response_mask_of(input_ids)[:, 1:])
+        return logps, out.hidden_states[-1][:, -1]  # the <eos> position has read the whole response
+
+
+class ChoiceRecords:
+    """Every query asked and its answer: (prompt index, candidate response indices, chosen position)."""
+
+    def __init__(self):
+        self.rows: list[tuple[int, list[int], int]] = []
+
+    def state_dict(self) -> dict:
+        return {"rows": [[p, list(c), k] for p, c, k in self.rows]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rows = [(int(p), [int(i) for i in c], int(k)) for p, c, k in state["rows"]]
+
+
+@dataclass
+class JointResult:
+    model: JointModel
+    tokenizer: object
+    history: list[dict]
+    records: ChoiceRecords
+    ledger: QueryLedger
+    path: Path | None
+    head_features: torch.Tensor | None = None  # the starting LM's features, when the head reads those
+
+
+# ----------------------------------------------------------------------------------------------
+# Exploration: which K of the |Y| responses to show. ``utilities`` [Y] = log π/τ; ``sample(n)`` → [n, Y]
+# utilities under n fresh posterior indices.
+
+
+def information_gain(samples: torch.Tensor) -> torch.Tensor:
+    """Mutual information between the choice and the index, H(E_z p_z) − E_z H(p_z), for choice sets.
+
+    ``samples`` ``[S, ..., K]``: utilities of the K candidates of each set under S posterior samples → ``[...]``.
+    """
+    logp = samples.log_softmax(-1)
+    mean = logp.exp().mean(0)
+    return -(mean * mean.clamp_min(1e-12).log()).sum(-1) + (logp.exp() * logp).sum(-1).mean(0)
+
+
+def select_candidates(scheme: str, utilities: torch.Tensor, sample, k: int, generator: torch.Generator,
+                      boltzmann_temperature: float = 1.0, infomax_samples: int = 16,
+                      max_resamples: int = 30, posterior_pick: str = "argmax") -> list[int]:
+    """K distinct response indices for one query."""
+    n = utilities.shape[0]
+
+    def gumbel() -> torch.Tensor:  # + Gumbel noise, then top-k: k draws without replacement from softmax
+        return -torch.empty(n).exponential_(generator=generator).log()
+
+    def posterior_draw() -> torch.Tensor:  # one posterior sample's utilities, ranked by its pick rule
+        draw = sample(1)[0]
+        return draw + gumbel() if posterior_pick == "sample" else draw
+
+    if scheme == "passive":
+        return torch.randperm(n, generator=generator)[:k].tolist()
+    if scheme == "boltzmann":  # K policy samples without replacement: Gumbel-top-k on log π / T
+        return torch.topk(utilities / boltzmann_temperature + gumbel(), k).indices.tolist()
+    if scheme == "ts":
+        return torch.topk(posterior_draw(), k).indices.tolist()
+    if scheme == "double-ts":
+        picked: list[int] = []
+        for _ in range(k):
+            for _ in range(max_resamples):
+                draw = posterior_draw()
+                best = int(draw.argmax())
+                if best not in picked:
+                    break
+            else:  # every sample agreed with an earlier pick: take this sample's best new one
+                best = int(draw.masked_fill(torch.tensor([i in picked for i in range(n)]), float("-inf")).argmax())
+            picked.append(best)
+        return picked
+    if scheme == "infomax":  # best pair exhaustively, then greedily the candidate adding most information
+        draws = sample(infomax_samples)  # [S, Y]
+        pairs = torch.stack([draws[:, :, None].expand(-1, n, n), draws[:, None, :].expand(-1, n, n)], -1)
+        gain = information_gain(pairs).fill_diagonal_(float("-inf"))
+        first, second = divmod(int(gain.argmax()), n)
+        picked = [first, second]
+        while len(picked) < k:
+            rest = [i for i in range(n) if i not in picked]
+            sets = torch.stack([draws[:, picked + [i]] for i in rest], 1)  # [S, |rest|, len+1]
+            picked.append(rest[int(information_gain(sets).argmax())])
+        return picked
+    raise ConfigError(f"explore must be one of {list(EXPLORATION_SCHEMES)}, got {scheme!r}")
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def build_joint_model(config: JointConfig, tokenizer) -> JointModel:
+    """The starting policy (a fresh tiny LM on the response space) and an untrained epistemic head."""
+    policy = build_population_policy(tokenizer, seed=config.seed)
+    head = build_epistemic_head(config.uncertainty, policy.config.hidden_size, config.index_dim,
+                                config.ensemble_size, config.head_hidden, config.prior_scale, config.seed + 1)
+    return JointModel(policy, head)
+
+
+def train_joint(config: JointConfig, task: PopulationTask | None = None, model: JointModel | None = None,
+                tokenizer=None) -> JointResult:
+    task = task or PopulationTask()
+    tokenizer = tokenizer or build_population_tokenizer()
+    model = model or build_joint_model(config, tokenizer)
+    prompts, all_prompts = task.split_prompts("train"), task.all_prompts()
+    ids = response_space_ids(tokenizer, all_prompts, task.responses)  # [P, Y, T]; train prompts come first
+    targets = task.targets(all_prompts)
+    favourites = [task.favourites(p) for p in all_prompts]
+    with torch.no_grad():
+        initial_features = model(ids.flatten(0, 1))[1].view(ids.shape[0], ids.shape[1], -1)
+    if not config.resume:  # standardise the head's inputs over the whole response space, once (epistemic.py)
+        set_feature_scaling(model.head, initial_features.flatten(0, 1))
+    ledger, records = QueryLedger(budget=config.query_budget), ChoiceRecords()
+    trainer = Trainer(config, model, total_updates=config.steps * config.updates_per_round, name="joint",
+                      state_objects=(ledger, records))
+    k, tau = config.candidates, config.choice_temperature
+
+    def iteration(it: int) -> dict:
+        generator = torch.Generator().manual_seed(config.seed * 1_000_003 + it)
+        people = random.Random(config.seed * 1_000_003 + it)
+        joint = trainer.unwrapped_model()
+        with torch.no_grad():  # 1. score every response of every prompt
+            logps, features = joint(ids.flatten(0, 1))
+        utilities = (logps / tau).view(len(all_prompts), -1)
+        features = initial_features if config.head_features == "initial" else features.view(ids.shape[0],
+                                                                                            ids.shape[1], -1)
+        for _ in range(config.queries_per_round):  # 2.-3. choose candidates, ask one person
+            p = int(torch.randint(len(prompts), (1,), generator=generator))
+
+            def sample(n: int, p=p) -> torch.Tensor:
+                with torch.no_grad():
+                    return utilities[p] + joint.head(features[p], joint.head.sample_index(n, generator))
+
+            shown = select_candidates(config.explore, utilities[p], sample, k, generator,
+                                      config.boltzmann_temperature, config.infomax_samples, config.max_resamples,
+                                      config.posterior_pick)
+            ledger.record("joint")
+            chosen = task.population.choose(prompts[p], [task.responses[i] for i in shown], people)
+            records.rows.append((p, shown, chosen))
+
+        def loss_fn(rows: list[tuple[int, list[int], int]]):  # 4. E_z choice NLL + the head's L2
+            batch_ids = torch.stack([ids[p, shown] for p, shown, _ in rows]).flatten(0, 1).to(trainer.device)
+            chosen = torch.tensor([c for _, _, c in rows], device=trainer.device)
+            logps, feats = trainer.model(batch_ids)
+            if config.head_features == "initial":
+                feats = torch.cat([initial_features[p, shown] for p, shown, _ in rows]).to(trainer.device)
+            head = trainer.unwrapped_model().head
+            offsets = head(feats, head.sample_index(config.index_samples, generator).to(trainer.device))
+            # the LM learns by maximum likelihood of the choices (the joint learning itself); the head learns the
+            # posterior around it: the same likelihood under each index, with the LM's utilities held fixed
+            nll = choice_loss(logps.view(-1, k), chosen, tau)
+            sampled = (logps.detach()[None] / tau + offsets).view(-1, k)  # [S·B, K]: one index per choice set
+            head_nll = choice_loss(sampled, chosen.repeat(config.index_samples))
+            loss = nll + head_nll + config.head_l2 * learnable_l2(head)
+            return loss, {"choice_nll": nll.item(), "head_nll": head_nll.item()}
+
+        metrics: dict = {}
+        for _ in range(config.updates_per_round):
+            draw = torch.randint(len(records.rows), (config.batch_size,), generator=generator).tolist()
+            metrics = trainer.update([[records.rows[i] for i in trainer.shard(draw)]], loss_fn)
+        policy_probs = policy_distribution_of(trainer.unwrapped_model(), ids)  # 5. exact distances
+        train_rows = slice(0, len(prompts))
+        metrics.update(distribution_metrics(policy_probs[train_rows], targets[train_rows], favourites[train_rows]),
+                       queries=ledger.total)
+        return metrics
+
+    history = trainer.fit(iteration, config.steps, description=f"joint ({config.explore})")
+    model = trainer.unwrapped_model()
+    path = None
+    if trainer.is_main:
+        from safetensors.torch import save_file
+
+        from preftune.models import save_causal_lm
+
+        path = save_causal_lm(model.policy, tokenizer, Path(config.output_dir) / "final")
+        save_file({n: t.contiguous() for n, t in model.head.state_dict().items()}, path / "epistemic_head.safetensors")
+    return JointResult(model, tokenizer, history, records, ledger, path,
+                       initial_features if config.head_features == "initial" else None)
+
+
+@torch.no_grad()
+def policy_distribution_of(model: JointModel, ids: torch.Tensor) -> torch.Tensor:
+    """π(y|x) ``[P, Y]`` of the joint model's policy, exactly (see `tasks.population.policy_distribution`)."""
+    from preftune.tasks.population import policy_distribution
+
+    return policy_distribution(model.policy, ids)
+
+
+@torch.no_grad()
+def posterior_spread(head: nn.Module, features: torch.Tensor, samples: int = 64, seed: int = 0) -> torch.Tensor:
+    """Standard deviation over epistemic indices of each response's utility relative to its prompt's mean
+    utility, ``[P, Y]`` for features ``[P, Y, H]``: the posterior's width. Centred, because a choice depends only
+    on utility differences (an offset shared by all responses of a prompt is unidentifiable and never trained)."""
+    generator = torch.Generator().manual_seed(seed)
+    offsets = head(features.flatten(0, 1), head.sample_index(samples, generator))  # [S, P·Y]
+    offsets = offsets.view(samples, features.shape[0], features.shape[1])
+    return (offsets - offsets.mean(-1, keepdim=True)).std(0)
+
+
+@torch.no_grad()
+def head_features_of(result: JointResult, ids: torch.Tensor) -> torch.Tensor:
+    """The features ``[P, Y, H]`` the result's head reads: the starting LM's or the trained LM's."""
+    if result.head_features is not None:
+        return result.head_features
+    return result.model(ids.flatten(0, 1))[1].view(ids.shape[0], ids.shape[1], -1)
