@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import statistics
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 from preftune.config import apply_overrides
@@ -74,9 +75,22 @@ def summarise(runs: dict[int, dict[str, dict]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _cached(cfg: RLPConfig) -> dict | None:
+    """The results of an earlier run of exactly this configuration (run flags aside), if there is one."""
+    path = Path(cfg.output_dir) / f"results-{cfg.method}.json"
+    if not path.exists():
+        return None
+    results = json.loads(path.read_text())
+    ignore = ("resume", "progress", "overwrite")
+    same = {k: v for k, v in results["config"].items() if k not in ignore} == \
+        {k: v for k, v in asdict(cfg).items() if k not in ignore}
+    return results if same else None
+
+
 def run_rlp_bench(output_dir: Path, seeds: Sequence[int], methods: Sequence[str] = ("spg", "uml"),
                   overrides: dict | None = None, progress: bool = True) -> dict:
-    """Run every (seed, method) and write ``rlp-bench.json`` and ``rlp-bench.md`` into ``output_dir``."""
+    """Run every (seed, method), reusing the results of an identical earlier run, and write ``rlp-bench.json``
+    and ``rlp-bench.md`` into ``output_dir``."""
     output_dir.mkdir(parents=True, exist_ok=True)
     runs: dict[int, dict[str, dict]] = {}
     for seed in seeds:
@@ -84,7 +98,7 @@ def run_rlp_bench(output_dir: Path, seeds: Sequence[int], methods: Sequence[str]
             cfg = apply_overrides(RLPConfig(), {**(overrides or {}), "output_dir": str(output_dir / f"seed{seed}"),
                                                 "method": method, "seed": seed, "resume": True,
                                                 "progress": progress})
-            runs.setdefault(seed, {})[method] = run_rlp(cfg)
+            runs.setdefault(seed, {})[method] = _cached(cfg) or run_rlp(cfg)
     (output_dir / "rlp-bench.json").write_text(json.dumps(runs, indent=2))
     (output_dir / "rlp-bench.md").write_text(summarise(runs))
     return runs
