@@ -332,6 +332,39 @@ def policy_pair_accuracy(reward_models: dict, tokenizer, task, prompts: Sequence
     return {"pairs": len(pairs), **out}
 
 
+def sample_groups(policy, reward_model, tokenizer, prompts: Sequence[str], config: RLPConfig, path: Path) -> list:
+    """n samples per instruction from ``policy``, with the current reward model's scores, saved to ``path`` (whole
+    or not at all): ``[[prompt, responses, scores], ...]``."""
+    from preftune.methods.bon import reward_model_scorer
+    from preftune.rollout import generate
+    from preftune.tasks import get_task
+
+    torch.manual_seed(config.seed + 3)
+    n = config.samples_per_instruction
+    rollout = generate(policy, tokenizer, prompts, get_task(config.task).max_response_chars + 1, samples_per_prompt=n,
+                       temperature=config.sample_temperature)
+    scores = reward_model_scorer(reward_model, tokenizer, config.max_length)(rollout.row_prompts(), rollout.texts)
+    groups = [[p, rollout.texts[i * n:(i + 1) * n], list(scores[i * n:(i + 1) * n])] for i, p in enumerate(prompts)]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(groups))
+    tmp.rename(path)
+    return groups
+
+
+def every_synthetic_pair_set(task, groups, threshold: float, seed: int) -> tuple[dict, dict]:
+    """The pairs of SPG, Select-All and RLAIF from the same samples, and how often the oracle agrees with each
+    (cheap: no training, so every run reports all three)."""
+    from preftune.metrics import reward_model_accuracy
+
+    synthetic, stats = {}, {}
+    for name in ("spg", "select-all", "rlaif"):
+        synthetic[name], stats[name] = synthetic_pairs(name, groups, task_equivalence(task), threshold, seed)
+        chosen = [task.reward(p.prompt, p.chosen) for p in synthetic[name]]
+        rejected = [task.reward(p.prompt, p.rejected) for p in synthetic[name]]
+        stats[name]["oracle_accuracy"] = reward_model_accuracy(chosen, rejected) if chosen else None
+    return synthetic, stats
+
+
 def run_rlp(config: RLPConfig, model=None, tokenizer=None) -> dict:
     """The pipeline of the module docstring; returns (and writes to ``results-<method>.json``) its results."""
     from preftune.evaluate import evaluate_policy, sample_policy
@@ -340,7 +373,7 @@ def run_rlp(config: RLPConfig, model=None, tokenizer=None) -> dict:
     from preftune.methods.ppo import PPOConfig, train_ppo
     from preftune.methods.reward import RewardConfig, heldout_accuracy, train_reward
     from preftune.methods.sft import SFTConfig, train_sft
-    from preftune.metrics import annotator_win_rate, mean_oracle_reward, reward_model_accuracy, win_rate
+    from preftune.metrics import annotator_win_rate, mean_oracle_reward, win_rate
     from preftune.rollout import generate
     from preftune.tasks import get_task
 
@@ -371,29 +404,9 @@ def run_rlp(config: RLPConfig, model=None, tokenizer=None) -> dict:
     # 4. n samples per instruction from the PPO policy, scored by the current reward model
     samples_path = out_dir / "policy_samples.json"
 
-    def sample() -> list:
-        torch.manual_seed(cfg.seed + 3)
-        prompts = task.prompts("train", cfg.policy_instructions, cfg.seed + 3)
-        n = cfg.samples_per_instruction
-        rollout = generate(ppo, tokenizer, prompts, max_new, samples_per_prompt=n, temperature=cfg.sample_temperature)
-        scores = reward_model_scorer(rm, tokenizer, cfg.max_length)(rollout.row_prompts(), rollout.texts)
-        groups = [[p, rollout.texts[i * n:(i + 1) * n], list(scores[i * n:(i + 1) * n])] for i, p in enumerate(prompts)]
-        tmp = samples_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(groups))
-        tmp.rename(samples_path)  # written whole or not at all
-        return groups
-
-    groups = _stage("samples", samples_path, cfg.resume, lambda p: json.loads(p.read_text()), sample, log)
-
-    # the synthetic pairs of every builder, and how often the oracle agrees with them (cheap: no training)
-    equivalent = task_equivalence(task)
-    synthetic, synthetic_stats = {}, {}
-    for name in ("spg", "select-all", "rlaif"):
-        synthetic[name], stats = synthetic_pairs(name, groups, equivalent, cfg.confidence_threshold, cfg.seed)
-        oracle_chosen = [task.reward(p.prompt, p.chosen) for p in synthetic[name]]
-        oracle_rejected = [task.reward(p.prompt, p.rejected) for p in synthetic[name]]
-        stats["oracle_accuracy"] = reward_model_accuracy(oracle_chosen, oracle_rejected) if synthetic[name] else None
-        synthetic_stats[name] = stats
+    groups = _stage("samples", samples_path, cfg.resume, lambda p: json.loads(p.read_text()), lambda: sample_groups(
+        ppo, rm, tokenizer, task.prompts("train", cfg.policy_instructions, cfg.seed + 3), cfg, samples_path), log)
+    synthetic, synthetic_stats = every_synthetic_pair_set(task, groups, cfg.confidence_threshold, cfg.seed)
 
     # 5. retrain the reward model on policy samples, 6. PPO again from SFT against it
     stage = f"reward-{cfg.method}"
