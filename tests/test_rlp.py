@@ -10,6 +10,7 @@ import torch
 from torch.distributions import Independent, Normal, kl_divergence
 from typer.testing import CliRunner
 
+from preftune.bench.rlp import THRESHOLDS, confidence_sweep, summarise
 from preftune.cli import app
 from preftune.config import ConfigError, apply_overrides
 from preftune.losses import diagonal_gaussian_kl, jensen_shannon_mi_bound, mib_loss, symmetric_gaussian_kl
@@ -235,6 +236,13 @@ def test_pipeline_resumes_after_an_interruption_without_retraining_finished_stag
     assert uml["stages"]["ppo"]["status"] == "loaded" and uml["stages"]["reward-uml"]["status"] == "trained"
     logged = json.loads((tmp_path / "reward-uml" / "metrics.jsonl").read_text().splitlines()[-1])
     assert {"bt_loss", "uml_loss", "mi_js", "skl"} <= set(logged)
+
+    # the bench's tables from these two runs
+    sweep = confidence_sweep("preference-language", {0: groups})
+    assert set(sweep) == {str(g) for g in THRESHOLDS}
+    table = summarise({0: {"spg": results, "uml": uml}}, sweep)
+    for row in ("| sft |", "| ppo |", "| rlp-spg |", "| rlp-uml |", "| select-all |", "| after rlp-uml |"):
+        assert row in table
 
 
 def test_cli_help_and_bad_value():

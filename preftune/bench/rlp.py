@@ -34,7 +34,21 @@ def _mean_std(values: Sequence[float | None]) -> str:
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
-def summarise(runs: dict[int, dict[str, dict]]) -> str:
+THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5)
+
+
+def confidence_sweep(task_name: str, groups_by_seed: dict[int, list], thresholds=THRESHOLDS) -> dict:
+    """SPG's pairs and their oracle accuracy at several confidence thresholds γ, from each seed's policy samples
+    (no training): does a larger largest cluster mean a more reliable pair?"""
+    from preftune.methods.rlp import every_synthetic_pair_set
+    from preftune.tasks import get_task
+
+    task = get_task(task_name)
+    return {str(g): {seed: every_synthetic_pair_set(task, groups, g, seed)[1]["spg"]
+                     for seed, groups in groups_by_seed.items()} for g in thresholds}
+
+
+def summarise(runs: dict[int, dict[str, dict]], sweep: dict | None = None) -> str:
     """Markdown tables from ``{seed: {method: results}}`` (mean ± sample std over seeds)."""
     seeds = sorted(runs)
     methods = [m for m in runs[seeds[0]]]
@@ -72,6 +86,11 @@ def summarise(runs: dict[int, dict[str, dict]]) -> str:
         scores = [runs[s][method]["policy_scores"][name] for s in seeds]
         lines.append(f"| {name} | {_mean_std([x['reward_model'] for x in scores])} | "
                      f"{_mean_std([x['oracle'] for x in scores])} |")
+    if sweep:
+        lines += ["", "| SPG confidence threshold γ | pairs per run | accuracy vs oracle |", "|---|---|---|"]
+        for g, per_seed in sweep.items():
+            lines.append(f"| {g} | {_mean_std([float(x['pairs']) for x in per_seed.values()])} | "
+                         f"{_mean_std([x['oracle_accuracy'] for x in per_seed.values()])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -99,6 +118,9 @@ def run_rlp_bench(output_dir: Path, seeds: Sequence[int], methods: Sequence[str]
                                                 "method": method, "seed": seed, "resume": True,
                                                 "progress": progress})
             runs.setdefault(seed, {})[method] = _cached(cfg) or run_rlp(cfg)
-    (output_dir / "rlp-bench.json").write_text(json.dumps(runs, indent=2))
-    (output_dir / "rlp-bench.md").write_text(summarise(runs))
+    groups = {seed: json.loads((output_dir / f"seed{seed}" / "policy_samples.json").read_text()) for seed in seeds}
+    task_name = runs[seeds[0]][methods[0]]["config"]["task"]
+    sweep = confidence_sweep(task_name, groups)
+    (output_dir / "rlp-bench.json").write_text(json.dumps({"runs": runs, "confidence_sweep": sweep}, indent=2))
+    (output_dir / "rlp-bench.md").write_text(summarise(runs, sweep))
     return runs
