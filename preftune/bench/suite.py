@@ -36,6 +36,7 @@ from preftune.methods.rloo import GRPOConfig, RLOOConfig, train_grpo, train_rloo
 from preftune.methods.rlp import (
     RLPConfig,
     every_synthetic_pair_set,
+    match_reward_scale,
     mixed_pairs,
     policy_pair_accuracy,
     retrain_reward_model,
@@ -233,6 +234,8 @@ def _rlp_spg(run_dir, size: SuiteSize, seed: int, resume: bool, tokenizer, task,
     else:
         retrained = retrain_reward_model(config, copy.deepcopy(reward_model), tokenizer,
                                          mixed_pairs(pairs, synthetic["spg"], config.synthetic_share)).model
+    reference = [(p, r) for p, responses, _ in groups[:200] for r in responses]
+    match_reward_scale(retrained, reward_model, tokenizer, *zip(*reference), 96)
     results["timings"]["pl-rlp-reward"] = time.perf_counter() - t0
     policy, _, t = _policy_stage(run_dir, "pl-rlp-ppo", resume, lambda: train_ppo(
         PPOConfig(**_online(run_dir, "pl-rlp-ppo", seed, resume, size.online_steps, task), kl_coef=RM_KL_COEF),

@@ -82,6 +82,9 @@ class RLPConfig(TrainConfig):
     uml_beta: float = field(default=1e-3, metadata=doc(
         "β: weight of the symmetric KL inside the UML loss (Federici et al.'s starting value).", ge=0))
     latent_dim: int = field(default=64, metadata=doc("Dimension of the UML encoders' z.", ge=1))
+    match_reward_scale: bool = field(default=True, metadata=doc(
+        "Rescale the retrained reward model to the first one's spread on the policy samples, so the second PPO's "
+        "KL coefficient means what it meant for the first (a Bradley–Terry reward's scale is arbitrary)."))
     # --- evaluation
     eval_prompts: int = field(default=400, metadata=doc("Held-out prompts for win rates.", ge=1))
     best_of: int = field(default=16, metadata=doc("N of the Best-of-N baseline (reward model).", ge=1))
@@ -287,6 +290,23 @@ def retrain_reward_model(config: RLPConfig, reward_model: RewardModel, tokenizer
     return TrainedRewardModel(reward_model, tokenizer, history, path)
 
 
+def match_reward_scale(reward_model: RewardModel, target: RewardModel, tokenizer, prompts: Sequence[str],
+                       responses: Sequence[str], max_length: int) -> float:
+    """Scale ``reward_model``'s head in place so its rewards have ``target``'s standard deviation on ``responses``
+    (the policy samples); returns the factor. A Bradley–Terry reward's scale is arbitrary — only differences are
+    fitted — but PPO's KL penalty is in reward units: a retrained model whose spread on policy outputs grew would in
+    effect give the second PPO a weaker KL coefficient than the first."""
+    from preftune.methods.bon import reward_model_scorer
+
+    spread = [torch.tensor(reward_model_scorer(m, tokenizer, max_length)(list(prompts), list(responses))).std()
+              for m in (reward_model, target)]
+    factor = float(spread[1] / spread[0])
+    with torch.no_grad():
+        reward_model.head.weight.mul_(factor)
+        reward_model.head.bias.mul_(factor)
+    return factor
+
+
 def mixed_pairs(human: Sequence[Pair], synthetic: Sequence[Pair], share: float | None) -> list[Pair]:
     """D ∪ D̂ (``share`` None), or D with D̂ repeated so about ``share`` of uniformly drawn pairs are synthetic."""
     if share is None or not synthetic:
@@ -419,6 +439,10 @@ def run_rlp(config: RLPConfig, model=None, tokenizer=None) -> dict:
         retrain = lambda: retrain_reward_model(retrain_config, copy.deepcopy(rm), tokenizer,  # noqa: E731
                                                train_pairs).model
     rm_rlp = _stage(stage, out_dir / stage / "final", cfg.resume, RewardModel.from_pretrained, retrain, log)
+    scale = 1.0
+    if cfg.match_reward_scale:
+        reference = [(p, r) for p, responses, _ in groups[:200] for r in responses]
+        scale = match_reward_scale(rm_rlp, rm, tokenizer, *zip(*reference), cfg.max_length)
     ppo_rlp = _stage(f"ppo-{cfg.method}", out_dir / f"ppo-{cfg.method}" / "final", cfg.resume, load_policy_dir,
                      lambda: train_ppo(ppo_config(f"ppo-{cfg.method}"), train_prompts, rm_rlp,
                                        model=copy.deepcopy(sft), tokenizer=tokenizer).model, log)
@@ -428,7 +452,7 @@ def run_rlp(config: RLPConfig, model=None, tokenizer=None) -> dict:
     reward_models = {"before": rm, "after": rm_rlp}
     results: dict = {"method": cfg.method, "config": asdict(cfg), "stages": log, "synthetic_pairs": synthetic_stats,
                      "reward_model": {"human_heldout": {k: heldout_accuracy(m, tokenizer, heldout, cfg.max_length)
-                                                        for k, m in reward_models.items()}}}
+                                                        for k, m in reward_models.items()}, "scale_factor": scale}}
     for split in ("train", "eval"):  # fresh PPO-policy samples: instructions seen in training, and held-out ones
         prompts = task.prompts(split, cfg.policy_eval_pairs, cfg.seed + 4)
         torch.manual_seed(cfg.seed + 4)
