@@ -183,6 +183,21 @@ def test_mixed_pairs_union_or_share():
     assert sum(x >= 1000 for x in mixed) == 90
 
 
+def test_match_reward_scale_equalises_the_spread_without_reordering(tiny_model, tokenizer):
+    from preftune.methods.bon import reward_model_scorer
+
+    target, model = RewardModel.from_causal_lm(tiny_model, seed=0), RewardModel.from_causal_lm(tiny_model, seed=1)
+    with torch.no_grad():
+        model.head.weight.mul_(7.0)
+    prompts, responses = ["about sun:"] * 6, ["warm sun", "sad", "calm sea is", "dark", "the sun", "glad"]
+    before = reward_model_scorer(model, tokenizer, 32)(prompts, responses)
+    factor = rlp.match_reward_scale(model, target, tokenizer, prompts, responses, 32)
+    after = reward_model_scorer(model, tokenizer, 32)(prompts, responses)
+    want = torch.tensor(reward_model_scorer(target, tokenizer, 32)(prompts, responses)).std()
+    assert torch.tensor(after).std().item() == pytest.approx(want.item(), rel=1e-4)
+    assert factor > 0 and sorted(range(6), key=before.__getitem__) == sorted(range(6), key=after.__getitem__)
+
+
 def test_config_names_bad_method_and_task():
     with pytest.raises(ConfigError, match="method"):
         apply_overrides(RLPConfig(), {"method": "ppo"})
