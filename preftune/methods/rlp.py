@@ -79,6 +79,8 @@ class RLPConfig(TrainConfig):
         "spg/select-all/rlaif: share of every batch drawn from the synthetic pairs D̂; none = sample D ∪ D̂ "
         "uniformly (the paper's union).", ge=0, le=0.95))
     uml_weight: float = field(default=1.0, metadata=doc("λ: weight of the UML loss beside the BT loss.", ge=0))
+    uml_lr: float = field(default=1e-3, metadata=doc(
+        "Peak learning rate of the UML encoder and critic (trained from scratch; the reward model uses lr).", gt=0))
     uml_beta: float = field(default=1e-3, metadata=doc(
         "β: weight of the symmetric KL inside the UML loss (Federici et al.'s starting value).", ge=0))
     latent_dim: int = field(default=64, metadata=doc("Dimension of the UML encoders' z.", ge=1))
@@ -263,7 +265,10 @@ def retrain_reward_model(config: RLPConfig, reward_model: RewardModel, tokenizer
     """Continue training ``reward_model`` with the Bradley–Terry loss on ``pairs`` (D, or D ∪ D̂), plus
     λ · L_MIB on policy-sample views when ``view_groups`` is given (RLP-UML, docs (R5))."""
     model = UMLModel(reward_model, config.latent_dim, config.seed) if view_groups else reward_model
-    trainer = Trainer(config, model, name="rlp-reward")
+    # the encoder and critic start from scratch, so they get their own (larger) step: at the reward model's 3e-4
+    # the Jensen–Shannon estimate stayed at its uninformed −2 log 2 for all 100 steps (docs/benchmarks.md)
+    lr_overrides = {model.encoder: config.uml_lr, model.critic: config.uml_lr} if view_groups else None
+    trainer = Trainer(config, model, name="rlp-reward", lr_overrides=lr_overrides)
 
     def loss_fn(indices: list[int]):
         batch = collate_pairs(tokenizer, [pairs[i] for i in indices], config.max_length).to(trainer.device)
