@@ -100,9 +100,10 @@ def _cached(cfg: RLPConfig) -> dict | None:
     if not path.exists():
         return None
     results = json.loads(path.read_text())
+    stored, current, defaults = results["config"], asdict(cfg), asdict(RLPConfig())
     ignore = ("resume", "progress", "overwrite")
-    same = {k: v for k, v in results["config"].items() if k not in ignore} == \
-        {k: v for k, v in asdict(cfg).items() if k not in ignore}
+    # a field added since that run counts as unchanged when the run asks for its default
+    same = all(stored.get(k, defaults[k]) == v for k, v in current.items() if k not in ignore)
     return results if same else None
 
 
