@@ -299,6 +299,38 @@ def _register_joint_command() -> None:
 _register_joint_command()
 
 
+# --- RLP (Lang et al. 2024): the whole retrain-on-policy pipeline in one command
+def _register_rlp() -> None:
+    from preftune.methods.rlp import RLPConfig
+
+    @train_app.command("rlp", help="Reward Learning on Policy: SFT -> reward model -> PPO -> n policy samples per "
+                                   "instruction -> retrain the reward model (--method uml|spg, or the baselines "
+                                   "select-all|rlaif) -> PPO again -> evaluate. Every stage is saved under "
+                                   "--output-dir; --resume reuses finished stages (also another method's).",
+                       epilog="Config fields (YAML keys or flags):\n\n"
+                       + describe_fields(RLPConfig).replace("\n", "\n\n"),
+                       context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+    def command(ctx: typer.Context, config: Path = typer.Option(None, help="YAML file of config fields.")):
+        _quiet_libraries()
+        from preftune.methods.rlp import run_rlp
+
+        try:
+            cfg = build_config(RLPConfig, config, ctx.args)
+            save_yaml(cfg, Path(cfg.output_dir) / f"config-{cfg.method}.yaml")
+            results = run_rlp(cfg)
+        except (ConfigError, ValueError) as e:
+            _fail(str(e))
+        table = Table("method", "win rate vs SFT (judge)", "win rate (oracle)", "oracle reward", "KL to SFT")
+        for name, m in results["methods"].items():
+            table.add_row(name, *(f"{m[k]:.3f}" for k in ("annotator_win_rate", "win_rate", "oracle_reward",
+                                                          "kl_to_reference")))
+        console.print(table)
+        console.print(f"[green]done[/]: {Path(cfg.output_dir) / f'results-{cfg.method}.json'}")
+
+
+_register_rlp()
+
+
 @train_app.command("bon", help="Best-of-N: sample N responses per prompt, keep the best by a reward model or "
                                "the task oracle; writes the chosen responses and their oracle scores.")
 def train_bon(
@@ -536,6 +568,35 @@ def bench_joint_command(
                                                                queries_per_round=queries_per_round)
     results = run_joint_benchmark(output_dir, size, seed, workers)
     console.print(f"[green]report[/]: {write_joint_report(results, output_dir)}")
+
+
+@bench_app.command("rlp", help="RLP on preference-language for several seeds: win rates of SFT, Best-of-N, PPO and "
+                                "the RLP methods, synthetic-pair accuracy (SPG, Select-All, RLAIF) and reward-model "
+                                "accuracy on policy samples before/after retraining (rlp-bench.md).",
+                   context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def bench_rlp_command(
+    ctx: typer.Context,
+    seeds: str = typer.Option("0,1,2", help="Comma-separated seeds."),
+    methods: str = typer.Option("spg,uml", help="Comma-separated RLP methods (uml, spg, select-all, rlaif)."),
+    output_dir: Path = typer.Option(Path("runs/bench-rlp"), help="One folder per seed; the summary beside them."),
+    config: Path = typer.Option(None, help="YAML file of RLP config fields (see `preftune train rlp --help`)."),
+):
+    _quiet_libraries()
+    from preftune.bench.rlp import run_rlp_bench
+    from preftune.methods.rlp import METHODS
+
+    try:
+        overrides = load_yaml(config) if config else {}
+        overrides.update(parse_extra_flags(ctx.args))
+        chosen = [m.strip() for m in methods.split(",") if m.strip()]
+        bad = [m for m in chosen if m not in METHODS]
+        if bad or not chosen:
+            raise ConfigError(f"--methods must name some of {list(METHODS)}, got {methods!r}")
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+        run_rlp_bench(output_dir, seed_list, chosen, overrides)
+    except (ConfigError, ValueError) as e:
+        _fail(str(e))
+    console.print((output_dir / "rlp-bench.md").read_text())
 
 
 def main() -> None:  # pragma: no cover

@@ -390,3 +390,54 @@ def choice_loss(logprobs: torch.Tensor, chosen: torch.Tensor, temperature: float
         raise ValueError(f"choice temperature must be > 0, got {temperature}")
     log_choice = (logprobs.float() / temperature).log_softmax(-1)
     return -log_choice.gather(-1, chosen.long()[:, None]).mean()
+
+
+# --- RLP-UML (Lang et al. 2024, arXiv 2403.19279): the multi-view information bottleneck of Federici et al. 2020
+# (arXiv 2002.07017) on two policy responses to one instruction. Equation tags (R1)–(R4) are docs/methods.md's.
+
+
+def diagonal_gaussian_kl(mean_p: torch.Tensor, logvar_p: torch.Tensor, mean_q: torch.Tensor,
+                         logvar_q: torch.Tensor) -> torch.Tensor:
+    """KL(N(μ_p, diag σ_p²) ‖ N(μ_q, diag σ_q²)) per row, ``[B, D] -> [B]`` (closed form, docs (R2)):
+
+    ½ Σ_d [log σ_q² − log σ_p² + (σ_p² + (μ_p − μ_q)²) / σ_q² − 1].
+    """
+    var_ratio = torch.exp(logvar_p - logvar_q)
+    return 0.5 * (logvar_q - logvar_p + var_ratio + (mean_p - mean_q) ** 2 * torch.exp(-logvar_q) - 1).sum(-1)
+
+
+def symmetric_gaussian_kl(mean_1: torch.Tensor, logvar_1: torch.Tensor, mean_2: torch.Tensor,
+                          logvar_2: torch.Tensor) -> torch.Tensor:
+    """D_SKL = ½ [KL(p(z1|v1) ‖ p(z2|v2)) + KL(p(z2|v2) ‖ p(z1|v1))] per row, ``[B]`` (Federici et al. 2020, §3.1;
+    docs (R2)). Their code estimates each KL from one reparametrised sample; for diagonal Gaussians the exact value
+    is as cheap and has no sampling noise, so preftune uses it."""
+    return 0.5 * (diagonal_gaussian_kl(mean_1, logvar_1, mean_2, logvar_2)
+                  + diagonal_gaussian_kl(mean_2, logvar_2, mean_1, logvar_1))
+
+
+def jensen_shannon_mi_bound(joint_scores: torch.Tensor, marginal_scores: torch.Tensor) -> torch.Tensor:
+    """Jensen–Shannon lower bound on I(z1; z2) from critic scores T (Hjelm et al. 2019, Eq. 4; Nowozin et al. 2016;
+    the estimator of Federici et al.'s code; docs (R3)):
+
+    Î_JS = E_{p(z1,z2)}[−softplus(−T(z1, z2))] − E_{p(z1)p(z2)}[softplus(T(z1', z2))].
+
+    ``joint_scores``: T on matched pairs (two views of one instruction); ``marginal_scores``: T on mismatched ones.
+    Always ≤ 0 (a shifted JS divergence, 2·JSD − 2 log 2); it rises towards 0 as the critic separates joint from
+    marginal pairs, i.e. as z1 and z2 share information. Returns a scalar.
+    """
+    return -F.softplus(-joint_scores).mean() - F.softplus(marginal_scores).mean()
+
+
+def mib_loss(joint_scores: torch.Tensor, marginal_scores: torch.Tensor, mean_1: torch.Tensor,
+             logvar_1: torch.Tensor, mean_2: torch.Tensor, logvar_2: torch.Tensor,
+             beta: float) -> tuple[torch.Tensor, dict[str, float]]:
+    """The multi-view information bottleneck loss (Federici et al. 2020, §3.1; RLP-UML's auxiliary loss; docs (R4)):
+
+    L_MIB = −Î_JS(z1; z2) + β · mean D_SKL(p(z1|v1) ‖ p(z2|v2)).
+
+    Maximising the shared information keeps what two responses to one instruction have in common; the symmetric
+    KL discards what only one view carries. Returns (loss, {"mi_js", "skl"}).
+    """
+    mi = jensen_shannon_mi_bound(joint_scores, marginal_scores)
+    skl = symmetric_gaussian_kl(mean_1, logvar_1, mean_2, logvar_2).mean()
+    return -mi + beta * skl, {"mi_js": mi.item(), "skl": skl.item()}

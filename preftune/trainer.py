@@ -60,7 +60,9 @@ class Trainer:
     """Owns the accelerator, the prepared model, optimizer and scheduler, and the checkpoints."""
 
     def __init__(self, config: TrainConfig, model: torch.nn.Module, total_updates: int | None = None,
-                 name: str = "train", state_objects: Sequence[object] = ()):
+                 name: str = "train", state_objects: Sequence[object] = (), lr_overrides: dict | None = None):
+        """``lr_overrides`` maps submodules of ``model`` to their own peak learning rate (the schedule scales every
+        group alike); all other parameters use ``config.lr``."""
         from accelerate import Accelerator
         from accelerate.utils import set_seed
         from transformers import get_scheduler
@@ -77,7 +79,11 @@ class Trainer:
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
             raise TrainingError("the model has no trainable parameters")
-        optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        groups = [{"params": [p for p in m.parameters() if p.requires_grad], "lr": lr}
+                  for m, lr in (lr_overrides or {}).items()]
+        special = {id(p) for g in groups for p in g["params"]}
+        groups.insert(0, {"params": [p for p in params if id(p) not in special]})
+        optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
         total = total_updates or config.steps
         scheduler = get_scheduler(config.lr_schedule if config.lr_schedule != "constant" else "constant_with_warmup",
                                   optimizer, num_warmup_steps=int(config.warmup_ratio * total),

@@ -105,6 +105,16 @@ def write_report(run_dir: Path) -> Path:
                   f"the best any model can reach there (the annotator's own agreement with the oracle) is "
                   f"{rm['ceiling']:.3f}, a gap of {100 * (rm['ceiling'] - rm['heldout_accuracy']):.1f} points "
                   f"(training-set accuracy {rm['train_accuracy']:.3f}).", ""]
+    if pl and pl.get("rlp"):
+        rlp, acc = pl["rlp"], pl["rlp"]["reward_model_on_ppo_samples"]
+        lines += ["### RLP-SPG (reward learning on policy)", "",
+                  "Ten samples per instruction from the PPO policy; synthetic pairs from them, and how often the "
+                  "oracle agrees (`preftune bench rlp` has the seeds and RLP-UML):", "",
+                  "| synthetic pairs | pairs | accuracy vs oracle |", "|---|---|---|"]
+        lines += [f"| {name} | {st['pairs']} | {_fmt(st['oracle_accuracy'])} |"
+                  for name, st in rlp["synthetic_pairs"].items()]
+        lines += ["", f"Reward model on {acc['pairs']} oracle-labelled pairs of PPO-policy samples: "
+                  f"{acc['before']:.3f} before retraining, {acc['after']:.3f} after.", ""]
     for task_name in ("arithmetic", "summarise"):
         t = results["tasks"].get(task_name)
         if t:

@@ -2,8 +2,9 @@
 
 preference-language: SFT on teacher demonstrations -> Bradley–Terry reward model on annotator-labelled
 pairs (held-out accuracy against the annotator's own ceiling) -> DPO, Best-of-16 (reward model and
-oracle), PPO and RLOO against the reward model, all judged against the SFT policy by the oracle and by
-a noisy simulated annotator.
+oracle), PPO and RLOO against the reward model, RLP-SPG (the reward model retrained on synthetic pairs
+from the PPO policy, then PPO again), all judged against the SFT policy by the oracle and by a noisy
+simulated annotator.
 arithmetic: SFT, then GRPO with the exact oracle as reward (RL from verifiable rewards).
 summarise: SFT accuracy and diversity, the baselines the imitation methods build on.
 arithmetic and summarise: IQLearn (TD-regularised MLE) against that SFT at equal steps, with the Spearman
@@ -35,6 +36,15 @@ from preftune.methods.iqlearn import IQLearnConfig, reward_correlation, train_iq
 from preftune.methods.ppo import PPOConfig, train_ppo
 from preftune.methods.reward import RewardConfig, heldout_accuracy, train_reward
 from preftune.methods.rloo import GRPOConfig, RLOOConfig, train_grpo, train_rloo
+from preftune.methods.rlp import (
+    RLPConfig,
+    every_synthetic_pair_set,
+    match_reward_scale,
+    mixed_pairs,
+    policy_pair_accuracy,
+    retrain_reward_model,
+    sample_groups,
+)
 from preftune.methods.sft import SFTConfig, train_sft
 from preftune.metrics import annotator_win_rate, mean_oracle_reward, win_rate
 from preftune.models import RewardModel, build_tiny_tokenizer, load_trained_causal_lm
@@ -74,12 +84,15 @@ class SuiteSize:
     joint_rounds: int = 8  # population task: joint learning, passive vs double-TS (sample), rounds of 64 queries
     joint_updates_per_round: int = 10
     joint_baseline_steps: int = 100  # reward model and DPO on the passive run's queries
+    rlp_instructions: int = 300  # RLP-SPG: instructions sampled from the PPO policy (10 samples each)
+    rlp_retrain_steps: int = 50  # RLP-SPG: reward-model retraining steps on D ∪ D̂
 
     @classmethod
     def quick(cls) -> SuiteSize:
         return cls(sft_steps=150, reward_steps=120, dpo_steps=80, demos=1000, pairs=15000, heldout_pairs=500,
                    eval_prompts=100, best_of=8, imitation_steps=150, online_steps=30, grpo_steps=30,
-                   gridworld_queries=3_200, joint_rounds=3, joint_updates_per_round=4, joint_baseline_steps=15)
+                   gridworld_queries=3_200, joint_rounds=3, joint_updates_per_round=4, joint_baseline_steps=15,
+                   rlp_instructions=100, rlp_retrain_steps=20)
 
 
 def _stage_dir(run_dir: Path, name: str) -> Path:
@@ -207,9 +220,50 @@ def _preference_language(run_dir, size: SuiteSize, seed: int, resume: bool, toke
             "kl_to_reference": math.log(n) - (n - 1) / n,
         }
     results["timings"]["pl-eval"] = time.perf_counter() - t0
-    for stage in ("pl-sft", "pl-reward", "pl-dpo", "pl-ppo", "pl-rloo"):
+    out["rlp"] = _rlp_spg(run_dir, size, seed, resume, tokenizer, task, sft_model, reward_model, online["pl-ppo"],
+                          pairs, train_prompts, kwargs, out, results)
+    for stage in ("pl-sft", "pl-reward", "pl-dpo", "pl-ppo", "pl-rloo", "pl-rlp-ppo"):
         results["histories"][stage] = _history(_stage_dir(run_dir, stage))
     return out
+
+
+def _rlp_spg(run_dir, size: SuiteSize, seed: int, resume: bool, tokenizer, task, sft_model, reward_model, ppo_model,
+             pairs, train_prompts, eval_kwargs: dict, out: dict, results: dict) -> dict:
+    """RLP-SPG (issue 8) on the stages above: 10 samples per instruction from the PPO policy, synthetic pairs, the
+    reward model retrained on D ∪ D̂, PPO again from SFT. The bench settings of `preftune bench rlp` (γ = 0.2,
+    a quarter of each batch synthetic); RLP-UML and the seeds are in that bench (docs/benchmarks.md)."""
+    t0 = time.perf_counter()
+    stage_dir = _stage_dir(run_dir, "pl-rlp-reward")
+    config = RLPConfig(**_common(run_dir, "pl-rlp-reward", seed, resume, size.rlp_retrain_steps), method="spg",
+                       confidence_threshold=0.2, synthetic_share=0.25, batch_size=size.reward_batch_size)
+    samples_path = _stage_dir(run_dir, "pl-rlp-samples.json")
+    if resume and samples_path.exists():
+        groups = json.loads(samples_path.read_text())
+    else:
+        instructions = task.prompts("train", size.rlp_instructions, seed + 3)
+        groups = sample_groups(ppo_model, reward_model, tokenizer, instructions, config, samples_path)
+    synthetic, stats = every_synthetic_pair_set(task, groups, config.confidence_threshold, seed)
+    if resume and (stage_dir / "final").exists():
+        retrained = RewardModel.from_pretrained(stage_dir / "final")
+    else:
+        retrained = retrain_reward_model(config, copy.deepcopy(reward_model), tokenizer,
+                                         mixed_pairs(pairs, synthetic["spg"], config.synthetic_share)).model
+    reference = [(p, r) for p, responses, _ in groups[:200] for r in responses]
+    match_reward_scale(retrained, reward_model, tokenizer, *zip(*reference), 96)
+    results["timings"]["pl-rlp-reward"] = time.perf_counter() - t0
+    policy, _, t = _policy_stage(run_dir, "pl-rlp-ppo", resume, lambda: train_ppo(
+        PPOConfig(**_online(run_dir, "pl-rlp-ppo", seed, resume, size.online_steps, task), kl_coef=RM_KL_COEF),
+        train_prompts, retrained, model=copy.deepcopy(sft_model), tokenizer=tokenizer))
+    results["timings"]["pl-rlp-ppo"] = t
+    t0 = time.perf_counter()
+    out["methods"]["rlp-spg (reward model)"] = evaluate_policy(task, policy, tokenizer, **eval_kwargs)
+    prompts = task.prompts("eval", size.eval_prompts, seed + 4)
+    torch.manual_seed(seed + 4)
+    rollout = sample_policy(task, ppo_model, tokenizer, prompts, samples_per_prompt=2)
+    on_policy = policy_pair_accuracy({"before": reward_model, "after": retrained}, tokenizer, task,
+                                     rollout.row_prompts(), rollout.texts, 96)
+    results["timings"]["pl-rlp-eval"] = time.perf_counter() - t0
+    return {"synthetic_pairs": stats, "reward_model_on_ppo_samples": on_policy}
 
 
 def _imitation(run_dir, task_name: str, size: SuiteSize, seed: int, resume: bool, tokenizer, results: dict) -> dict:

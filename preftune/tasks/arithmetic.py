@@ -104,6 +104,10 @@ class ArithmeticTask(Task):
             return 0.0
         return 1.0 if values[-1] == a + b else 0.0
 
+    def canonical_form(self, prompt: str, response: str) -> str:
+        """The final answer: the text after the last ``=`` (``"30+12=42"`` and ``"42"`` are equivalent)."""
+        return " ".join(response.split("=")[-1].split())
+
     def candidate_pairs(self, split: str, n: int, seed: int = 0) -> list[tuple[str, str, str]]:
         """70% one right and one wrong (order random), 15% both right, 15% both wrong; never identical."""
         rng = self.rng(split, seed)

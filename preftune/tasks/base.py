@@ -48,3 +48,8 @@ class Task(ABC):
     def is_correct(self, prompt: str, response: str) -> bool:
         """Whether a response is fully right; tasks with a graded oracle define their own threshold."""
         return self.reward(prompt, response) >= 1.0
+
+    def canonical_form(self, prompt: str, response: str) -> str:
+        """A key that two responses share exactly when they mean the same (RLP-SPG's clusters): by default the
+        whitespace-normalised text; tasks with a coarser exact equivalence override it."""
+        return " ".join(response.split())

@@ -140,6 +140,11 @@ class PreferenceLanguageTask(Task):
     def is_correct(self, prompt: str, response: str) -> bool:
         return self.reward(prompt, response) >= GOOD_REWARD
 
+    def canonical_form(self, prompt: str, response: str) -> str:
+        """The multiset of words, as sorted text: the same words in any order. The hidden reward is a function of
+        exactly this (first occurrences, repeats, length), so equivalent responses always score the same."""
+        return " ".join(sorted(response.split()))
+
     def candidate_pairs(self, split: str, n: int, seed: int = 0) -> list[tuple[str, str, str]]:
         """Two independent teacher samples per prompt, as AlpacaFarm pairs two model outputs."""
         rng = self.rng(split, seed)

@@ -1,0 +1,496 @@
+"""Reward Learning on Policy (RLP; Lang, Huang, Li, NAACL 2024, arXiv 2403.19279).
+
+A reward model fitted to the SFT model's outputs grows inaccurate on the RL policy's outputs, and PPO exploits it.
+RLP retrains the reward model on samples *from the policy*, without new human labels:
+
+    SFT → reward model on human pairs D → PPO → n samples per instruction from the PPO policy
+        → retrain the reward model (UML or SPG) → PPO again, from the SFT policy, on the retrained reward model
+
+- **RLP-UML**: two policy responses to one instruction are two views; Gaussian encoders on the reward model's last
+  hidden state give z1, z2; the multi-view information bottleneck (`losses.mib_loss`) is added to the Bradley–Terry
+  loss on D with weight λ (docs/methods.md, (R1)–(R5)).
+- **RLP-SPG**: cluster each instruction's n samples by semantic equivalence; keep the instruction if the largest
+  cluster holds at least half of them; chosen = the largest cluster's response the current reward model scores
+  highest, rejected = a random response of another cluster; retrain on D ∪ D̂ (R6).
+- Baselines at the same samples and labels: **Select-All** (every largest-cluster × other-cluster pair, no filter)
+  and **RLAIF** (the current reward model labels a random pair of samples).
+
+`run_rlp` runs the whole pipeline; every stage is written under ``output_dir`` and, with ``resume``, a finished
+stage is loaded instead of retrained (an interrupted one continues from its last checkpoint). The stages up to the
+policy samples do not depend on ``method``, so several methods share them in one ``output_dir``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import random
+import time
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+
+from preftune.config import ConfigError, TrainConfig, doc
+from preftune.data import Demo, Pair, collate_demos, collate_pairs
+from preftune.losses import bt_loss, mib_loss
+from preftune.methods.reward import TrainedRewardModel
+from preftune.models import RewardModel, load_policy, load_trained_causal_lm
+from preftune.trainer import Trainer
+
+METHODS = ("uml", "spg", "select-all", "rlaif")
+Equivalence = Callable[[str, str, str], bool]  # (prompt, response_a, response_b) -> do they mean the same?
+
+
+@dataclass
+class RLPConfig(TrainConfig):
+    """The whole pipeline. The inherited optimiser fields (steps, lr, batch_size, ...) are RLP's own stage, the
+    reward-model retraining; the other stages have their own ``<stage>_`` fields, defaulting to `preftune run`'s."""
+
+    output_dir: str = field(default="runs/rlp", metadata=doc("Where every stage, the samples and results go."))
+    method: Literal["uml", "spg", "select-all", "rlaif"] = field(default="spg", metadata=doc(
+        "How the reward model learns from policy samples: uml (multi-view information bottleneck), spg (synthetic "
+        "preferences), select-all or rlaif (the baselines)."))
+    task: str = field(default="preference-language", metadata=doc("Built-in task (see `preftune tasks`)."))
+    # --- the stages before RLP (defaults: `preftune run`'s sizes)
+    demos: int = field(default=4000, metadata=doc("Teacher demonstrations for SFT.", ge=1))
+    sft_steps: int = field(default=800, metadata=doc("SFT optimizer steps.", ge=1))
+    human_pairs: int = field(default=40000, metadata=doc("Annotator-labelled pairs D for the reward model.", ge=1))
+    reward_steps: int = field(default=350, metadata=doc("Optimizer steps of the first reward model.", ge=1))
+    ppo_steps: int = field(default=100, metadata=doc("PPO iterations (both PPO stages).", ge=1))
+    ppo_kl_coef: float = field(default=0.2, metadata=doc(
+        "PPO's KL coefficient against a learned reward model (`preftune run`'s RM_KL_COEF).", ge=0))
+    # --- policy samples
+    policy_instructions: int = field(default=2000, metadata=doc(
+        "Training instructions drawn (with repeats) to sample the PPO policy on.", ge=1))
+    samples_per_instruction: int = field(default=10, metadata=doc("n: policy samples per instruction.", ge=2))
+    sample_temperature: float = field(default=1.0, metadata=doc("Temperature of the policy samples.", gt=0))
+    # --- RLP's own stage: retraining the reward model (continues from the first one)
+    steps: int = field(default=100, metadata=doc("Optimizer steps of the reward-model retraining.", ge=1))
+    batch_size: int = field(default=128, metadata=doc("Pairs per retraining step (also the first RM's).", ge=1))
+    lr: float = field(default=3e-4, metadata=doc("Peak learning rate of the retraining.", gt=0))
+    confidence_threshold: float = field(default=0.5, metadata=doc(
+        "SPG keeps an instruction when its largest cluster holds at least this share of the n samples.", ge=0, le=1))
+    synthetic_share: float | None = field(default=None, metadata=doc(
+        "spg/select-all/rlaif: share of every batch drawn from the synthetic pairs D̂; none = sample D ∪ D̂ "
+        "uniformly (the paper's union).", ge=0, le=0.95))
+    uml_weight: float = field(default=1.0, metadata=doc("λ: weight of the UML loss beside the BT loss.", ge=0))
+    uml_lr: float = field(default=1e-3, metadata=doc(
+        "Peak learning rate of the UML encoder and critic (trained from scratch; the reward model uses lr).", gt=0))
+    uml_beta: float = field(default=1e-3, metadata=doc(
+        "β: weight of the symmetric KL inside the UML loss (Federici et al.'s starting value).", ge=0))
+    latent_dim: int = field(default=64, metadata=doc("Dimension of the UML encoders' z.", ge=1))
+    match_reward_scale: bool = field(default=True, metadata=doc(
+        "Rescale the retrained reward model to the first one's spread on the policy samples, so the second PPO's "
+        "KL coefficient means what it meant for the first (a Bradley–Terry reward's scale is arbitrary)."))
+    # --- evaluation
+    eval_prompts: int = field(default=400, metadata=doc("Held-out prompts for win rates.", ge=1))
+    best_of: int = field(default=16, metadata=doc("N of the Best-of-N baseline (reward model).", ge=1))
+    judge_flip_prob: float = field(default=0.25, metadata=doc(
+        "Label-flip probability of the simulated win-rate judge (AlpacaFarm's 0.25).", ge=0, le=0.5))
+    policy_eval_pairs: int = field(default=400, metadata=doc(
+        "Prompts whose two PPO-policy samples, labelled by the oracle, measure reward models on policy outputs.",
+        ge=1))
+
+    def check(self) -> None:
+        from preftune.tasks import TASKS
+
+        if self.task not in TASKS:
+            raise ConfigError(f"config field 'task' must be one of {sorted(TASKS)}, got {self.task!r}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Semantic clusters and synthetic preferences (RLP-SPG and its baselines)
+
+
+def key_equivalence(key: Callable[[str, str], Hashable]) -> Equivalence:
+    """Exact equivalence from a canonical key: responses are equivalent iff their keys are equal."""
+    return lambda prompt, a, b: key(prompt, a) == key(prompt, b)
+
+
+def task_equivalence(task) -> Equivalence:
+    """The built-in tasks' exact equivalence: ``task.canonical_form`` (final answer for arithmetic, the multiset of
+    words for preference-language, normalised text otherwise). An NLI model's bidirectional entailment (the paper's)
+    or an embedding similarity plugs in as any other `Equivalence`."""
+    return key_equivalence(task.canonical_form)
+
+
+def cluster_responses(prompt: str, responses: Sequence[str], equivalent: Equivalence) -> list[list[int]]:
+    """Greedy semantic clustering (Kuhn et al. 2023, Alg. 1): each response joins the first cluster whose first
+    member it is equivalent to, else starts a new one. Returns clusters of indices, in order of first appearance."""
+    clusters: list[list[int]] = []
+    for i, response in enumerate(responses):
+        for cluster in clusters:
+            if equivalent(prompt, responses[cluster[0]], response):
+                cluster.append(i)
+                break
+        else:
+            clusters.append([i])
+    return clusters
+
+
+def largest_cluster(clusters: list[list[int]], scores: Sequence[float]) -> int:
+    """Index of the largest cluster; a tie goes to the cluster holding the highest-scored response."""
+    return max(range(len(clusters)), key=lambda c: (len(clusters[c]), max(scores[i] for i in clusters[c])))
+
+
+def spg_pairs(prompt: str, responses: Sequence[str], scores: Sequence[float], equivalent: Equivalence,
+              threshold: float, rng: random.Random) -> tuple[Pair | None, float]:
+    """RLP-SPG for one instruction (docs (R6)): (the synthetic pair or None, confidence).
+
+    confidence = |largest cluster| / n; below ``threshold`` (or with a single cluster: nothing to reject) no pair.
+    chosen = the largest cluster's response with the highest reward-model score; rejected = a uniformly random
+    response of another cluster.
+    """
+    clusters = cluster_responses(prompt, responses, equivalent)
+    top = largest_cluster(clusters, scores)
+    confidence = len(clusters[top]) / len(responses)
+    others = [i for c, members in enumerate(clusters) if c != top for i in members]
+    if confidence < threshold or not others:
+        return None, confidence
+    chosen = max(clusters[top], key=lambda i: scores[i])
+    return Pair(prompt, responses[chosen], responses[rng.choice(others)]), confidence
+
+
+def select_all_pairs(prompt: str, responses: Sequence[str], scores: Sequence[float],
+                     equivalent: Equivalence) -> list[Pair]:
+    """Select-All baseline: every (largest-cluster, other-cluster) response pair, no confidence filter."""
+    clusters = cluster_responses(prompt, responses, equivalent)
+    top = largest_cluster(clusters, scores)
+    others = [i for c, members in enumerate(clusters) if c != top for i in members]
+    return [Pair(prompt, responses[i], responses[j]) for i in clusters[top] for j in others]
+
+
+def rlaif_pair(prompt: str, responses: Sequence[str], scores: Sequence[float], rng: random.Random) -> Pair | None:
+    """RLAIF-style self-labelling: two random responses with different texts, labelled by the current reward model
+    (higher score = chosen). None if all responses are the same text."""
+    order = list(range(len(responses)))
+    rng.shuffle(order)
+    first = order[0]
+    second = next((j for j in order[1:] if responses[j] != responses[first]), None)
+    if second is None:
+        return None
+    if scores[second] > scores[first]:
+        first, second = second, first
+    return Pair(prompt, responses[first], responses[second])
+
+
+def synthetic_pairs(method: str, groups: Sequence[tuple[str, list[str], list[float]]], equivalent: Equivalence,
+                    threshold: float, seed: int) -> tuple[list[Pair], dict]:
+    """D̂ for spg, select-all or rlaif from (prompt, n responses, their reward-model scores) groups, with stats."""
+    rng = random.Random(seed)
+    pairs: list[Pair] = []
+    confidences = []
+    for prompt, responses, scores in groups:
+        if method == "spg":
+            pair, confidence = spg_pairs(prompt, responses, scores, equivalent, threshold, rng)
+            confidences.append(confidence)
+            pairs += [pair] if pair else []
+        elif method == "select-all":
+            pairs += select_all_pairs(prompt, responses, scores, equivalent)
+        elif method == "rlaif":
+            pair = rlaif_pair(prompt, responses, scores, rng)
+            pairs += [pair] if pair else []
+        else:
+            raise ValueError(f"synthetic pairs: method must be spg, select-all or rlaif, got {method!r}")
+    stats = {"pairs": len(pairs), "instructions": len(groups)}
+    if confidences:
+        stats["mean_confidence"] = sum(confidences) / len(confidences)
+    return pairs, stats
+
+
+# ----------------------------------------------------------------------------------------------
+# RLP-UML: Gaussian encoders and a critic on the reward model's last hidden state
+
+
+class GaussianEncoder(nn.Module):
+    """p(z | v) = N(μ(h), diag σ²(h)) from a small MLP on the reward model's last hidden state h."""
+
+    def __init__(self, hidden_size: int, latent_dim: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(hidden_size, hidden_size), nn.ReLU(), nn.Linear(hidden_size, 2 * latent_dim))
+
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, raw_scale = self.net(h).chunk(2, dim=-1)
+        scale = nn.functional.softplus(raw_scale) + 1e-4  # σ > 0 (Federici et al. use softplus too)
+        return mean, 2 * torch.log(scale)
+
+
+class UMLModel(nn.Module):
+    """The reward model plus what only the UML loss needs: one encoder shared by both views (the two responses are
+    exchangeable draws of one policy) and the critic T(z1, z2) of the Jensen–Shannon estimator."""
+
+    def __init__(self, reward_model: RewardModel, latent_dim: int, seed: int = 0):
+        super().__init__()
+        self.reward_model = reward_model
+        hidden = reward_model.config.hidden_size
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            self.encoder = GaussianEncoder(hidden, latent_dim)
+            self.critic = nn.Sequential(nn.Linear(2 * latent_dim, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.reward_model(input_ids, attention_mask)
+
+    def uml_loss(self, views_1: torch.Tensor, mask_1: torch.Tensor, views_2: torch.Tensor, mask_2: torch.Tensor,
+                 beta: float) -> tuple[torch.Tensor, dict]:
+        """L_MIB on a batch of view pairs; negatives pair z1 with the next row's z2 (Federici et al.'s roll)."""
+        mean_1, logvar_1 = self.encoder(self.reward_model.hidden_states(views_1, mask_1))
+        mean_2, logvar_2 = self.encoder(self.reward_model.hidden_states(views_2, mask_2))
+        z1 = mean_1 + torch.exp(0.5 * logvar_1) * torch.randn_like(mean_1)  # reparametrised samples
+        z2 = mean_2 + torch.exp(0.5 * logvar_2) * torch.randn_like(mean_2)
+        joint = self.critic(torch.cat([z1, z2], -1))
+        marginal = self.critic(torch.cat([torch.roll(z1, 1, 0), z2], -1))
+        return mib_loss(joint, marginal, mean_1, logvar_1, mean_2, logvar_2, beta)
+
+
+def view_pairs(groups: Sequence[tuple[str, list[str]]], count: int, generator: torch.Generator
+               ) -> tuple[list[Demo], list[Demo]]:
+    """``count`` view pairs: a random instruction and two of its samples at distinct positions."""
+    first, second = [], []
+    for g in torch.randint(len(groups), (count,), generator=generator).tolist():
+        prompt, responses = groups[g]
+        i, j = torch.randperm(len(responses), generator=generator)[:2].tolist()
+        first.append(Demo(prompt, responses[i]))
+        second.append(Demo(prompt, responses[j]))
+    return first, second
+
+
+def retrain_reward_model(config: RLPConfig, reward_model: RewardModel, tokenizer, pairs: Sequence[Pair],
+                         view_groups: Sequence[tuple[str, list[str]]] | None = None) -> TrainedRewardModel:
+    """Continue training ``reward_model`` with the Bradley–Terry loss on ``pairs`` (D, or D ∪ D̂), plus
+    λ · L_MIB on policy-sample views when ``view_groups`` is given (RLP-UML, docs (R5))."""
+    model = UMLModel(reward_model, config.latent_dim, config.seed) if view_groups else reward_model
+    # the encoder and critic start from scratch, so they get their own (larger) step: at the reward model's 3e-4
+    # the Jensen–Shannon estimate stayed at its uninformed −2 log 2 for all 100 steps (docs/benchmarks.md)
+    lr_overrides = {model.encoder: config.uml_lr, model.critic: config.uml_lr} if view_groups else None
+    trainer = Trainer(config, model, name="rlp-reward", lr_overrides=lr_overrides)
+
+    def loss_fn(indices: list[int]):
+        batch = collate_pairs(tokenizer, [pairs[i] for i in indices], config.max_length).to(trainer.device)
+        rewards = trainer.model(batch.input_ids, batch.attention_mask)
+        chosen, rejected = rewards[: len(indices)], rewards[len(indices):]
+        loss = bt_loss(chosen, rejected)
+        metrics = {"accuracy": (chosen > rejected).float().mean().item(), "bt_loss": loss.item()}
+        if view_groups:
+            # the views of a step are a pure function of (seed, step, batch), so a resumed run draws the same ones
+            g = torch.Generator().manual_seed((config.seed * 1_000_003 + trainer.iteration) * 1_009 + indices[0])
+            first, second = view_pairs(view_groups, len(indices), g)
+            v1 = collate_demos(tokenizer, first, config.max_length).to(trainer.device)
+            v2 = collate_demos(tokenizer, second, config.max_length).to(trainer.device)
+            uml, diagnostics = trainer.unwrapped_model().uml_loss(v1.input_ids, v1.attention_mask, v2.input_ids,
+                                                                  v2.attention_mask, config.uml_beta)
+            loss = loss + config.uml_weight * uml
+            metrics.update(uml_loss=uml.item(), **diagnostics)
+        return loss, metrics
+
+    history = trainer.fit_dataset(len(pairs), loss_fn, description=f"rlp-{config.method} reward model")
+    reward_model = trainer.unwrapped_model()
+    reward_model = reward_model.reward_model if isinstance(reward_model, UMLModel) else reward_model
+    path = reward_model.save_pretrained(Path(config.output_dir) / "final", tokenizer) if trainer.is_main else None
+    return TrainedRewardModel(reward_model, tokenizer, history, path)
+
+
+def match_reward_scale(reward_model: RewardModel, target: RewardModel, tokenizer, prompts: Sequence[str],
+                       responses: Sequence[str], max_length: int) -> float:
+    """Scale ``reward_model``'s head in place so its rewards have ``target``'s standard deviation on ``responses``
+    (the policy samples); returns the factor. A Bradley–Terry reward's scale is arbitrary — only differences are
+    fitted — but PPO's KL penalty is in reward units: a retrained model whose spread on policy outputs grew would in
+    effect give the second PPO a weaker KL coefficient than the first."""
+    from preftune.methods.bon import reward_model_scorer
+
+    spread = [torch.tensor(reward_model_scorer(m, tokenizer, max_length)(list(prompts), list(responses))).std()
+              for m in (reward_model, target)]
+    factor = float(spread[1] / spread[0])
+    with torch.no_grad():
+        reward_model.head.weight.mul_(factor)
+        reward_model.head.bias.mul_(factor)
+    return factor
+
+
+def mixed_pairs(human: Sequence[Pair], synthetic: Sequence[Pair], share: float | None) -> list[Pair]:
+    """D ∪ D̂ (``share`` None), or D with D̂ repeated so about ``share`` of uniformly drawn pairs are synthetic."""
+    if share is None or not synthetic:
+        return list(human) + list(synthetic)
+    repeats = max(1, round(share / (1 - share) * len(human) / len(synthetic)))
+    return list(human) + list(synthetic) * repeats
+
+
+# ----------------------------------------------------------------------------------------------
+# The pipeline
+
+
+def _stage(name: str, final: Path, resume: bool, load: Callable, train: Callable, log: dict):
+    """Load a finished stage when resuming, else train it (continuing from its checkpoints when resuming)."""
+    t0 = time.perf_counter()
+    if resume and final.exists():
+        out, status = load(final), "loaded"
+    else:
+        out, status = train(), "trained"
+    log[name] = {"status": status, "seconds": time.perf_counter() - t0}
+    return out
+
+
+def _stage_fields(cfg: RLPConfig, name: str, steps: int) -> dict:
+    return dict(output_dir=str(Path(cfg.output_dir) / name), seed=cfg.seed, resume=cfg.resume,
+                overwrite=cfg.overwrite, steps=steps, save_every=max(20, steps // 4), progress=cfg.progress,
+                max_length=cfg.max_length, mixed_precision=cfg.mixed_precision)
+
+
+def policy_pair_accuracy(reward_models: dict, tokenizer, task, prompts: Sequence[str], responses: Sequence[str],
+                         max_length: int) -> dict:
+    """Accuracy of reward models on pairs of policy samples (consecutive responses of one prompt) that the oracle
+    strictly ranks; oracle ties are left out. Returns {name: accuracy} and the number of pairs."""
+    from preftune.methods.reward import heldout_accuracy
+
+    pairs = []
+    for k in range(0, len(responses) - 1, 2):
+        prompt, a, b = prompts[k], responses[k], responses[k + 1]
+        ra, rb = task.reward(prompt, a), task.reward(prompt, b)
+        if ra != rb:
+            pairs.append(Pair(prompt, a, b) if ra > rb else Pair(prompt, b, a))
+    out = {name: heldout_accuracy(rm, tokenizer, pairs, max_length) for name, rm in reward_models.items()}
+    return {"pairs": len(pairs), **out}
+
+
+def sample_groups(policy, reward_model, tokenizer, prompts: Sequence[str], config: RLPConfig, path: Path) -> list:
+    """n samples per instruction from ``policy``, with the current reward model's scores, saved to ``path`` (whole
+    or not at all): ``[[prompt, responses, scores], ...]``."""
+    from preftune.methods.bon import reward_model_scorer
+    from preftune.rollout import generate
+    from preftune.tasks import get_task
+
+    torch.manual_seed(config.seed + 3)
+    n = config.samples_per_instruction
+    rollout = generate(policy, tokenizer, prompts, get_task(config.task).max_response_chars + 1, samples_per_prompt=n,
+                       temperature=config.sample_temperature)
+    scores = reward_model_scorer(reward_model, tokenizer, config.max_length)(rollout.row_prompts(), rollout.texts)
+    groups = [[p, rollout.texts[i * n:(i + 1) * n], list(scores[i * n:(i + 1) * n])] for i, p in enumerate(prompts)]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(groups))
+    tmp.rename(path)
+    return groups
+
+
+def every_synthetic_pair_set(task, groups, threshold: float, seed: int) -> tuple[dict, dict]:
+    """The pairs of SPG, Select-All and RLAIF from the same samples, and how often the oracle agrees with each
+    (cheap: no training, so every run reports all three)."""
+    from preftune.metrics import reward_model_accuracy
+
+    synthetic, stats = {}, {}
+    for name in ("spg", "select-all", "rlaif"):
+        synthetic[name], stats[name] = synthetic_pairs(name, groups, task_equivalence(task), threshold, seed)
+        chosen = [task.reward(p.prompt, p.chosen) for p in synthetic[name]]
+        rejected = [task.reward(p.prompt, p.rejected) for p in synthetic[name]]
+        stats[name]["oracle_accuracy"] = reward_model_accuracy(chosen, rejected) if chosen else None
+    return synthetic, stats
+
+
+def run_rlp(config: RLPConfig, model=None, tokenizer=None) -> dict:
+    """The pipeline of the module docstring; returns (and writes to ``results-<method>.json``) its results."""
+    from preftune.evaluate import evaluate_policy, sample_policy
+    from preftune.feedback import Annotator, label_pairs
+    from preftune.methods.bon import best_of_n, reward_model_scorer
+    from preftune.methods.ppo import PPOConfig, train_ppo
+    from preftune.methods.reward import RewardConfig, heldout_accuracy, train_reward
+    from preftune.methods.sft import SFTConfig, train_sft
+    from preftune.metrics import annotator_win_rate, mean_oracle_reward, win_rate
+    from preftune.rollout import generate
+    from preftune.tasks import get_task
+
+    cfg, out_dir, log = config, Path(config.output_dir), {}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    task = get_task(cfg.task)
+    base, tokenizer = load_policy(cfg, model, tokenizer)
+    human = label_pairs(task.candidate_pairs("train", cfg.human_pairs, cfg.seed), Annotator(task.reward),
+                        random.Random(cfg.seed))
+    heldout = label_pairs(task.candidate_pairs("eval", 2000, cfg.seed), Annotator(task.reward),
+                          random.Random(cfg.seed + 1))
+    train_prompts = task.prompts("train", 10_000, cfg.seed)
+    max_new = task.max_response_chars + 1
+    load_policy_dir = lambda d: load_trained_causal_lm(d)[0]  # noqa: E731
+
+    # 1. SFT, 2. reward model on D, 3. PPO against it — shared by every method
+    sft = _stage("sft", out_dir / "sft" / "final", cfg.resume, load_policy_dir, lambda: train_sft(
+        SFTConfig(**_stage_fields(cfg, "sft", cfg.sft_steps)), task.demonstrations("train", cfg.demos, cfg.seed),
+        model=base, tokenizer=tokenizer).model, log)
+    rm = _stage("reward", out_dir / "reward" / "final", cfg.resume, RewardModel.from_pretrained, lambda: train_reward(
+        RewardConfig(**_stage_fields(cfg, "reward", cfg.reward_steps), batch_size=cfg.batch_size), human,
+        model=copy.deepcopy(sft), tokenizer=tokenizer).model, log)
+    ppo_config = lambda name: PPOConfig(**_stage_fields(cfg, name, cfg.ppo_steps), kl_coef=cfg.ppo_kl_coef,  # noqa: E731
+                                        max_new_tokens=max_new, log_every=5)
+    ppo = _stage("ppo", out_dir / "ppo" / "final", cfg.resume, load_policy_dir, lambda: train_ppo(
+        ppo_config("ppo"), train_prompts, rm, model=copy.deepcopy(sft), tokenizer=tokenizer).model, log)
+
+    # 4. n samples per instruction from the PPO policy, scored by the current reward model
+    samples_path = out_dir / "policy_samples.json"
+
+    groups = _stage("samples", samples_path, cfg.resume, lambda p: json.loads(p.read_text()), lambda: sample_groups(
+        ppo, rm, tokenizer, task.prompts("train", cfg.policy_instructions, cfg.seed + 3), cfg, samples_path), log)
+    synthetic, synthetic_stats = every_synthetic_pair_set(task, groups, cfg.confidence_threshold, cfg.seed)
+
+    # 5. retrain the reward model on policy samples, 6. PPO again from SFT against it
+    stage = f"reward-{cfg.method}"
+    retrain_config = RLPConfig(**{**asdict(cfg), **_stage_fields(cfg, stage, cfg.steps)})
+    if cfg.method == "uml":
+        retrain = lambda: retrain_reward_model(retrain_config, copy.deepcopy(rm), tokenizer, human,  # noqa: E731
+                                               [(p, r) for p, r, _ in groups]).model
+    else:
+        train_pairs = mixed_pairs(human, synthetic[cfg.method], cfg.synthetic_share)
+        retrain = lambda: retrain_reward_model(retrain_config, copy.deepcopy(rm), tokenizer,  # noqa: E731
+                                               train_pairs).model
+    rm_rlp = _stage(stage, out_dir / stage / "final", cfg.resume, RewardModel.from_pretrained, retrain, log)
+    scale = 1.0
+    if cfg.match_reward_scale:
+        reference = [(p, r) for p, responses, _ in groups[:200] for r in responses]
+        scale = match_reward_scale(rm_rlp, rm, tokenizer, *zip(*reference), cfg.max_length)
+    ppo_rlp = _stage(f"ppo-{cfg.method}", out_dir / f"ppo-{cfg.method}" / "final", cfg.resume, load_policy_dir,
+                     lambda: train_ppo(ppo_config(f"ppo-{cfg.method}"), train_prompts, rm_rlp,
+                                       model=copy.deepcopy(sft), tokenizer=tokenizer).model, log)
+
+    # 7. evaluate: reward models on human and on policy pairs; policies against SFT
+    t0 = time.perf_counter()
+    reward_models = {"before": rm, "after": rm_rlp}
+    results: dict = {"method": cfg.method, "config": asdict(cfg), "stages": log, "synthetic_pairs": synthetic_stats,
+                     "reward_model": {"human_heldout": {k: heldout_accuracy(m, tokenizer, heldout, cfg.max_length)
+                                                        for k, m in reward_models.items()}, "scale_factor": scale}}
+    for split in ("train", "eval"):  # fresh PPO-policy samples: instructions seen in training, and held-out ones
+        prompts = task.prompts(split, cfg.policy_eval_pairs, cfg.seed + 4)
+        torch.manual_seed(cfg.seed + 4)
+        rollout = generate(ppo, tokenizer, prompts, max_new, samples_per_prompt=2, temperature=1.0)
+        results["reward_model"][f"ppo_samples_{split}"] = policy_pair_accuracy(
+            reward_models, tokenizer, task, rollout.row_prompts(), rollout.texts, cfg.max_length)
+    judge = Annotator(task.reward, flip_prob=cfg.judge_flip_prob)
+    prompts = task.prompts("eval", cfg.eval_prompts, cfg.seed)
+    torch.manual_seed(cfg.seed + 1)
+    reference = sample_policy(task, sft, tokenizer, prompts)
+    kwargs = dict(reference=sft, num_prompts=cfg.eval_prompts, seed=cfg.seed, annotator=judge,
+                  reference_rollout=reference)
+    methods = {"sft": evaluate_policy(task, sft, tokenizer, **kwargs)}
+    torch.manual_seed(cfg.seed + 2)
+    chosen = best_of_n(sft, tokenizer, prompts, cfg.best_of, reward_model_scorer(rm, tokenizer, cfg.max_length),
+                       max_new)
+    methods[f"best-of-{cfg.best_of} (rm)"] = {
+        "oracle_reward": mean_oracle_reward(task, prompts, chosen),
+        "win_rate": win_rate(task, prompts, chosen, reference.texts),
+        "annotator_win_rate": annotator_win_rate(judge, prompts, chosen, reference.texts, random.Random(cfg.seed)),
+        "kl_to_reference": math.log(cfg.best_of) - (cfg.best_of - 1) / cfg.best_of,  # Beirami et al. 2024 bound
+    }
+    methods["ppo"] = evaluate_policy(task, ppo, tokenizer, **kwargs)
+    methods[f"rlp-{cfg.method}"] = evaluate_policy(task, ppo_rlp, tokenizer, **kwargs)
+    results["methods"] = methods
+    # how each reward model scores its own PPO policy vs the oracle: over-optimisation shows as a gap
+    results["policy_scores"] = {}
+    for name, policy, scorer_rm in (("ppo", ppo, rm), (f"rlp-{cfg.method}", ppo_rlp, rm_rlp)):
+        torch.manual_seed(cfg.seed + 5)
+        texts = sample_policy(task, policy, tokenizer, prompts).texts
+        scores = reward_model_scorer(scorer_rm, tokenizer, cfg.max_length)(prompts, texts)
+        results["policy_scores"][name] = {"reward_model": sum(scores) / len(scores),
+                                          "oracle": mean_oracle_reward(task, prompts, texts)}
+    log["eval"] = {"status": "run", "seconds": time.perf_counter() - t0}
+    (out_dir / f"results-{cfg.method}.json").write_text(json.dumps(results, indent=2))
+    return results
