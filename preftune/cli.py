@@ -277,12 +277,32 @@ def eval_command(
                          "report (report.md, results.json, PNG plots) in runs/<name>/.")
 def run_command(
     quick: bool = typer.Option(False, "--quick", help="A smaller run (about 2 minutes) to check the setup."),
-    name: str = typer.Option(None, help="Run name; default 'default' or 'quick'."),
+    name: str = typer.Option(None, help="Run name; default 'default' or 'quick' ('smollm2' or 'smollm2-quick')."),
     runs_dir: Path = typer.Option(Path("runs"), help="Parent folder of runs."),
     seed: int = typer.Option(0),
     resume: bool = typer.Option(False, help="Reuse finished stages of an earlier run with the same name."),
+    suite: str = typer.Option("default", help="'default': every method on tiny models trained from scratch; "
+                                              "'smollm2': LoRA SFT -> DPO -> GRPO on a pretrained model (SmolLM2-135M-"
+                                              "Instruct unless --model) on natural-language arithmetic."),
+    model: str = typer.Option(None, help="The pretrained model of the smollm2 suite: 'smollm2', a .gguf file, a "
+                                         "model directory or a hub id. Giving it selects that suite."),
 ):
     _quiet_libraries()
+    if suite not in ("default", "smollm2"):
+        _fail(f"--suite must be one of ['default', 'smollm2'], got {suite!r}")
+    if model is not None or suite == "smollm2":
+        if resume:
+            _fail("--resume is not supported by the smollm2 suite (its stages are short); run it again")
+        from preftune.bench.smollm2_suite import run_smollm2_suite
+        from preftune.models import ModelError
+
+        try:
+            out = run_smollm2_suite(runs_dir / (name or ("smollm2-quick" if quick else "smollm2")), quick=quick,
+                                    seed=seed, model=model or "smollm2")
+        except ModelError as e:
+            _fail(str(e))
+        console.print(f"[green]report[/]: {out / 'report.md'}")
+        return
     from preftune.bench.suite import run_suite
 
     out = run_suite(runs_dir / (name or ("quick" if quick else "default")), quick=quick, seed=seed, resume=resume)

@@ -105,6 +105,17 @@ def write_report(run_dir: Path) -> Path:
                   f"the best any model can reach there (the annotator's own agreement with the oracle) is "
                   f"{rm['ceiling']:.3f}, a gap of {100 * (rm['ceiling'] - rm['heldout_accuracy']):.1f} points "
                   f"(training-set accuracy {rm['train_accuracy']:.3f}).", ""]
+    nl = results["tasks"].get("arithmetic-nl")
+    if nl:
+        lines += [f"## arithmetic-nl ({meta.get('model', '')})", "",
+                  "Held-out questions ('What is A plus B? Reply with just the number.', operands 10..99) after each "
+                  f"LoRA stage, {meta['size']['eval_prompts']} questions; accuracy ± binomial standard error. DPO "
+                  f"trained on {nl['dpo_pairs']} oracle-labelled pairs, GRPO with the oracle as its reward.", "",
+                  "| stage | greedy accuracy | sampled accuracy (T=1) | greedy response chars |", "|---|---|---|---|"]
+        lines += [f"| {stage} | {m['accuracy_greedy']:.3f} ± {m['stderr_greedy']:.3f} | "
+                  f"{m['accuracy_sampled']:.3f} ± {m['stderr_sampled']:.3f} | {m['response_chars_greedy']:.1f} |"
+                  for stage, m in nl["stages"].items()]
+        lines += [""]
     for task_name in ("arithmetic", "summarise"):
         t = results["tasks"].get(task_name)
         if t:
