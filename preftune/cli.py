@@ -274,8 +274,11 @@ def eval_command(
 
 
 @app.command("run", help="The embedded default benchmark: every method on the built-in tasks, offline, with a "
-                         "report (report.md, results.json, PNG plots) in runs/<name>/.")
+                         "report (report.md, results.json, PNG plots) in runs/<name>/. The smollm2 suite takes its "
+                         "sizes as flags too, e.g. --sft-steps 10 --eval-prompts 64 (fields of SmolSuiteSize).",
+             context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def run_command(
+    ctx: typer.Context,
     quick: bool = typer.Option(False, "--quick", help="A smaller run (about 2 minutes) to check the setup."),
     name: str = typer.Option(None, help="Run name; default 'default' or 'quick' ('smollm2' or 'smollm2-quick')."),
     runs_dir: Path = typer.Option(Path("runs"), help="Parent folder of runs."),
@@ -293,16 +296,19 @@ def run_command(
     if model is not None or suite == "smollm2":
         if resume:
             _fail("--resume is not supported by the smollm2 suite (its stages are short); run it again")
-        from preftune.bench.smollm2_suite import run_smollm2_suite
+        from preftune.bench.smollm2_suite import SmolSuiteSize, run_smollm2_suite, suite_size
         from preftune.models import ModelError
 
         try:
+            size = suite_size(SmolSuiteSize.quick() if quick else SmolSuiteSize(), parse_extra_flags(ctx.args))
             out = run_smollm2_suite(runs_dir / (name or ("smollm2-quick" if quick else "smollm2")), quick=quick,
-                                    seed=seed, model=model or "smollm2")
-        except ModelError as e:
+                                    seed=seed, model=model or "smollm2", size=size)
+        except (ModelError, ConfigError) as e:
             _fail(str(e))
         console.print(f"[green]report[/]: {out / 'report.md'}")
         return
+    if ctx.args:
+        _fail(f"unexpected arguments {ctx.args}: size flags belong to --suite smollm2")
     from preftune.bench.suite import run_suite
 
     out = run_suite(runs_dir / (name or ("quick" if quick else "default")), quick=quick, seed=seed, resume=resume)

@@ -15,6 +15,7 @@ The same function runs any causal LM (``model="tiny"`` in the tests), so the plu
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import platform
@@ -26,6 +27,7 @@ import torch
 
 from preftune.bench.report import write_report
 from preftune.bench.suite import _common, _history, _stage_dir
+from preftune.config import ConfigError, _coerce
 from preftune.data import Pair
 from preftune.evaluate import evaluate_policy
 from preftune.methods.bon import oracle_scorer
@@ -59,6 +61,20 @@ class SmolSuiteSize:
     @classmethod
     def quick(cls) -> SmolSuiteSize:
         return cls(sft_steps=4, dpo_steps=4, grpo_steps=3, eval_prompts=16)
+
+
+def suite_size(base: SmolSuiteSize, overrides: dict) -> SmolSuiteSize:
+    """``base`` with ``--field value`` overrides, each checked against its type (and > 0)."""
+    changes = {}
+    for raw, value in overrides.items():
+        name = raw.replace("-", "_")
+        if name not in {f.name for f in dataclasses.fields(SmolSuiteSize)}:
+            raise ConfigError(f"unknown smollm2 suite size {raw!r}; choose from "
+                              f"{', '.join(f.name for f in dataclasses.fields(SmolSuiteSize))}")
+        changes[name] = _coerce(SmolSuiteSize, name, value)
+        if changes[name] <= 0:
+            raise ConfigError(f"smollm2 suite size {raw!r} must be > 0, got {value!r}")
+    return dataclasses.replace(base, **changes)
 
 
 def heldout_accuracy(task, model, tokenizer, num_prompts: int, seed: int) -> dict:
