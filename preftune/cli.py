@@ -361,5 +361,29 @@ def bench_trl_command(
                        methods=chosen, threads=threads or None)
 
 
+@bench_app.command("smollm2", help="Generation tokens/s (batched) and LoRA-training tokens/s on SmolLM2-135M-Instruct "
+                                   "(or --model), preftune next to TRL on the same model, batch and lengths.")
+def bench_smollm2_command(
+    model: str = typer.Option("smollm2", help="'smollm2', a .gguf file or a model directory."),
+    batch_size: int = typer.Option(8, min=1, help="Demonstrations per LoRA training step."),
+    steps: int = typer.Option(4, min=1, help="LoRA training steps per run (and timed generation batches)."),
+    generation_batch: int = typer.Option(32, min=1, help="Prompts decoded together."),
+    max_new_tokens: int = typer.Option(17, min=1, help="Longest generated completion."),
+    repeats: int = typer.Option(1, min=1, help="Runs per (measurement, library), interleaved; medians reported."),
+    threads: int = typer.Option(1, min=1, help="Torch threads per run."),
+    output: Path = typer.Option(Path("runs/bench-smollm2.json"), help="Where the measurements go."),
+):
+    _quiet_libraries()
+    from preftune.bench.smollm2_throughput import run_smollm2_throughput
+    from preftune.models import ModelError
+
+    try:
+        run_smollm2_throughput(model=model, batch_size=batch_size, steps=steps, generation_batch=generation_batch,
+                               generation_batches=steps, max_new_tokens=max_new_tokens, repeats=repeats,
+                               threads=threads, output=output)
+    except (ModelError, ImportError) as e:
+        _fail(str(e))
+
+
 def main() -> None:  # pragma: no cover
     sys.exit(app())
