@@ -131,8 +131,11 @@ def write_report(run_dir: Path) -> Path:
             lines += [f"| {stage} | {h[-1]['score']:.3f} | {h[-1]['kl']:.2f} | "
                       f"{sum(r['generate_fraction'] for r in h) / len(h):.0%} |" for stage, h in online.items()]
             lines += [""]
-    lines += ["## Time", "", "| stage | seconds |", "|---|---|"]
-    lines += [f"| {k} | {v:.1f} |" for k, v in results["timings"].items()]
+    cpu = results.get("cpu_seconds", {})
+    lines += ["## Time", "", "| stage | seconds |" + (" CPU seconds |" if cpu else ""),
+              "|---|---|" + ("---|" if cpu else "")]
+    lines += [f"| {k} | {v:.1f} |" + (f" {cpu[k]:.1f} |" if k in cpu else (" – |" if cpu else ""))
+              for k, v in results["timings"].items()]
     path = run_dir / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
