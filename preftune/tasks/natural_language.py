@@ -91,9 +91,9 @@ class ArithmeticNLTask(Task):
 
     @staticmethod
     def wrong_forms(a: int, b: int, offset: int) -> list[str]:
-        """Wrong by ``offset``: the bare number, a false equality, and a true step with a wrong final number."""
+        """Wrong by ``offset``: the bare number, or a false equality."""
         wrong = a + b + offset
-        return [str(wrong), f"{a} + {b} = {wrong}", f"{a} + {b} = {a + b}, so {wrong}"]
+        return [str(wrong), f"{a} + {b} = {wrong}"]
 
     def demonstrations(self, split: str, n: int, seed: int = 0) -> list[Demo]:
         rng = self.rng(split, seed)
@@ -119,7 +119,9 @@ class ArithmeticNLTask(Task):
 
 
 TOPICS = ("cat", "dog", "sun", "moon", "sea", "tree", "rain", "bird", "river", "city", "book", "train",
-          "garden", "winter", "bread", "music")  # fmt: skip
+          "garden", "winter", "bread", "music", "horse", "forest", "bridge", "island", "lamp", "clock", "mountain",
+          "snow", "apple", "school", "ship", "flower", "desert", "market", "road", "kitchen", "storm", "piano",
+          "village", "candle", "library", "beach", "cloud", "wolf")  # fmt: skip
 ADJECTIVES = ("bright", "quiet", "old", "warm", "busy", "gentle", "large", "small", "calm", "lively")
 ENDINGS = ("that many people enjoy", "that changes with the seasons", "found in many places",
            "that children like to draw", "with a long history")  # fmt: skip
@@ -152,7 +154,7 @@ class OneSentenceTask(Task):
     name = "one-sentence"
     description = "'Describe the cat in one sentence.'; a rule checks one sentence, on topic, 4-25 words"
     max_prompt_chars = 40
-    max_response_chars = 120
+    max_response_chars = 200  # the longest flawed candidate (three sentences, or a run-on); good answers are shorter
 
     def _draw_prompts(self, rng: random.Random, split: str, n: int) -> list[str]:
         pool = [t for t in TOPICS if _topic_split(t) == split]
