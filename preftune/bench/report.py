@@ -115,6 +115,17 @@ def write_report(run_dir: Path) -> Path:
                   for name, st in rlp["synthetic_pairs"].items()]
         lines += ["", f"Reward model on {acc['pairs']} oracle-labelled pairs of PPO-policy samples: "
                   f"{acc['before']:.3f} before retraining, {acc['after']:.3f} after.", ""]
+    nl = results["tasks"].get("arithmetic-nl")
+    if nl:
+        lines += [f"## arithmetic-nl ({meta.get('model', '')})", "",
+                  "Held-out questions ('What is A plus B? Reply with just the number.', operands 10..99) after each "
+                  f"LoRA stage, {meta['size']['eval_prompts']} questions; accuracy ± binomial standard error. DPO "
+                  f"trained on {nl['dpo_pairs']} oracle-labelled pairs, GRPO with the oracle as its reward.", "",
+                  "| stage | greedy accuracy | sampled accuracy (T=1) | greedy response chars |", "|---|---|---|---|"]
+        lines += [f"| {stage} | {m['accuracy_greedy']:.3f} ± {m['stderr_greedy']:.3f} | "
+                  f"{m['accuracy_sampled']:.3f} ± {m['stderr_sampled']:.3f} | {m['response_chars_greedy']:.1f} |"
+                  for stage, m in nl["stages"].items()]
+        lines += [""]
     for task_name in ("arithmetic", "summarise"):
         t = results["tasks"].get(task_name)
         if t:
@@ -155,8 +166,11 @@ def write_report(run_dir: Path) -> Path:
             lines += [f"| {stage} | {h[-1]['score']:.3f} | {h[-1]['kl']:.2f} | "
                       f"{sum(r['generate_fraction'] for r in h) / len(h):.0%} |" for stage, h in online.items()]
             lines += [""]
-    lines += ["## Time", "", "| stage | seconds |", "|---|---|"]
-    lines += [f"| {k} | {v:.1f} |" for k, v in results["timings"].items()]
+    cpu = results.get("cpu_seconds", {})
+    lines += ["## Time", "", "| stage | seconds |" + (" CPU seconds |" if cpu else ""),
+              "|---|---|" + ("---|" if cpu else "")]
+    lines += [f"| {k} | {v:.1f} |" + (f" {cpu[k]:.1f} |" if k in cpu else (" – |" if cpu else ""))
+              for k, v in results["timings"].items()]
     path = run_dir / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
