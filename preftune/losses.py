@@ -270,8 +270,8 @@ def iq_soft_values(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tenso
 
 def iq_token_rewards(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor,
                      gamma: float = 1.0) -> torch.Tensor:
-    """The reward IQLearn's Q implies for each response token, r_t = Q(s_t, a_t) − γ·V(s_{t+1}) (inverse soft
-    Bellman operator; Garg et al. 2021, Eq. 9), ``[B, T]``, zero off the mask."""
+    """The reward IQLearn's Q implies for each response token, r_t = Q(s_t, a_t) − γ·V(s_{t+1}) (the inverse soft
+    Bellman operator of Garg et al. 2021), ``[B, T]``, zero off the mask."""
     q, _, next_v = iq_soft_values(logits, labels, mask, gamma)
     return (q - next_v) * mask.to(q.dtype)
 
