@@ -270,8 +270,8 @@ def iq_soft_values(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tenso
 
 def iq_token_rewards(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor,
                      gamma: float = 1.0) -> torch.Tensor:
-    """The reward IQLearn's Q implies for each response token, r_t = Q(s_t, a_t) − γ·V(s_{t+1}) (inverse soft
-    Bellman operator; Garg et al. 2021, Eq. 9), ``[B, T]``, zero off the mask."""
+    """The reward IQLearn's Q implies for each response token, r_t = Q(s_t, a_t) − γ·V(s_{t+1}) (the inverse soft
+    Bellman operator of Garg et al. 2021), ``[B, T]``, zero off the mask."""
     q, _, next_v = iq_soft_values(logits, labels, mask, gamma)
     return (q - next_v) * mask.to(q.dtype)
 
@@ -313,7 +313,7 @@ def iq_online_loss_with_stats(expert_logits: torch.Tensor, expert_labels: torch.
                               alpha: float, gamma: float = 1.0, lam: float = 0.01
                               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Online IQLearn: IQ-Learn's objective with the value term and the χ² term taken over the mixture
-    ρ = (1−α)·expert + α·policy (Garg et al. 2021, Eq. 10 with the ``value`` loss and the χ² regulariser on ρ,
+    ρ = (1−α)·expert + α·policy (Garg et al. 2021, IQ-Learn, with the ``value`` loss and the χ² regulariser on ρ,
     as `Div99/IQ-Learn` does online; Wulfmeier et al. 2024 mix policy samples in at a ratio α).
 
     Minimised: E_E[−log π] + α·(E_P[V(s) − γV(s')] − E_E[V(s) − γV(s')]) + λ·((1−α)·E_E[r²] + α·E_P[r²]),
