@@ -100,6 +100,16 @@ def test_each_scheme_charges_the_ledger_for_every_query(scheme, tmp_path, setup)
     assert [h["queries"] for h in result.history] == [3, 6]
 
 
+def test_resume_continues_the_ledger_and_the_records(tmp_path, setup):
+    task, tokenizer, _ = setup
+    straight = train_joint(_config(tmp_path / "a", steps=3, queries_per_round=2), task, tokenizer=tokenizer)
+    train_joint(_config(tmp_path / "b", steps=2, queries_per_round=2, save_every=1), task, tokenizer=tokenizer)
+    resumed = train_joint(_config(tmp_path / "b", steps=3, queries_per_round=2, resume=True), task,
+                          tokenizer=tokenizer)
+    assert resumed.ledger.total == 6 and resumed.records.rows == straight.records.rows
+    assert resumed.history[-1]["kl"] == pytest.approx(straight.history[-1]["kl"], abs=1e-5)
+
+
 def test_query_budget_is_enforced(tmp_path, setup):
     from preftune.feedback import BudgetExceeded
 

@@ -217,8 +217,8 @@ def train_joint(config: JointConfig, task: PopulationTask | None = None, model: 
     favourites = [task.favourites(p) for p in all_prompts]
     with torch.no_grad():
         initial_features = model(ids.flatten(0, 1))[1].view(ids.shape[0], ids.shape[1], -1)
-    if not config.resume:  # standardise the head's inputs over the whole response space, once (epistemic.py)
-        set_feature_scaling(model.head, initial_features.flatten(0, 1))
+    # standardise the head's inputs over the whole response space (epistemic.py); a resumed run computes the same
+    set_feature_scaling(model.head, initial_features.flatten(0, 1))
     ledger, records = QueryLedger(budget=config.query_budget), ChoiceRecords()
     trainer = Trainer(config, model, total_updates=config.steps * config.updates_per_round, name="joint",
                       state_objects=(ledger, records))
