@@ -556,6 +556,7 @@ def bench_zpg_command(
     seeds: int = typer.Option(5, min=1, help="GridWorld seeds per method."),
     lm_iterations: int = typer.Option(600, min=1, help="ZPG iterations on preference-language."),
     methods: str = typer.Option("zpg,zbcpg,dpo,rm+ppo", help="GridWorld methods to run."),
+    lm_seed: int = typer.Option(0, min=0, help="Seed of the LM run (results of earlier seeds are kept)."),
 ):
     _quiet_libraries()
     from preftune.bench.zpg import run_zpg_bench
@@ -568,7 +569,7 @@ def bench_zpg_command(
     if set(gridworld_methods) - {"zpg", "zbcpg", "dpo", "rm+ppo"}:
         _fail(f"--methods must be among zpg, zbcpg, dpo, rm+ppo; got {gridworld_methods}")
     run_zpg_bench(chosen, output, queries=queries, seeds=seeds, lm_iterations=lm_iterations,
-                  methods=gridworld_methods)
+                  methods=gridworld_methods, lm_seed=lm_seed)
     console.print(f"[green]results[/]: {output / 'results.json'}")
 
 

@@ -222,7 +222,8 @@ def plot(results: dict, output: Path) -> None:
 
 
 def run_zpg_bench(parts: tuple[str, ...], output: Path, queries: int = 51_200, seeds: int = 5,
-                  lm_iterations: int = 600, methods: tuple[str, ...] = ("zpg", "zbcpg", "dpo", "rm+ppo")) -> dict:
+                  lm_iterations: int = 600, methods: tuple[str, ...] = ("zpg", "zbcpg", "dpo", "rm+ppo"),
+                  lm_seed: int = 0) -> dict:
     torch.set_num_threads(1)
     output.mkdir(parents=True, exist_ok=True)
     path = output / "results.json"
@@ -235,9 +236,15 @@ def run_zpg_bench(parts: tuple[str, ...], output: Path, queries: int = 51_200, s
         results["cosine"] = estimator_cosine()
         print("  cosine " + ", ".join(f"{k} {v['mean']:.2f}" for k, v in results["cosine"]["cosine"].items())
               + f"; exact differences {results['cosine']['exact']['mean']:.3f}", flush=True)
-    if "lm" in parts:
-        results["lm"] = lm_comparison(iterations=lm_iterations, output_dir=output)
-        print("  lm " + json.dumps(results["lm"]["methods"]), flush=True)
+    if "lm" in parts:  # one seed per call; the summary is over every seed stored so far
+        runs = results.setdefault("lm_runs", {})
+        if "lm" in results and "0" not in runs:  # a single-seed result of an earlier version
+            runs["0"] = results["lm"]
+        runs[str(lm_seed)] = lm_comparison(iterations=lm_iterations, seed=lm_seed,
+                                           output_dir=output / f"lm-seed{lm_seed}")
+        results["lm"] = {name: _mean_sd([r["methods"][name]["oracle_reward"] for r in runs.values()])
+                         for name in ("sft", "zpg", "dpo")}
+        print("  lm " + json.dumps(runs[str(lm_seed)]["methods"]), flush=True)
     path.write_text(json.dumps(results, indent=2))
     plot(results, output)
     return results

@@ -131,7 +131,7 @@ def zeroth_order_step(params: FlatParameters, config: ZPGConfig, sample_utilitie
     embedded = torch.zeros(params.dim, dtype=torch.float64)
     embedded[block] = direction
     base = sample_utilities()
-    params.add_(embedded, config.mu)
+    params.add_(embedded, config.mu)  # in place: no second model; removing it again costs only float rounding
     try:
         perturbed = sample_utilities()
     finally:
