@@ -101,7 +101,8 @@ def _rlhf_baselines(run_dir: Path, task: PopulationTask, tokenizer, ids, records
 POOL = 8  # policy samples the pooled schemes choose among
 SCHEME_VARIANTS = {name: (name, "argmax", 0) for name in EXPLORATION_SCHEMES} | {
     "ts (sample)": ("ts", "sample", 0), "double-ts (sample)": ("double-ts", "sample", 0),
-    f"infomax (pool {POOL})": ("infomax", "argmax", POOL), f"double-ts (sample, pool {POOL})": ("double-ts", "sample", POOL)}
+    f"infomax (pool {POOL})": ("infomax", "argmax", POOL),
+    f"double-ts (sample, pool {POOL})": ("double-ts", "sample", POOL)}
 
 
 def _run_one(run_dir: Path, size: JointBenchSize, scheme: str, seed: int) -> dict:
