@@ -118,6 +118,13 @@ def test_each_scheme_charges_the_ledger_for_every_query(scheme, pool, tmp_path, 
     assert [h["queries"] for h in result.history] == [3, 6]
 
 
+def test_training_runs_with_the_ensemble_head(tmp_path, setup):  # its offsets were once a non-contiguous view
+    task, tokenizer, _ = setup
+    result = train_joint(_config(tmp_path, explore="double-ts", uncertainty="ensemble", steps=1, queries_per_round=4),
+                         task, tokenizer=tokenizer)
+    assert result.ledger.total == 4 and result.history[-1]["head_nll"] > 0
+
+
 def test_resume_continues_the_ledger_and_the_records(tmp_path, setup):
     task, tokenizer, _ = setup
     straight = train_joint(_config(tmp_path / "a", steps=3, queries_per_round=2), task, tokenizer=tokenizer)
