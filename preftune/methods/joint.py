@@ -164,15 +164,15 @@ def select_candidates(scheme: str, utilities: torch.Tensor, sample, k: int, gene
     """K distinct response indices for one query; with ``pool`` > 0 the posterior schemes choose among ``pool``
     distinct policy samples (the LM proposes, the uncertainty picks: Dwaracherla et al., arXiv 2402.00396)."""
     n = utilities.shape[0]
-    if pool and scheme in ("infomax", "ts", "double-ts"):
-        proposals = torch.topk(utilities / boltzmann_temperature - torch.empty(n).exponential_(generator=generator)
-                               .log(), pool).indices
-        picked = select_candidates(scheme, utilities[proposals], lambda m: sample(m)[:, proposals], k, generator,
-                                   boltzmann_temperature, infomax_samples, max_resamples, posterior_pick)
-        return proposals[picked].tolist()
 
     def gumbel() -> torch.Tensor:  # + Gumbel noise, then top-k: k draws without replacement from softmax
         return -torch.empty(n).exponential_(generator=generator).log()
+
+    if pool and scheme in ("infomax", "ts", "double-ts"):  # the policy proposes, the scheme picks among those
+        proposals = torch.topk(utilities / boltzmann_temperature + gumbel(), pool).indices
+        picked = select_candidates(scheme, utilities[proposals], lambda m: sample(m)[:, proposals], k, generator,
+                                   boltzmann_temperature, infomax_samples, max_resamples, posterior_pick)
+        return proposals[picked].tolist()
 
     def posterior_draw() -> torch.Tensor:  # one posterior sample's utilities, ranked by its pick rule
         draw = sample(1)[0]
