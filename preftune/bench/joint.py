@@ -1,6 +1,7 @@
 """`preftune bench joint`: exploration schemes for joint learning from choices, and RLHF on the same queries.
 
-For each seed: joint learning (`methods/joint.py`) with every exploration scheme, logging the exact distance of
+For each seed: joint learning (`methods/joint.py`) with every exploration scheme (and variants: posterior draws
+instead of argmaxes, a pool of policy samples to choose among), logging the exact distance of
 π_θ(·|x) to the population's choice distribution after every round; then, on the *passive* run's queries, a
 Bradley–Terry reward model (`train_reward`) followed by (a) PPO against it (`train_ppo`) and (b) the exact
 KL-regularised optimum π ∝ π_ref · exp(r / β) over the 64 responses (what PPO converges to), and DPO
