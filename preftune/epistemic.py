@@ -112,7 +112,7 @@ class EnsembleHeads(nn.Module):
         """Offsets ``[S, N]`` for features ``[N, H]`` and member indices ``[S]``."""
         h = self.standardise(features)
         every = self.learnable(h) + self.prior_scale * self.prior(h)  # [N, M]
-        return every[:, index.long()].T
+        return every[:, index.long()].T.contiguous()
 
 
 def build_epistemic_head(kind: str, feature_dim: int, index_dim: int = 8, ensemble_size: int = 10,

@@ -90,14 +90,39 @@ def test_each_scheme_returns_distinct_valid_candidates(scheme, k):
         select_candidates("greedy", utilities, sample, 2, generator)
 
 
-@pytest.mark.parametrize("scheme", EXPLORATION_SCHEMES)
-def test_each_scheme_charges_the_ledger_for_every_query(scheme, tmp_path, setup):
+@pytest.mark.parametrize("scheme", ["infomax", "ts", "double-ts"])
+def test_pooled_schemes_pick_among_the_policy_samples(scheme):
+    generator = torch.Generator().manual_seed(0)
+    utilities = torch.full((64,), -50.0)
+    utilities[[3, 17, 40, 41, 60]] = 0.0  # the policy only ever proposes these five
+
+    junk = utilities < -1
+
+    def sample(n):  # the posterior favours, and is most unsure about, responses the policy never proposes
+        return utilities + 100.0 * junk + torch.randn(n, 64, generator=generator) * (3.0 * junk + 0.1)
+
+    for k in (2, 3):
+        picked = select_candidates(scheme, utilities, sample, k, generator, posterior_pick="sample", pool=5)
+        assert len(picked) == k == len(set(picked)) and set(picked) <= {3, 17, 40, 41, 60}
+    assert not set(select_candidates(scheme, utilities, sample, 2, generator)) <= {3, 17, 40, 41, 60}
+
+
+@pytest.mark.parametrize("scheme,pool", [(s, 0) for s in EXPLORATION_SCHEMES] + [("infomax", 4), ("double-ts", 4)])
+def test_each_scheme_charges_the_ledger_for_every_query(scheme, pool, tmp_path, setup):
     task, tokenizer, _ = setup
-    result = train_joint(_config(tmp_path, explore=scheme, steps=2, queries_per_round=3), task, tokenizer=tokenizer)
+    result = train_joint(_config(tmp_path, explore=scheme, steps=2, queries_per_round=3, candidate_pool=pool), task,
+                         tokenizer=tokenizer)
     assert result.ledger.by_tag() == {"joint": 6} and len(result.records.rows) == 6
     for prompt, shown, chosen in result.records.rows:
         assert prompt < 4 and len(set(shown)) == 2 and chosen in (0, 1)
     assert [h["queries"] for h in result.history] == [3, 6]
+
+
+def test_training_runs_with_the_ensemble_head(tmp_path, setup):  # its offsets were once a non-contiguous view
+    task, tokenizer, _ = setup
+    result = train_joint(_config(tmp_path, explore="double-ts", uncertainty="ensemble", steps=1, queries_per_round=4),
+                         task, tokenizer=tokenizer)
+    assert result.ledger.total == 4 and result.history[-1]["head_nll"] > 0
 
 
 def test_resume_continues_the_ledger_and_the_records(tmp_path, setup):
@@ -166,6 +191,8 @@ def test_config_checks():
         apply_overrides(JointConfig(), {"model": "gpt2"})
     with pytest.raises(ConfigError, match="candidates"):
         apply_overrides(JointConfig(), {"candidates": 1})
+    with pytest.raises(ConfigError, match="candidate_pool"):
+        apply_overrides(JointConfig(), {"candidates": 3, "candidate_pool": 2})
 
 
 def test_cli_train_joint_smoke(tmp_path):

@@ -1,6 +1,7 @@
 """`preftune bench joint`: exploration schemes for joint learning from choices, and RLHF on the same queries.
 
-For each seed: joint learning (`methods/joint.py`) with every exploration scheme, logging the exact distance of
+For each seed: joint learning (`methods/joint.py`) with every exploration scheme (and variants: posterior draws
+instead of argmaxes, a pool of policy samples to choose among), logging the exact distance of
 π_θ(·|x) to the population's choice distribution after every round; then, on the *passive* run's queries, a
 Bradley–Terry reward model (`train_reward`) followed by (a) PPO against it (`train_ppo`) and (b) the exact
 KL-regularised optimum π ∝ π_ref · exp(r / β) over the 64 responses (what PPO converges to), and DPO
@@ -48,7 +49,8 @@ class JointBenchSize:
     updates_per_round: int = 15
     baseline_steps: int = 200  # reward model and DPO optimizer steps
     ppo_iterations: int = 30  # 0: no PPO run (the exact KL-regularised optimum of the reward model is still shown)
-    schemes: tuple[str, ...] = (*EXPLORATION_SCHEMES, "ts (sample)", "double-ts (sample)")
+    schemes: tuple[str, ...] = (*EXPLORATION_SCHEMES, "ts (sample)", "double-ts (sample)", "infomax (pool 8)",
+                                "double-ts (sample, pool 8)")
 
     @classmethod
     def quick(cls) -> JointBenchSize:
@@ -96,9 +98,12 @@ def _rlhf_baselines(run_dir: Path, task: PopulationTask, tokenizer, ids, records
     return out
 
 
-# scheme name in the benchmark -> (explore, posterior_pick)
-SCHEME_VARIANTS = {name: (name, "argmax") for name in EXPLORATION_SCHEMES} | {
-    "ts (sample)": ("ts", "sample"), "double-ts (sample)": ("double-ts", "sample")}
+# scheme name in the benchmark -> (explore, posterior_pick, candidate_pool)
+POOL = 8  # policy samples the pooled schemes choose among
+SCHEME_VARIANTS = {name: (name, "argmax", 0) for name in EXPLORATION_SCHEMES} | {
+    "ts (sample)": ("ts", "sample", 0), "double-ts (sample)": ("double-ts", "sample", 0),
+    f"infomax (pool {POOL})": ("infomax", "argmax", POOL),
+    f"double-ts (sample, pool {POOL})": ("double-ts", "sample", POOL)}
 
 
 def _run_one(run_dir: Path, size: JointBenchSize, scheme: str, seed: int) -> dict:
@@ -110,10 +115,10 @@ def _run_one(run_dir: Path, size: JointBenchSize, scheme: str, seed: int) -> dic
     logging.disable_progress_bar()
     task, tokenizer = PopulationTask(), build_population_tokenizer()
     ids = response_space_ids(tokenizer, task.all_prompts(), task.responses)
-    explore, pick = SCHEME_VARIANTS[scheme]
+    explore, pick, pool = SCHEME_VARIANTS[scheme]
     t0 = time.perf_counter()
-    config = JointConfig(output_dir=str(run_dir / f"joint-{explore}-{pick}-{seed}"), seed=seed, overwrite=True,
-                         progress=False, explore=explore, posterior_pick=pick, steps=size.rounds,
+    config = JointConfig(output_dir=str(run_dir / f"joint-{explore}-{pick}-{pool}-{seed}"), seed=seed, overwrite=True,
+                         progress=False, explore=explore, posterior_pick=pick, candidate_pool=pool, steps=size.rounds,
                          queries_per_round=size.queries_per_round, updates_per_round=size.updates_per_round)
     model = build_joint_model(config, tokenizer)
     with torch.no_grad():  # the prior's spread, before any query: the reference for "shrinks where asked"

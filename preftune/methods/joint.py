@@ -10,7 +10,8 @@ One round (an iteration of `Trainer.fit`):
 2. for each of ``queries_per_round`` prompts (uniform), pick K candidates with the exploration scheme:
    passive (uniform), boltzmann (policy samples, without replacement), infomax (the K-set whose choice has the
    largest mutual information with the index), ts (the K best under one posterior sample), double-ts (each
-   candidate the best under its own posterior sample, resampled if already picked);
+   candidate the best under its own posterior sample, resampled if already picked); with ``candidate_pool`` the
+   last three choose among that many policy samples instead of among every response;
 3. ask the population (every query recorded in the `QueryLedger`) and keep the choice;
 4. ``updates_per_round`` optimizer steps on minibatches of all choices so far: the choice NLL of log π/τ trains
    the LM; the same NLL of u_z averaged over indices z (LM utilities held fixed) plus an L2 trains the head;
@@ -73,6 +74,10 @@ class JointConfig(TrainConfig):
         "or a draw from its own choice distribution softmax(u_z) (preftune's variant for the inclusive target)."))
     max_resamples: int = field(default=30, metadata=doc(
         "double-ts: fresh posterior samples tried before taking the best candidate not yet picked.", ge=1))
+    candidate_pool: int = field(default=0, metadata=doc(
+        "infomax / ts / double-ts choose among this many distinct policy samples per query (Gumbel-top-M on "
+        "log π / boltzmann_temperature), as Dwaracherla et al. choose among an LM's sampled responses; 0 = among "
+        "every response.", ge=0))
     # --- training
     updates_per_round: int = field(default=20, metadata=doc("Optimizer steps after each round's queries.", ge=1))
     # --- epistemic head
@@ -92,6 +97,9 @@ class JointConfig(TrainConfig):
     def check(self) -> None:
         if self.candidates > 64:
             raise ConfigError(f"config field 'candidates' must be at most the 64 responses, got {self.candidates}")
+        if self.candidate_pool and not self.candidates <= self.candidate_pool <= 64:
+            raise ConfigError(f"config field 'candidate_pool' must be 0 or between candidates ({self.candidates}) and "
+                              f"the 64 responses, got {self.candidate_pool}")
         if self.model != "tiny":
             raise ConfigError(f"config field 'model' must be 'tiny' for joint (the population task has its own "
                               f"word-level response space), got {self.model!r}")
@@ -152,12 +160,19 @@ def information_gain(samples: torch.Tensor) -> torch.Tensor:
 
 def select_candidates(scheme: str, utilities: torch.Tensor, sample, k: int, generator: torch.Generator,
                       boltzmann_temperature: float = 1.0, infomax_samples: int = 16,
-                      max_resamples: int = 30, posterior_pick: str = "argmax") -> list[int]:
-    """K distinct response indices for one query."""
+                      max_resamples: int = 30, posterior_pick: str = "argmax", pool: int = 0) -> list[int]:
+    """K distinct response indices for one query; with ``pool`` > 0 the posterior schemes choose among ``pool``
+    distinct policy samples (the LM proposes, the uncertainty picks: Dwaracherla et al., arXiv 2402.00396)."""
     n = utilities.shape[0]
 
     def gumbel() -> torch.Tensor:  # + Gumbel noise, then top-k: k draws without replacement from softmax
         return -torch.empty(n).exponential_(generator=generator).log()
+
+    if pool and scheme in ("infomax", "ts", "double-ts"):  # the policy proposes, the scheme picks among those
+        proposals = torch.topk(utilities / boltzmann_temperature + gumbel(), pool).indices
+        picked = select_candidates(scheme, utilities[proposals], lambda m: sample(m)[:, proposals], k, generator,
+                                   boltzmann_temperature, infomax_samples, max_resamples, posterior_pick)
+        return proposals[picked].tolist()
 
     def posterior_draw() -> torch.Tensor:  # one posterior sample's utilities, ranked by its pick rule
         draw = sample(1)[0]
@@ -242,7 +257,7 @@ def train_joint(config: JointConfig, task: PopulationTask | None = None, model: 
 
             shown = select_candidates(config.explore, utilities[p], sample, k, generator,
                                       config.boltzmann_temperature, config.infomax_samples, config.max_resamples,
-                                      config.posterior_pick)
+                                      config.posterior_pick, config.candidate_pool)
             ledger.record("joint")
             chosen = task.population.choose(prompts[p], [task.responses[i] for i in shown], people)
             records.rows.append((p, shown, chosen))
