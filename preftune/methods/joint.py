@@ -69,9 +69,10 @@ class JointConfig(TrainConfig):
                                                                    gt=0))
     infomax_samples: int = field(default=16, metadata=doc("Posterior samples per query to estimate information gain.",
                                                           ge=2))
-    posterior_pick: Literal["argmax", "sample"] = field(default="argmax", metadata=doc(
-        "How a posterior sample picks its candidate(s) in ts / double-ts: its best response (Dwaracherla et al.), "
-        "or a draw from its own choice distribution softmax(u_z) (preftune's variant for the inclusive target)."))
+    posterior_pick: Literal["argmax", "sample"] = field(default="sample", metadata=doc(
+        "How a posterior sample picks its candidate(s) in ts / double-ts: its best response (argmax, Dwaracherla et "
+        "al.), or a draw from its own choice distribution softmax(u_z) (sample, preftune's variant for the inclusive "
+        "target; the default because argmax ends further from the population than passive: docs/benchmarks.md)."))
     max_resamples: int = field(default=30, metadata=doc(
         "double-ts: fresh posterior samples tried before taking the best candidate not yet picked.", ge=1))
     candidate_pool: int = field(default=0, metadata=doc(
