@@ -230,12 +230,12 @@ def _preference_language(run_dir, size: SuiteSize, seed: int, resume: bool, toke
 def _rlp_spg(run_dir, size: SuiteSize, seed: int, resume: bool, tokenizer, task, sft_model, reward_model, ppo_model,
              pairs, train_prompts, eval_kwargs: dict, out: dict, results: dict) -> dict:
     """RLP-SPG (issue 8) on the stages above: 10 samples per instruction from the PPO policy, synthetic pairs, the
-    reward model retrained on D ∪ D̂, PPO again from SFT. The bench settings of `preftune bench rlp` (γ = 0.2,
-    a quarter of each batch synthetic); RLP-UML and the seeds are in that bench (docs/benchmarks.md)."""
+    reward model retrained on D ∪ D̂, PPO again from SFT. γ = 0.2 as in `preftune bench rlp`, the paper's plain union
+    (oversampling a D̂ of a few dozen pairs overfits them); RLP-UML and the seeds are in that bench."""
     t0 = time.perf_counter()
     stage_dir = _stage_dir(run_dir, "pl-rlp-reward")
     config = RLPConfig(**_common(run_dir, "pl-rlp-reward", seed, resume, size.rlp_retrain_steps), method="spg",
-                       confidence_threshold=0.2, synthetic_share=0.25, batch_size=size.reward_batch_size)
+                       confidence_threshold=0.2, synthetic_share=None, batch_size=size.reward_batch_size)
     samples_path = _stage_dir(run_dir, "pl-rlp-samples.json")
     if resume and samples_path.exists():
         groups = json.loads(samples_path.read_text())

@@ -387,6 +387,9 @@ def every_synthetic_pair_set(task, groups, threshold: float, seed: int) -> tuple
         chosen = [task.reward(p.prompt, p.chosen) for p in synthetic[name]]
         rejected = [task.reward(p.prompt, p.rejected) for p in synthetic[name]]
         stats[name]["oracle_accuracy"] = reward_model_accuracy(chosen, rejected) if chosen else None
+        ranked = [(c, r) for c, r in zip(chosen, rejected) if c != r]  # pairs the oracle strictly orders
+        stats[name]["oracle_ranked_pairs"] = len(ranked)
+        stats[name]["oracle_ranked_accuracy"] = sum(c > r for c, r in ranked) / len(ranked) if ranked else None
     return synthetic, stats
 
 
