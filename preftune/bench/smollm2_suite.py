@@ -105,7 +105,6 @@ def oracle_pairs(task, n: int, seed: int) -> list[Pair]:
 def run_smollm2_suite(run_dir: Path, quick: bool = False, seed: int = 0, model: str = "smollm2",
                       size: SmolSuiteSize | None = None) -> Path:
     size = size or (SmolSuiteSize.quick() if quick else SmolSuiteSize())
-    run_dir.mkdir(parents=True, exist_ok=True)
     task = get_task(TASK)
     started = time.perf_counter()
     results: dict = {"meta": {"suite": "smollm2", "model": model, "quick": quick, "seed": seed, "size": asdict(size),
@@ -124,6 +123,7 @@ def run_smollm2_suite(run_dir: Path, quick: bool = False, seed: int = 0, model: 
         return out
 
     policy, tokenizer = timed("load", lambda: load_causal_lm(model, seed=seed))
+    run_dir.mkdir(parents=True, exist_ok=True)  # only once the model loads: a bad --model leaves nothing behind
     lora = dict(lora=True, lora_r=size.lora_r, lora_alpha=2 * size.lora_r, progress=True)
     stages: dict[str, dict] = {}
 

@@ -30,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from preftune.bench.trl_compare import LoopClock, _child_env, _proc_status_kb, _require_trl
+from preftune.bench.trl_compare import LoopClock, _child_env, _proc_status_kb, _require_trl, timing_trainer_fit
 
 LIBRARIES = ("preftune", "trl")
 KINDS = ("generation", "lora-sft")
@@ -88,25 +88,12 @@ def _lora_sft(library: str, model, tokenizer, batch_size: int, steps: int, work_
     clock = LoopClock()
     if library == "preftune":
         from preftune.methods.sft import SFTConfig, train_sft
-        from preftune.trainer import Trainer
 
-        fit = Trainer.fit
-
-        def timed_fit(self, *args, **kwargs):
-            clock.start()
-            try:
-                return fit(self, *args, **kwargs)
-            finally:
-                clock.stop()
-
-        Trainer.fit = timed_fit
-        try:
+        with timing_trainer_fit(clock):
             train_sft(SFTConfig(output_dir=work_dir, seed=SEED, steps=steps, batch_size=batch_size, lr=LR,
                                 lr_schedule="constant", warmup_ratio=0.0, lora=True, lora_r=LORA_R,
                                 lora_alpha=LORA_ALPHA, mixed_precision="no", progress=False, save_every=0,
                                 log_every=steps), demos, model=model, tokenizer=tokenizer)
-        finally:
-            Trainer.fit = fit
     else:
         import datasets
         import trl

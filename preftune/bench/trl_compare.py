@@ -173,15 +173,13 @@ class LoopClock:
         self.cpu += time.process_time() - self._cpu
 
 
-def _train_preftune(method, model, tokenizer, data, steps: int, batch_size: int, work_dir: str) -> LoopClock:
-    """Train with preftune; returns the training loop's clock: `Trainer.fit` from entry to exit (like TRL's
-    `on_train_begin` to `on_train_end`, it includes what happens between iterations: logging, progress)."""
-    from preftune.methods.dpo import train_dpo
-    from preftune.methods.reward import train_reward
-    from preftune.methods.sft import train_sft
+@contextlib.contextmanager
+def timing_trainer_fit(clock: LoopClock):
+    """While active, every `Trainer.fit` call runs inside ``clock`` (entry to exit, like TRL's ``on_train_begin``
+    to ``on_train_end``: it includes what happens between iterations, logging and progress)."""
     from preftune.trainer import Trainer
 
-    clock, fit = LoopClock(), Trainer.fit
+    fit = Trainer.fit
 
     def timed_fit(self, *args, **kwargs):
         clock.start()
@@ -190,9 +188,23 @@ def _train_preftune(method, model, tokenizer, data, steps: int, batch_size: int,
         finally:
             clock.stop()
 
-    config = _preftune_config(method, steps, batch_size, work_dir)
     Trainer.fit = timed_fit
     try:
+        yield clock
+    finally:
+        Trainer.fit = fit
+
+
+def _train_preftune(method, model, tokenizer, data, steps: int, batch_size: int, work_dir: str) -> LoopClock:
+    """Train with preftune; returns the training loop's clock: `Trainer.fit` from entry to exit (like TRL's
+    `on_train_begin` to `on_train_end`, it includes what happens between iterations: logging, progress)."""
+    from preftune.methods.dpo import train_dpo
+    from preftune.methods.reward import train_reward
+    from preftune.methods.sft import train_sft
+
+    clock = LoopClock()
+    config = _preftune_config(method, steps, batch_size, work_dir)
+    with timing_trainer_fit(clock):
         if method == "rloo":
             from preftune.methods.bon import oracle_scorer
             from preftune.methods.rloo import train_rloo
@@ -202,8 +214,6 @@ def _train_preftune(method, model, tokenizer, data, steps: int, batch_size: int,
         else:
             train = {"sft": train_sft, "reward": train_reward, "dpo": train_dpo}[method]
             train(config, data, model, tokenizer)
-    finally:
-        Trainer.fit = fit
     return clock
 
 
