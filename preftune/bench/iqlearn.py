@@ -102,11 +102,12 @@ def evaluate_model(task, model, tokenizer, eval_prompts: int, seed: int) -> dict
 
 
 def run_sweep(task_name: str, lams: list[float], seeds: list[int], best_lam: float, alpha: float,
-              eval_prompts: int, work_dir: Path, log=print) -> list[dict]:
+              eval_prompts: int, work_dir: Path, log=print, small: bool = True) -> list[dict]:
     task = get_task(task_name)
     (main_steps, main_demos), (small_steps, small_demos) = SETTINGS[task_name]["main"], SETTINGS[task_name]["small"]
     plan = [("main", main_steps, main_demos, lam, 0.0) for lam in lams]
-    plan += [("small", small_steps, small_demos, lam, 0.0) for lam in dict.fromkeys([0.0, best_lam])]
+    if small:
+        plan += [("small", small_steps, small_demos, lam, 0.0) for lam in dict.fromkeys([0.0, best_lam])]
     if alpha > 0:
         plan += [("main", main_steps, main_demos, best_lam, alpha)]
     rows = []
@@ -176,8 +177,9 @@ def run_fewdemo(task_name: str, lams: list[float], seeds: list[int], eval_every:
                 curve.append({"step": step, "greedy_oracle_reward": greedy["oracle_reward"],
                               "oracle_reward": sampled["oracle_reward"], "heldout_nll": nll})
 
-            result, seconds = _train(task, steps, demos, lam, seed, work_dir / "model", callback=callback,
-                                     lr_schedule=lr_schedule)
+            # one folder per λ, so the λ values can run as parallel commands
+            result, seconds = _train(task, steps, demos, lam, seed, work_dir / f"fewdemo-lam{lam:g}",
+                                     callback=callback, lr_schedule=lr_schedule)
             train_nll = [r["nll"] for r in result.history]
             rows.append({"task": task_name, "steps": steps, "demos": demos, "lam": lam, "seed": seed,
                          "lr_schedule": lr_schedule, "curve": curve, "train_nll": train_nll[eval_every - 1::eval_every],
@@ -334,7 +336,7 @@ def plot_fewdemo(rows: list[dict], path: Path) -> None:
 def run_bench(output_dir: Path, parts: list[str], tasks: list[str], lams: list[float], seeds: list[int],
               best_lam: float, alpha: float, eval_prompts: int, eval_every: int, log=print,
               fewdemo_lams: list[float] | None = None, fewdemo_demos: int | None = None,
-              fewdemo_steps: int | None = None, fewdemo_lr_schedule: str = "cosine") -> dict:
+              fewdemo_steps: int | None = None, fewdemo_lr_schedule: str = "cosine", sweep_small: bool = True) -> dict:
     """Run ``parts`` for ``tasks``; rows of other configurations already in ``results.json`` are kept, so parts,
     tasks and extra λ values can run as separate commands (the file is re-read just before each write)."""
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -358,7 +360,7 @@ def run_bench(output_dir: Path, parts: list[str], tasks: list[str], lams: list[f
     if "cost" in parts:
         c = results["cost"]
         log(f"cost: MLE {c['mle_ms']:.1f} ms, IQLearn {c['iqlearn_ms']:.1f} ms per step, ratio {c['ratio']:.3f}")
-    for part, fn, kwargs in (("sweep", run_sweep, dict(lams=lams, best_lam=best_lam, alpha=alpha)),
+    for part, fn, kwargs in (("sweep", run_sweep, dict(lams=lams, best_lam=best_lam, alpha=alpha, small=sweep_small)),
                              ("temperature", run_temperature, dict(temperatures=[1.0, 1.25, 1.5, 2.0])),
                              ("fewdemo", run_fewdemo, dict(lams=fewdemo_lams or list(dict.fromkeys([0.0, best_lam])),
                                                            eval_every=eval_every, demos=fewdemo_demos,
