@@ -377,6 +377,7 @@ def bench_iqlearn_command(
     alpha: float = typer.Option(0.1, help="Online mix-in ratio of the online row (0 = no online row)."),
     eval_prompts: int = typer.Option(200, min=10, help="Held-out prompts per evaluation."),
     eval_every: int = typer.Option(50, min=1, help="Steps between evaluations of the few-demo curves."),
+    sweep_gamma: float = typer.Option(1.0, min=0.0, max=1.0, help="Discount γ of the sweep's IQLearn rows."),
     sweep_small: bool = typer.Option(True, help="Also run the sweep's small-data rows (λ = 0 and --best-lam); "
                                                 "--no-sweep-small adds main-setting λ values only."),
     fewdemo_lams: str = typer.Option("", help="λ values of the few-demo curves (default: 0 and --best-lam)."),
@@ -408,7 +409,8 @@ def bench_iqlearn_command(
     run_bench(output_dir, chosen_parts, chosen_tasks, split(lams, float), split(seeds, int), best_lam, alpha,
               eval_prompts, eval_every, log=console.print, fewdemo_lams=split(fewdemo_lams, float) or None,
               fewdemo_demos=fewdemo_demos or None, fewdemo_steps=fewdemo_steps or None,
-              fewdemo_lr_schedule=fewdemo_lr_schedule, sweep_small=sweep_small)
+              fewdemo_lr_schedule=fewdemo_lr_schedule, sweep_small=sweep_small,
+              sweep_gamma=sweep_gamma)
 
 
 def main() -> None:  # pragma: no cover

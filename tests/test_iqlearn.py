@@ -217,9 +217,11 @@ def test_bench_parts_run_at_toy_size(tmp_path, monkeypatch):
     assert "IQLearn λ = 0.1, online α = 0.25" in (tmp_path / "sweep.md").read_text()
     assert (tmp_path / "iqlearn_tradeoff.png").exists() and (tmp_path / "iqlearn_fewdemo.png").exists()
     results = bench.run_bench(tmp_path, ["sweep"], ["arithmetic"], [0.05], [0], best_lam=0.1, alpha=0.0,
-                              eval_prompts=10, eval_every=1, log=lambda *a: None, sweep_small=False)
+                              eval_prompts=10, eval_every=1, log=lambda *a: None, sweep_small=False,
+                              sweep_gamma=0.9)
     assert len(results["sweep"]) == 6  # one main-setting row added, no small-data rows re-run
-    assert [r["setting"] for r in results["sweep"] if r["lam"] == 0.05] == ["main"]
+    assert [(r["setting"], r["gamma"]) for r in results["sweep"] if r["lam"] == 0.05] == [("main", 0.9)]
+    assert "IQLearn λ = 0.05, γ = 0.9" in (tmp_path / "sweep.md").read_text()
 
 
 def test_bench_rejects_unknown_fewdemo_lr_schedule(tmp_path):

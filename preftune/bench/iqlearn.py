@@ -77,10 +77,10 @@ def measure_cost(task_name: str = "arithmetic", batch_size: int = 32, blocks: in
 
 
 def _train(task, steps: int, num_demos: int, lam: float, seed: int, out: Path, alpha: float = 0.0, callback=None,
-           lr_schedule: str = "cosine"):
+           lr_schedule: str = "cosine", gamma: float = 1.0):
     tokenizer = build_tiny_tokenizer()
     config = IQLearnConfig(output_dir=str(out), overwrite=True, steps=steps, seed=seed, lam=lam, alpha=alpha,
-                           lr_schedule=lr_schedule,
+                           lr_schedule=lr_schedule, gamma=gamma,
                            max_new_tokens=task.max_response_chars + 1, save_every=0, progress=False)
     t0 = time.perf_counter()
     result = train_iqlearn(config, task.demonstrations("train", num_demos, seed),
@@ -89,12 +89,12 @@ def _train(task, steps: int, num_demos: int, lam: float, seed: int, out: Path, a
     return result, time.perf_counter() - t0
 
 
-def evaluate_model(task, model, tokenizer, eval_prompts: int, seed: int) -> dict:
+def evaluate_model(task, model, tokenizer, eval_prompts: int, seed: int, gamma: float = 1.0) -> dict:
     """Sampled (T = 1, 4 per prompt) and greedy oracle metrics, diversity, and the extracted reward's fit."""
     sampled = evaluate_policy(task, model, tokenizer, num_prompts=eval_prompts, samples_per_prompt=4, seed=seed)
     greedy = evaluate_policy(task, model, tokenizer, num_prompts=eval_prompts, samples_per_prompt=1,
                              temperature=0.0, seed=seed)
-    reward = reward_correlation(task, model, tokenizer, num_prompts=eval_prompts, seed=seed)
+    reward = reward_correlation(task, model, tokenizer, gamma=gamma, num_prompts=eval_prompts, seed=seed)
     return {"accuracy": sampled["accuracy"], "oracle_reward": sampled["oracle_reward"],
             "greedy_oracle_reward": greedy["oracle_reward"], "self_bleu": sampled["self_bleu"],
             "distinct_2": sampled["distinct_2"], "reward_spearman": reward["spearman"], "reward_n": reward["n"],
@@ -102,7 +102,7 @@ def evaluate_model(task, model, tokenizer, eval_prompts: int, seed: int) -> dict
 
 
 def run_sweep(task_name: str, lams: list[float], seeds: list[int], best_lam: float, alpha: float,
-              eval_prompts: int, work_dir: Path, log=print, small: bool = True) -> list[dict]:
+              eval_prompts: int, work_dir: Path, log=print, small: bool = True, gamma: float = 1.0) -> list[dict]:
     task = get_task(task_name)
     (main_steps, main_demos), (small_steps, small_demos) = SETTINGS[task_name]["main"], SETTINGS[task_name]["small"]
     plan = [("main", main_steps, main_demos, lam, 0.0) for lam in lams]
@@ -113,11 +113,12 @@ def run_sweep(task_name: str, lams: list[float], seeds: list[int], best_lam: flo
     rows = []
     for setting, steps, demos, lam, a in plan:
         for seed in seeds:
-            result, seconds = _train(task, steps, demos, lam, seed, work_dir / "model", alpha=a)
+            result, seconds = _train(task, steps, demos, lam, seed, work_dir / "model", alpha=a, gamma=gamma)
             last = result.history[-1]
             row = {"task": task_name, "setting": setting, "steps": steps, "demos": demos, "lam": lam, "alpha": a,
-                   "seed": seed, "train_seconds": seconds, "final_nll": last["nll"], "final_td": last["td"],
-                   **evaluate_model(task, result.model, result.tokenizer, eval_prompts, seed)}
+                   "gamma": gamma, "seed": seed, "train_seconds": seconds, "final_nll": last["nll"],
+                   "final_td": last["td"],
+                   **evaluate_model(task, result.model, result.tokenizer, eval_prompts, seed, gamma)}
             rows.append(row)
             log(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}))
     return rows
@@ -222,15 +223,18 @@ def _mean_se(values: list[float]) -> tuple[float, float]:
 
 def sweep_table(rows: list[dict]) -> str:
     """Mean ± standard error over seeds of each (task, setting, λ, α)."""
-    keys = list(dict.fromkeys((r["task"], r["setting"], r["demos"], r["steps"], r["lam"], r["alpha"]) for r in rows))
+    keys = list(dict.fromkeys((r["task"], r["setting"], r["demos"], r["steps"], r["lam"], r["alpha"],
+                               r.get("gamma", 1.0)) for r in rows))
     cols = [("accuracy", "sampled acc."), ("oracle_reward", "sampled oracle"), ("greedy_oracle_reward",
             "greedy oracle"), ("self_bleu", "Self-BLEU"), ("distinct_2", "distinct-2"),
             ("reward_spearman", "reward Spearman"), ("reward_pair_accuracy", "reward pair acc.")]
     lines = ["| task | demos × steps | method | seeds | " + " | ".join(t for _, t in cols) + " |",
              "|---" * (len(cols) + 4) + "|"]
-    for task, _, demos, steps, lam, alpha in keys:
-        group = [r for r in rows if (r["task"], r["demos"], r["lam"], r["alpha"]) == (task, demos, lam, alpha)]
+    for task, _, demos, steps, lam, alpha, gamma in keys:
+        group = [r for r in rows if (r["task"], r["demos"], r["lam"], r["alpha"], r.get("gamma", 1.0)) ==
+                 (task, demos, lam, alpha, gamma)]
         method = "MLE (λ = 0)" if lam == 0 else f"IQLearn λ = {lam:g}" + (f", online α = {alpha:g}" if alpha else "")
+        method += f", γ = {gamma:g}" if gamma != 1.0 and lam else ""
         cells = []
         for key, _ in cols:
             mean, se = _mean_se([r[key] for r in group])
@@ -264,8 +268,9 @@ def plot_tradeoff(rows: list[dict], path: Path, temperature_rows: list[dict] = (
         for setting, marker in (("main", "o"), ("small", "s")):
             lams = sorted({r["lam"] for r in rows if r["task"] == task and r["setting"] == setting and not r["alpha"]})
             xs, ys, xe, ye = [], [], [], []
-            for lam in lams:
-                g = [r for r in rows if (r["task"], r["setting"], r["lam"], r["alpha"]) == (task, setting, lam, 0.0)]
+            for lam in lams:  # the λ curve is γ = 1; other γ are single points below
+                g = [r for r in rows if (r["task"], r["setting"], r["lam"], r["alpha"], r.get("gamma", 1.0)) ==
+                     (task, setting, lam, 0.0, 1.0)]
                 (x, xse), (y, yse) = _mean_se([r["self_bleu"] for r in g]), _mean_se([r["oracle_reward"] for r in g])
                 xs.append(x), ys.append(y), xe.append(xse), ye.append(yse)
                 ax.annotate(f"λ={lam:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
@@ -279,6 +284,11 @@ def plot_tradeoff(rows: list[dict], path: Path, temperature_rows: list[dict] = (
                     _mean_se([r["oracle_reward"] for r in mle_t if r["temperature"] == t])[0]) for t in temps]
             ax.plot(*zip(*pts), ls="--", marker="x", color="0.4", label="MLE sampled at T = " +
                     ", ".join(f"{t:g}" for t in temps))
+        for lam, gamma in dict.fromkeys((r["lam"], r["gamma"]) for r in rows if r["task"] == task and
+                                        r.get("gamma", 1.0) != 1.0 and not r["alpha"]):
+            g = [r for r in rows if r["task"] == task and (r["lam"], r.get("gamma", 1.0)) == (lam, gamma)]
+            (x, xse), (y, yse) = _mean_se([r["self_bleu"] for r in g]), _mean_se([r["oracle_reward"] for r in g])
+            ax.errorbar([x], [y], xerr=[xse], yerr=[yse], marker="D", ls="", capsize=2, label=f"λ={lam:g}, γ={gamma:g}")
         online = [r for r in rows if r["task"] == task and r["alpha"]]
         if online:
             (x, xse) = _mean_se([r["self_bleu"] for r in online])
@@ -336,7 +346,8 @@ def plot_fewdemo(rows: list[dict], path: Path) -> None:
 def run_bench(output_dir: Path, parts: list[str], tasks: list[str], lams: list[float], seeds: list[int],
               best_lam: float, alpha: float, eval_prompts: int, eval_every: int, log=print,
               fewdemo_lams: list[float] | None = None, fewdemo_demos: int | None = None,
-              fewdemo_steps: int | None = None, fewdemo_lr_schedule: str = "cosine", sweep_small: bool = True) -> dict:
+              fewdemo_steps: int | None = None, fewdemo_lr_schedule: str = "cosine", sweep_small: bool = True,
+              sweep_gamma: float = 1.0) -> dict:
     """Run ``parts`` for ``tasks``; rows of other configurations already in ``results.json`` are kept, so parts,
     tasks and extra λ values can run as separate commands (the file is re-read just before each write)."""
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -349,7 +360,7 @@ def run_bench(output_dir: Path, parts: list[str], tasks: list[str], lams: list[f
         else:  # upsert: a new row replaces the old row of the same configuration
             def key(row):
                 return tuple(row.get(k) for k in ("task", "demos", "steps", "lam", "alpha", "seed", "temperature",
-                                                   "lr_schedule"))
+                                                   "lr_schedule")) + (row.get("gamma", 1.0),)
 
             new_keys = {key(r) for r in value}
             results[part] = [r for r in results.get(part, []) if key(r) not in new_keys] + value
@@ -360,7 +371,8 @@ def run_bench(output_dir: Path, parts: list[str], tasks: list[str], lams: list[f
     if "cost" in parts:
         c = results["cost"]
         log(f"cost: MLE {c['mle_ms']:.1f} ms, IQLearn {c['iqlearn_ms']:.1f} ms per step, ratio {c['ratio']:.3f}")
-    for part, fn, kwargs in (("sweep", run_sweep, dict(lams=lams, best_lam=best_lam, alpha=alpha, small=sweep_small)),
+    for part, fn, kwargs in (("sweep", run_sweep, dict(lams=lams, best_lam=best_lam, alpha=alpha, small=sweep_small,
+                                                       gamma=sweep_gamma)),
                              ("temperature", run_temperature, dict(temperatures=[1.0, 1.25, 1.5, 2.0])),
                              ("fewdemo", run_fewdemo, dict(lams=fewdemo_lams or list(dict.fromkeys([0.0, best_lam])),
                                                            eval_every=eval_every, demos=fewdemo_demos,
