@@ -266,7 +266,8 @@ def plot_tradeoff(rows: list[dict], path: Path, temperature_rows: list[dict] = (
     fig, axes = plt.subplots(1, len(tasks), figsize=(5.2 * len(tasks), 4.0), squeeze=False)
     for ax, task in zip(axes.flat, tasks):
         for setting, marker in (("main", "o"), ("small", "s")):
-            lams = sorted({r["lam"] for r in rows if r["task"] == task and r["setting"] == setting and not r["alpha"]})
+            lams = sorted({r["lam"] for r in rows if r["task"] == task and r["setting"] == setting and not r["alpha"]
+                           and r.get("gamma", 1.0) == 1.0})
             xs, ys, xe, ye = [], [], [], []
             for lam in lams:  # the λ curve is γ = 1; other γ are single points below
                 g = [r for r in rows if (r["task"], r["setting"], r["lam"], r["alpha"], r.get("gamma", 1.0)) ==
