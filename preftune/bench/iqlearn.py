@@ -339,6 +339,9 @@ def plot_fewdemo(rows: list[dict], path: Path) -> None:
             ax.grid(alpha=0.3)
             if ax.lines:
                 ax.legend(fontsize=7)
+        if not axes[1, col].lines:
+            axes[1, col].text(0.5, 0.5, "held-out NLL not recorded in this run", ha="center", va="center",
+                              transform=axes[1, col].transAxes, fontsize=8, color="0.4")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
