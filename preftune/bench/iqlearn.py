@@ -176,7 +176,8 @@ def run_fewdemo(task_name: str, lams: list[float], seeds: list[int], eval_every:
                                               samples_per_prompt=2, seed=seed)
                     nll = heldout_nll(task, model, tokenizer, eval_prompts, seed)
                 curve.append({"step": step, "greedy_oracle_reward": greedy["oracle_reward"],
-                              "oracle_reward": sampled["oracle_reward"], "heldout_nll": nll})
+                              "oracle_reward": sampled["oracle_reward"], "self_bleu": sampled["self_bleu"],
+                              "heldout_nll": nll})
 
             # one folder per λ, so the λ values can run as parallel commands
             result, seconds = _train(task, steps, demos, lam, seed, work_dir / f"fewdemo-lam{lam:g}",
