@@ -194,19 +194,25 @@ def run_fewdemo(task_name: str, lams: list[float], seeds: list[int], eval_every:
 
 def fewdemo_table(rows: list[dict]) -> str:
     """Per (task, demos, steps, schedule, λ): the peak and final held-out greedy oracle reward, the drop between
-    them (overfitting), and the held-out NLL's minimum and final value; mean ± SE over seeds."""
+    them (overfitting), the final sampled oracle reward and Self-BLEU, and the held-out NLL's minimum and final
+    value; mean ± SE over seeds ("–": not recorded by that run)."""
     lines = ["| task | demos × steps (LR) | method | seeds | peak greedy oracle | final greedy oracle | drop "
-             "peak → final | final sampled oracle | min held-out NLL | final held-out NLL |", "|---" * 10 + "|"]
+             "peak → final | final sampled oracle | final Self-BLEU | min held-out NLL | final held-out NLL |",
+             "|---" * 11 + "|"]
     keys = dict.fromkeys((r["task"], r["demos"], r["steps"], r.get("lr_schedule", "cosine"), r["lam"]) for r in rows)
     for task, demos, steps, schedule, lam in keys:
         g = [r for r in rows if (r["task"], r["demos"], r["steps"], r.get("lr_schedule", "cosine"), r["lam"]) ==
              (task, demos, steps, schedule, lam)]
         peak = [max(c["greedy_oracle_reward"] for c in r["curve"]) for r in g]
         final = [r["curve"][-1]["greedy_oracle_reward"] for r in g]
-        cols = [peak, final, [p - f for p, f in zip(peak, final)], [r["curve"][-1]["oracle_reward"] for r in g]]
-        if all("heldout_nll" in r["curve"][0] for r in g):
-            cols += [[min(c["heldout_nll"] for c in r["curve"]) for r in g], [r["curve"][-1]["heldout_nll"] for r in g]]
-        cells = [f"{m:.3f} ± {se:.3f}" for m, se in map(_mean_se, cols)] + ["–"] * (6 - len(cols))
+        cells = [f"{m:.3f} ± {se:.3f}" for m, se in map(_mean_se, [peak, final, [p - f for p, f in zip(peak, final)],
+                                                                   [r["curve"][-1]["oracle_reward"] for r in g]])]
+        recorded = {key: all(key in r["curve"][0] for r in g) for key in ("self_bleu", "heldout_nll")}
+        cells.append("{:.1f} ± {:.1f}".format(*_mean_se([r["curve"][-1]["self_bleu"] for r in g]))
+                     if recorded["self_bleu"] else "–")
+        cells += ["{:.3f} ± {:.3f}".format(*_mean_se(v)) for v in
+                  ([min(c["heldout_nll"] for c in r["curve"]) for r in g], [r["curve"][-1]["heldout_nll"] for r in g])
+                  ] if recorded["heldout_nll"] else ["–", "–"]
         method = "MLE" if lam == 0 else f"IQLearn λ = {lam:g}"
         lines.append(f"| {task} | {demos} × {steps} ({schedule}) | {method} | {len(g)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
