@@ -525,7 +525,16 @@ def bench_iqlearn_command(
     alpha: float = typer.Option(0.1, help="Online mix-in ratio of the online row (0 = no online row)."),
     eval_prompts: int = typer.Option(200, min=10, help="Held-out prompts per evaluation."),
     eval_every: int = typer.Option(50, min=1, help="Steps between evaluations of the few-demo curves."),
+    sweep_gamma: float = typer.Option(1.0, min=0.0, max=1.0, help="Discount γ of the sweep's IQLearn rows."),
+    sweep_small: bool = typer.Option(True, help="Also run the sweep's small-data rows (λ = 0 and --best-lam); "
+                                                "--no-sweep-small adds main-setting λ values only."),
     fewdemo_lams: str = typer.Option("", help="λ values of the few-demo curves (default: 0 and --best-lam)."),
+    fewdemo_demos: int = typer.Option(0, min=0, help="Demonstrations of the few-demo curves (0 = the task's "
+                                                     "default: arithmetic 200, summarise 100)."),
+    fewdemo_steps: int = typer.Option(0, min=0, help="Steps of the few-demo curves (0 = the task's default: "
+                                                     "arithmetic 800, summarise 600)."),
+    fewdemo_lr_schedule: str = typer.Option("cosine", help="LR schedule of the few-demo curves: cosine, linear or "
+                                                           "constant."),
     output_dir: Path = typer.Option(Path("runs/bench-iqlearn"), help="results.json, sweep.md and PNGs go here."),
     threads: int = typer.Option(1, min=1, help="Torch threads."),
 ):
@@ -542,9 +551,14 @@ def bench_iqlearn_command(
         [t for t in chosen_tasks if t not in SETTINGS]
     if bad:
         _fail(f"unknown part or task {bad}; parts: cost, sweep, temperature, fewdemo; tasks: {', '.join(SETTINGS)}")
+    if fewdemo_lr_schedule not in ("cosine", "linear", "constant"):
+        _fail(f"--fewdemo-lr-schedule must be one of cosine, linear, constant (got {fewdemo_lr_schedule!r})")
     torch.set_num_threads(threads)
     run_bench(output_dir, chosen_parts, chosen_tasks, split(lams, float), split(seeds, int), best_lam, alpha,
-              eval_prompts, eval_every, log=console.print, fewdemo_lams=split(fewdemo_lams, float) or None)
+              eval_prompts, eval_every, log=console.print, fewdemo_lams=split(fewdemo_lams, float) or None,
+              fewdemo_demos=fewdemo_demos or None, fewdemo_steps=fewdemo_steps or None,
+              fewdemo_lr_schedule=fewdemo_lr_schedule, sweep_small=sweep_small,
+              sweep_gamma=sweep_gamma)
 
 
 @bench_app.command("zpg", help="ZPG/ZBCPG experiments: GridWorld return vs human queries against trajectory DPO "

@@ -216,3 +216,48 @@ def test_bench_parts_run_at_toy_size(tmp_path, monkeypatch):
     assert len(results["temperature"]) == 4
     assert "IQLearn λ = 0.1, online α = 0.25" in (tmp_path / "sweep.md").read_text()
     assert (tmp_path / "iqlearn_tradeoff.png").exists() and (tmp_path / "iqlearn_fewdemo.png").exists()
+    results = bench.run_bench(tmp_path, ["sweep"], ["arithmetic"], [0.05], [0], best_lam=0.1, alpha=0.0,
+                              eval_prompts=10, eval_every=1, log=lambda *a: None, sweep_small=False,
+                              sweep_gamma=0.9)
+    assert len(results["sweep"]) == 6  # one main-setting row added, no small-data rows re-run
+    assert [(r["setting"], r["gamma"]) for r in results["sweep"] if r["lam"] == 0.05] == [("main", 0.9)]
+    assert "IQLearn λ = 0.05, γ = 0.9" in (tmp_path / "sweep.md").read_text()
+
+
+def test_bench_rejects_unknown_fewdemo_lr_schedule(tmp_path):
+    r = CliRunner().invoke(app, ["bench", "iqlearn", "--parts", "fewdemo", "--fewdemo-lr-schedule", "step",
+                                 "--output-dir", str(tmp_path)])
+    assert r.exit_code == 2 and "--fewdemo-lr-schedule" in r.output and "constant" in r.output
+    assert not (tmp_path / "results.json").exists()
+
+
+@pytest.mark.slow
+def test_bench_fewdemo_flags_reach_the_run(tmp_path):
+    """--fewdemo-demos/-steps/-lr-schedule set the few-demo run; each curve point carries a held-out NLL."""
+    runner = CliRunner()
+    r = runner.invoke(app, ["bench", "iqlearn", "--parts", "fewdemo", "--tasks", "arithmetic", "--seeds", "0",
+                            "--fewdemo-lams", "0", "--fewdemo-demos", "8", "--fewdemo-steps", "2",
+                            "--fewdemo-lr-schedule", "constant", "--eval-every", "1", "--eval-prompts", "10",
+                            "--output-dir", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    (row,) = json.loads((tmp_path / "results.json").read_text())["fewdemo"]
+    assert (row["demos"], row["steps"], row["lr_schedule"], row["lam"]) == (8, 2, "constant", 0.0)
+    assert [c["step"] for c in row["curve"]] == [1, 2] and len(row["train_nll"]) == 2
+    assert all(math.isfinite(c["heldout_nll"]) and c["heldout_nll"] > 0 for c in row["curve"])
+    table = (tmp_path / "fewdemo.md").read_text()
+    assert "8 × 2 (constant)" in table and "MLE" in table
+
+
+def test_heldout_nll_is_the_mle_loss_on_eval_demonstrations(tokenizer, tiny_model):
+    from preftune.bench.iqlearn import heldout_nll
+    from preftune.data import collate_demos
+    from preftune.rollout import model_logits
+
+    task = get_task("arithmetic")
+    batch = collate_demos(tokenizer, task.demonstrations("eval", 6, 3), 96)
+    tiny_model.train()
+    with torch.no_grad():
+        logits = model_logits(tiny_model, batch.input_ids, batch.attention_mask)[:, :-1]
+    expected = sft_loss(logits, batch.input_ids[:, 1:], batch.response_mask[:, 1:]).item()
+    assert heldout_nll(task, tiny_model, tokenizer, 6, 3) == pytest.approx(expected, rel=1e-5)
+    assert tiny_model.training  # the mode is restored
