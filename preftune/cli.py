@@ -216,6 +216,15 @@ ZPG_LM_DEFAULTS = {"lr": 0.05, "mu": 4.0, "batch_size": 32, "annotators_per_pair
                    "param_filter": r"(^|\.)(norm|ln_f)\.weight$"}
 
 
+def zpg_lm_defaults(max_new_tokens: int, chosen: set[str]) -> dict:
+    """The LM defaults under the user's YAML and flags; the final-norm block is only a default when the user picked
+    neither ``perturb`` nor ``param_filter`` (``--perturb lora`` or ``all`` must not inherit it)."""
+    defaults = {**ZPG_LM_DEFAULTS, "max_new_tokens": max_new_tokens}
+    if chosen & {"perturb", "param_filter"}:
+        defaults.pop("param_filter")
+    return defaults
+
+
 def _register_zpg_command(name: str) -> None:
     from preftune.methods.zpg import ZPGConfig
 
@@ -232,6 +241,7 @@ def _register_zpg_command(name: str) -> None:
         num_prompts: int = typer.Option(2000, help="Text tasks: training prompts to draw."),
     ):
         _quiet_libraries()
+        from preftune.feedback import BudgetExceeded
         from preftune.methods.zpg import train_zpg_gridworld, train_zpg_lm
         from preftune.tasks import get_task
 
@@ -245,11 +255,13 @@ def _register_zpg_command(name: str) -> None:
                               f"{run.history[-1]['true_return']:.3f} -> {cfg.output_dir}")
                 return
             task_obj = get_task(task)
-            defaults = {**ZPG_LM_DEFAULTS, "max_new_tokens": task_obj.max_response_chars + 1}
+            chosen = {k.replace("-", "_") for k in parse_extra_flags(ctx.args)} | set(load_yaml(config) if config
+                                                                                      else {})
+            defaults = zpg_lm_defaults(task_obj.max_response_chars + 1, chosen)
             cfg = build_config(ZPGConfig, config, ctx.args, defaults=defaults, algorithm=name)
             save_yaml(cfg, Path(cfg.output_dir) / "config.yaml")
             result = train_zpg_lm(cfg, task_obj.prompts("train", num_prompts, cfg.seed), task_obj.reward)
-        except (ConfigError, ValueError) as e:
+        except (ConfigError, ValueError, BudgetExceeded) as e:
             _fail(str(e))
         console.print(f"[green]done[/]: {name} on {task} -> {result.path}")
 
@@ -281,6 +293,7 @@ def _register_joint_command() -> None:
         config: Path = typer.Option(None, help="YAML file of config fields."),
     ):
         _quiet_libraries()
+        from preftune.feedback import BudgetExceeded
         from preftune.methods.joint import train_joint
 
         try:
@@ -289,7 +302,7 @@ def _register_joint_command() -> None:
             cfg = build_config(JointConfig, config, ctx.args)
             save_yaml(cfg, Path(cfg.output_dir) / "config.yaml")
             result = train_joint(cfg)
-        except (ConfigError, ValueError) as e:
+        except (ConfigError, ValueError, BudgetExceeded) as e:
             _fail(str(e))
         last = result.history[-1]
         console.print(f"[green]done[/]: joint ({cfg.explore}) after {result.ledger.total} queries: "

@@ -186,8 +186,12 @@ def gguf_to_safetensors(source: Path) -> Path:
     source, stat = source.resolve(), source.stat()
     tmp = directory.with_name(f".tmp-{directory.name}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    _dequantise_gguf(source, tmp)
-    (tmp / "preftune_source.json").write_text(json.dumps({"gguf": str(source), "size": stat.st_size}))
+    try:
+        _dequantise_gguf(source, tmp)
+        (tmp / "preftune_source.json").write_text(json.dumps({"gguf": str(source), "size": stat.st_size}))
+    except BaseException:  # a failed or interrupted conversion leaves no half-written folder behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     try:
         tmp.rename(directory)
     except OSError:  # another process finished first: keep its copy

@@ -179,6 +179,11 @@ def test_config_checks(tmp_path):
         validate(_config(tmp_path, alpha=0.95))
     with pytest.raises(ConfigError, match="alpha"):
         validate(_config(tmp_path, alpha=0.01, batch_size=16))
+    with pytest.raises(ConfigError, match="grad_accum"):  # 6 samples + 2 demos cannot fill 4 mixed micro-batches
+        validate(_config(tmp_path, alpha=0.75, batch_size=8, grad_accum=4))
+    with pytest.raises(ConfigError, match="grad_accum"):  # 3 samples for 4 micro-batches: one would have none
+        validate(_config(tmp_path, alpha=0.1, batch_size=30, grad_accum=4))
+    validate(_config(tmp_path, alpha=0.25, batch_size=16, grad_accum=4))
 
 
 def test_cli_train_iqlearn_and_eval_reward_from(tmp_path):

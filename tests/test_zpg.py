@@ -222,6 +222,24 @@ def test_cli_train_zpg_and_zbcpg_on_gridworld(tmp_path):
         assert (out / "policy.safetensors").exists()
     r = runner.invoke(app, ["train", "zpg", "--task", "gridworld", "--mu", "-1", "--output-dir", str(tmp_path / "x")])
     assert r.exit_code != 0 and "mu" in r.output
+    r = runner.invoke(app, ["train", "zpg", "--task", "gridworld", "--resume", "--output-dir", str(tmp_path / "y")])
+    assert r.exit_code == 2 and "resume" in r.output  # refused, not silently ignored
+    r = runner.invoke(app, ["train", "zpg", "--task", "gridworld", "--steps", "5", "--batch-size", "4",
+                            "--query-budget", "20", "--output-dir", str(tmp_path / "z")])
+    assert r.exit_code == 2 and "budget" in r.output.lower() and "Traceback" not in r.output
+
+
+def test_lm_defaults_keep_the_final_norm_block_only_when_the_user_chose_no_perturbation():
+    from preftune.cli import zpg_lm_defaults
+    from preftune.config import apply_overrides, validate
+
+    assert zpg_lm_defaults(8, set())["param_filter"]
+    for chosen in ({"perturb"}, {"param_filter"}):
+        defaults = zpg_lm_defaults(8, chosen)
+        assert "param_filter" not in defaults
+        cfg = apply_overrides(ZPGConfig(), {**defaults, "perturb": "lora"})  # no longer a field conflict
+        validate(cfg)
+        assert cfg.param_filter == "" and cfg.perturb == "lora"
 
 
 @pytest.mark.slow

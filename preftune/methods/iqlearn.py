@@ -30,7 +30,7 @@ from preftune.methods.sft import SFTConfig, TrainedPolicy
 from preftune.metrics import reward_model_accuracy, spearman
 from preftune.models import load_policy, save_causal_lm
 from preftune.rollout import generate, model_logits
-from preftune.trainer import Trainer, batch_indices
+from preftune.trainer import Trainer, TrainingError, batch_indices
 
 IQ_SETTINGS_FILE = "iqlearn.json"  # beside the saved model: the γ its extracted reward needs
 
@@ -53,10 +53,18 @@ class IQLearnConfig(SFTConfig):
         if self.alpha > 0 and self.lam == 0:
             raise ConfigError("config field 'lam' must be > 0 when 'alpha' > 0: online, the value term is linear in "
                               "V and only the χ² (TD) term bounds it")
-        if self.alpha > 0 and round(self.alpha * self.batch_size / self.grad_accum) < 1:
-            raise ConfigError(f"config field 'alpha' ({self.alpha}) × batch_size / grad_accum "
-                              f"({self.batch_size} / {self.grad_accum}) must leave at least one policy sample "
-                              "per micro-batch")
+        if self.alpha > 0:
+            mixture_problem(self.alpha, self.batch_size, self.grad_accum, raise_as=ConfigError)
+
+
+def mixture_problem(alpha: float, batch: int, grad_accum: int, raise_as: type[Exception]) -> None:
+    """Every micro-batch must hold at least one demonstration and one policy sample, or its loss is not the α-mixture
+    objective (an empty side's mean is 0). ``batch`` is one process's share of the global batch."""
+    n_policy = round(alpha * batch)
+    if n_policy < grad_accum or batch - n_policy < grad_accum:
+        raise raise_as(f"config field 'alpha' ({alpha}) splits a batch of {batch} per process into {n_policy} policy "
+                       f"samples and {batch - n_policy} demonstrations; each must be at least grad_accum "
+                       f"({grad_accum}) so every micro-batch mixes both: raise batch_size or lower grad_accum")
 
 
 def _demo_labels(tokenizer, demos: Sequence[Demo], max_length: int, device):
@@ -93,6 +101,8 @@ def train_iqlearn(config: IQLearnConfig, demos: Sequence[Demo], model=None, toke
     def iteration(it: int) -> dict:
         nonlocal samples
         mine = trainer.shard(batch_indices(len(demos), cfg.batch_size, cfg.seed, it))
+        if cfg.alpha > 0:  # the config check saw the global batch; under several processes each has a share
+            mixture_problem(cfg.alpha, len(mine), cfg.grad_accum, raise_as=TrainingError)
         n_policy = round(cfg.alpha * len(mine))
         demo_items = [("demo", i) for i in mine[n_policy:]]
         sample_items = [("sample", r) for r in range(n_policy)]

@@ -162,7 +162,11 @@ class TabularRun:
 
 def train_zpg_gridworld(config: ZPGConfig, env: GridWorld | None = None, logits: torch.Tensor | None = None,
                         ) -> TabularRun:
-    """ZPG/ZBCPG on a tabular softmax policy (uniform start); logs the exact return and ‖∇J‖ every iteration."""
+    """ZPG/ZBCPG on a tabular softmax policy (uniform start); logs the exact return and ‖∇J‖ every iteration.
+    A GridWorld run takes seconds and writes no checkpoints, so ``resume`` is refused rather than ignored."""
+    if config.resume:
+        raise ConfigError("config field 'resume' is not supported on the GridWorld (runs take seconds and keep no "
+                          "checkpoints); run again without --resume")
     env = env or GridWorld(slip=config.gridworld_slip, horizon=config.gridworld_horizon)
     theta = torch.zeros(env.num_states, env.num_actions, dtype=torch.float64) if logits is None else logits.clone()
     generator = torch.Generator().manual_seed(config.seed)
