@@ -265,21 +265,22 @@ def write_joint_plots(results: dict, run_dir: Path) -> None:
         plt.close(fig)
 
 
-def _pm(pair) -> str:
+def _pm(pair, single_seed: bool = False) -> str:
     mean, spread = pair
-    return f"{mean:.3f} ± {spread:.3f}"
+    return f"{mean:.3f}" if single_seed else f"{mean:.3f} ± {spread:.3f}"  # no spread to show from one seed
 
 
 def joint_tables(results: dict) -> list[str]:
     """Markdown lines: final distances per scheme, queries to match passive, baselines, spread by exposure."""
+    one = len(next(iter(results["baselines"].values()), [None, None])) == 1  # the baselines have one run per seed
     lines = ["| scheme | KL(p*‖π) | TV | mass on majority favourite | minority 1 | minority 2 |",
              "|---|---|---|---|---|---|"]
     for scheme, final in results["final"].items():
-        lines.append(f"| joint, {scheme} | " + " | ".join(_pm(final[k]) for k in ("kl", "tv", "mass_type0",
-                                                                                   "mass_type1", "mass_type2")) + " |")
+        lines.append(f"| joint, {scheme} | " + " | ".join(_pm(final[k], one) for k in (
+            "kl", "tv", "mass_type0", "mass_type1", "mass_type2")) + " |")
     for name, runs in results["baselines"].items():
         row = {k: _mean_spread([r[k] for r in runs]) for k in ("kl", "tv", "mass_type0", "mass_type1", "mass_type2")}
-        lines.append(f"| {name}, passive queries | " + " | ".join(_pm(row[k]) for k in row) + " |")
+        lines.append(f"| {name}, passive queries | " + " | ".join(_pm(row[k], one) for k in row) + " |")
     floor, target = results["floor"], results["floor"]
     lines.append(f"| Luce floor (uniform pairs) | {floor['kl']:.3f} | {floor['tv']:.3f} | {floor['mass_type0']:.3f} | "
                  f"{floor['mass_type1']:.3f} | {floor['mass_type2']:.3f} |")
@@ -288,8 +289,9 @@ def joint_tables(results: dict) -> list[str]:
     match = results.get("queries_to_match_passive", {})
     if match:
         lines += ["", f"Queries until the seed-mean KL first reaches passive's final {match['passive_final_kl']:.3f} "
-                  f"(passive: {match['passive_queries']} queries): "
-                  + ", ".join(f"{s} {match[s] if match[s] is not None else 'never'}" for s in results["curves"]) + "."]
+                  f"(passive: {match['passive_queries']:g} queries): "
+                  + ", ".join(f"{s} {f'{match[s]:g}' if match[s] is not None else 'never'}" for s in results["curves"])
+                  + "."]
     spread = results.get("spread", {})
     if spread:
         groups = [g["group"] for g in next(iter(spread.values()))[0]["groups"]]
