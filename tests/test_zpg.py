@@ -249,3 +249,11 @@ def test_cli_train_zpg_on_preference_language_subprocess(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "final").exists()
+
+
+def test_gridworld_comparison_runs_at_a_budget_of_fewer_than_eight_iterations():
+    from preftune.bench.zpg import gridworld_comparison
+
+    out = gridworld_comparison(256, seeds=1, slip=0.2, points=2)  # ZPG: 4 iterations of 64 queries
+    assert set(out["methods"]) == {"zpg", "zbcpg", "dpo", "rm+ppo"}
+    assert out["methods"]["zpg"]["grad_norm"]["iterations"][0] == 1

@@ -78,13 +78,14 @@ def gridworld_comparison(queries: int, seeds: int, slip: float, methods=("zpg", 
         entry = {"curve": curve, "final": curve[-1], "seconds": time.perf_counter() - started}
         if name == "zpg":  # convergence: the exact gradient norm over iterations, mean over seeds
             steps = len(histories[0])
-            marks = sorted({0, *range(steps // 8 - 1, steps, max(1, steps // 8))})
+            marks = sorted({0, *range(max(0, steps // 8 - 1), steps, max(1, steps // 8))})
             entry["grad_norm"] = {"iterations": [m + 1 for m in marks],
                                   "mean": [statistics.mean(h[m]["grad_norm"] for h in histories) for m in marks],
                                   "min_so_far": [statistics.mean(min(r["grad_norm"] for r in h[:m + 1])
                                                                  for h in histories) for m in marks]}
         out["methods"][name] = entry
-        print(f"  {name:7s} slip {slip}: return {curve[-1]['mean']:.3f} ± {curve[-1]['sd']:.3f} at {queries} "
+        spread = f" ± {curve[-1]['sd']:.3f}" if seeds > 1 else ""  # one seed has no spread to show
+        print(f"  {name:7s} slip {slip}: return {curve[-1]['mean']:.3f}{spread} at {queries} "
               f"queries ({entry['seconds']:.0f}s)", flush=True)
     return out
 
