@@ -67,6 +67,18 @@ def build_config(config_cls, config_file: Path | None, extra: list[str], default
     return apply_overrides(config_cls(), overrides)
 
 
+def config_command(name: str, config_cls, help: str):
+    """A `preftune train` command whose unknown ``--field value`` flags are config fields, listed in its help."""
+    return train_app.command(name, help=help, epilog="Config fields (YAML keys or flags):\n\n"
+                             + describe_fields(config_cls).replace("\n", "\n\n"),
+                             context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+
+
+def comma_list(text: str, cast=str) -> list:
+    """``"a, b,,c"`` -> ``[cast("a"), cast("b"), cast("c")]``: the comma-separated options of the bench commands."""
+    return [cast(x.strip()) for x in text.split(",") if x.strip()]
+
+
 def _fail(message: str) -> None:
     err.print(f"[bold red]error:[/] {message}")
     raise typer.Exit(2)
@@ -98,9 +110,7 @@ def _training_data(kind: str, task_name: str | None, data: Path | None, num_exam
 
 def _register_train_command(name: str, config_cls, kind: str, train_fn, summary: str, task_defaults=None) -> None:
     """``task_defaults(task) -> {field: value}``: config defaults that depend on --task (flags and YAML win)."""
-    @train_app.command(name, help=summary, epilog="Config fields (YAML keys or flags):\n\n"
-                       + describe_fields(config_cls).replace("\n", "\n\n"),
-                       context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+    @config_command(name, config_cls, help=summary)
     def command(
         ctx: typer.Context,
         task: str = typer.Option(None, help="Built-in task to generate data from (see `preftune tasks`)."),
@@ -149,9 +159,7 @@ def _register_methods() -> None:
 
 
 def _register_online_command(name: str, config_cls, train_fn, summary: str) -> None:
-    @train_app.command(name, help=summary, epilog="Config fields (YAML keys or flags):\n\n"
-                       + describe_fields(config_cls).replace("\n", "\n\n"),
-                       context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+    @config_command(name, config_cls, help=summary)
     def command(
         ctx: typer.Context,
         task: str = typer.Option(None, help="Built-in task whose training prompts to use (see `preftune tasks`)."),
@@ -228,12 +236,10 @@ def zpg_lm_defaults(max_new_tokens: int, chosen: set[str]) -> dict:
 def _register_zpg_command(name: str) -> None:
     from preftune.methods.zpg import ZPGConfig
 
-    @train_app.command(name, help=f"{name.upper()}: zeroth-order policy gradient straight from human comparisons "
-                       "of trajectory pairs (no reward model); --task gridworld (tabular policy, exact return) or a "
-                       "text task such as preference-language (an LM).",
-                       epilog="Config fields (YAML keys or flags):\n\n"
-                       + describe_fields(ZPGConfig).replace("\n", "\n\n"),
-                       context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+    @config_command(name, ZPGConfig,
+                    help=f"{name.upper()}: zeroth-order policy gradient straight from human comparisons "
+                         "of trajectory pairs (no reward model); --task gridworld (tabular policy, exact return) or a "
+                         "text task such as preference-language (an LM).")
     def command(
         ctx: typer.Context,
         task: str = typer.Option(..., help="gridworld, or a text task (see `preftune tasks`)."),
@@ -281,12 +287,10 @@ for _name in ("zpg", "zbcpg"):
 def _register_joint_command() -> None:
     from preftune.methods.joint import JointConfig
 
-    @train_app.command("joint", help="Joint learning from choices on the population task: the LM is the choice model "
-                                     "(Luce on its own probabilities), an epinet or ensemble gives its posterior, "
-                                     "--explore picks which candidates to show.",
-                       epilog="Config fields (YAML keys or flags):\n\n" + describe_fields(JointConfig).replace(
-                           "\n", "\n\n"),
-                       context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+    @config_command("joint", JointConfig,
+                    help="Joint learning from choices on the population task: the LM is the choice model "
+                         "(Luce on its own probabilities), an epinet or ensemble gives its posterior, "
+                         "--explore picks which candidates to show.")
     def command(
         ctx: typer.Context,
         task: str = typer.Option("population", help="The task: 'population' (the enumerable didactic process)."),
@@ -316,13 +320,11 @@ _register_joint_command()
 def _register_rlp() -> None:
     from preftune.methods.rlp import RLPConfig
 
-    @train_app.command("rlp", help="Reward Learning on Policy: SFT -> reward model -> PPO -> n policy samples per "
-                                   "instruction -> retrain the reward model (--method uml|spg, or the baselines "
-                                   "select-all|rlaif) -> PPO again -> evaluate. Every stage is saved under "
-                                   "--output-dir; --resume reuses finished stages (also another method's).",
-                       epilog="Config fields (YAML keys or flags):\n\n"
-                       + describe_fields(RLPConfig).replace("\n", "\n\n"),
-                       context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+    @config_command("rlp", RLPConfig,
+                    help="Reward Learning on Policy: SFT -> reward model -> PPO -> n policy samples per "
+                         "instruction -> retrain the reward model (--method uml|spg, or the baselines "
+                         "select-all|rlaif) -> PPO again -> evaluate. Every stage is saved under "
+                         "--output-dir; --resume reuses finished stages (also another method's).")
     def command(ctx: typer.Context, config: Path = typer.Option(None, help="YAML file of config fields.")):
         _quiet_libraries()
         from preftune.methods.rlp import run_rlp
@@ -515,7 +517,7 @@ def bench_trl_command(
     _quiet_libraries()
     from preftune.bench.trl_compare import check_methods, run_trl_comparison
 
-    chosen = tuple(m.strip() for m in methods.split(",") if m.strip())
+    chosen = tuple(comma_list(methods))
     try:
         check_methods(chosen)
     except ValueError as e:
@@ -556,10 +558,7 @@ def bench_iqlearn_command(
 
     from preftune.bench.iqlearn import SETTINGS, run_bench
 
-    def split(text: str, cast):
-        return [cast(x.strip()) for x in text.split(",") if x.strip()]
-
-    chosen_parts, chosen_tasks = split(parts, str), split(tasks, str)
+    chosen_parts, chosen_tasks = comma_list(parts), comma_list(tasks)
     bad = [p for p in chosen_parts if p not in ("cost", "sweep", "temperature", "fewdemo")] + \
         [t for t in chosen_tasks if t not in SETTINGS]
     if bad:
@@ -567,8 +566,8 @@ def bench_iqlearn_command(
     if fewdemo_lr_schedule not in ("cosine", "linear", "constant"):
         _fail(f"--fewdemo-lr-schedule must be one of cosine, linear, constant (got {fewdemo_lr_schedule!r})")
     torch.set_num_threads(threads)
-    run_bench(output_dir, chosen_parts, chosen_tasks, split(lams, float), split(seeds, int), best_lam, alpha,
-              eval_prompts, eval_every, log=console.print, fewdemo_lams=split(fewdemo_lams, float) or None,
+    run_bench(output_dir, chosen_parts, chosen_tasks, comma_list(lams, float), comma_list(seeds, int), best_lam, alpha,
+              eval_prompts, eval_every, log=console.print, fewdemo_lams=comma_list(fewdemo_lams, float) or None,
               fewdemo_demos=fewdemo_demos or None, fewdemo_steps=fewdemo_steps or None,
               fewdemo_lr_schedule=fewdemo_lr_schedule, sweep_small=sweep_small,
               sweep_gamma=sweep_gamma)
@@ -588,11 +587,11 @@ def bench_zpg_command(
     _quiet_libraries()
     from preftune.bench.zpg import run_zpg_bench
 
-    chosen = tuple(p.strip() for p in parts.split(",") if p.strip())
+    chosen = tuple(comma_list(parts))
     unknown = set(chosen) - {"gridworld", "cosine", "lm"}
     if unknown:
         _fail(f"--parts must be among gridworld, cosine, lm; got {sorted(unknown)}")
-    gridworld_methods = tuple(m.strip() for m in methods.split(",") if m.strip())
+    gridworld_methods = tuple(comma_list(methods))
     if set(gridworld_methods) - {"zpg", "zbcpg", "dpo", "rm+ppo"}:
         _fail(f"--methods must be among zpg, zbcpg, dpo, rm+ppo; got {gridworld_methods}")
     run_zpg_bench(chosen, output, queries=queries, seeds=seeds, lm_iterations=lm_iterations,
@@ -642,11 +641,11 @@ def bench_rlp_command(
     try:
         overrides = load_yaml(config) if config else {}
         overrides.update(parse_extra_flags(ctx.args))
-        chosen = [m.strip() for m in methods.split(",") if m.strip()]
+        chosen = comma_list(methods)
         bad = [m for m in chosen if m not in METHODS]
         if bad or not chosen:
             raise ConfigError(f"--methods must name some of {list(METHODS)}, got {methods!r}")
-        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+        seed_list = comma_list(seeds, int)
         run_rlp_bench(output_dir, seed_list, chosen, overrides)
     except (ConfigError, ValueError) as e:
         _fail(str(e))
