@@ -408,19 +408,30 @@ def eval_command(
     reward_from: Path = typer.Option(None, help="An IQLearn (or any causal LM) directory: score the task's held-out "
                                                 "candidate responses with its extracted reward Σ_t Q − γV' and "
                                                 "report the Spearman correlation with the oracle (with n)."),
+    reward_model: Path = typer.Option(None, help="A reward model directory (`train reward`): its accuracy on "
+                                                 "the task's held-out annotator labels, next to the ceiling (the "
+                                                 "annotator's own agreement with the oracle on them)."),
+    num_pairs: int = typer.Option(2000, min=1, help="Held-out labelled pairs for --reward-model."),
 ):
     _quiet_libraries()
     from preftune.evaluate import evaluate_policy
     from preftune.models import load_trained_causal_lm
     from preftune.tasks import get_task
 
-    if model is None and reward_from is None:
-        _fail("give --model DIR (a policy to evaluate) or --reward-from DIR (an IQLearn reward to correlate)")
+    if model is None and reward_from is None and reward_model is None:
+        _fail("give --model DIR (a policy to evaluate), --reward-from DIR (an IQLearn reward to correlate) or "
+              "--reward-model DIR (a reward model to score on held-out labels)")
     try:
         task_obj = get_task(task)
         policy, tokenizer = load_trained_causal_lm(model) if model else (None, None)
         ref = load_trained_causal_lm(reference)[0] if reference else None
         irl = load_trained_causal_lm(reward_from) if reward_from else None
+        if reward_model is not None:
+            from preftune.methods.reward import heldout_labels
+            from preftune.models import RewardModel, load_tokenizer
+
+            rm = (RewardModel.from_pretrained(reward_model).eval(), load_tokenizer(str(reward_model)))
+            rm_pairs = heldout_labels(task_obj, num_pairs, seed)
     except ValueError as e:
         _fail(str(e))
     metrics = {}
@@ -432,6 +443,11 @@ def eval_command(
 
         metrics["extracted_reward"] = reward_correlation(task_obj, *irl, gamma=saved_gamma(reward_from),
                                                          num_prompts=num_prompts, seed=seed)
+    if reward_model is not None:
+        from preftune.methods.reward import heldout_report
+
+        max_length = task_obj.max_prompt_chars + task_obj.max_response_chars + 2  # a token is at least a character
+        metrics["reward_model"] = heldout_report(*rm, task_obj, rm_pairs, max_length)
     if output:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps(metrics, indent=2))

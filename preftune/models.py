@@ -325,16 +325,28 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     return (positions * attention_mask).argmax(dim=1)
 
 
-class RewardModel(nn.Module):
-    """A causal-LM body with a linear head on the last non-pad token's hidden state.
+REWARD_POOLINGS = ("last", "sum")
 
+
+class RewardModel(nn.Module):
+    """A causal-LM body with a linear head, read at the last non-pad token (``pooling="last"``) or at every token
+    and summed (``pooling="sum"``).
+
+    ``"last"`` is the usual design (TRL, OpenRLHF): the last token's state must summarise the whole text.
+    ``"sum"`` scores each token and adds the scores, a reward that is a sum of per-token terms, as DPO's implicit
+    reward and IQLearn's extracted reward are. Its prompt tokens' terms are the same for every response to one
+    prompt (the body is causal), so they cancel in any comparison of two responses. On `preference-language`,
+    whose hidden reward is a sum over words, it learns what the last token does not (docs/benchmarks.md).
     ``num_heads > 1`` gives an ensemble of reward heads on a shared body (rewards ``[B, num_heads]``).
     """
 
-    def __init__(self, body: nn.Module, num_heads: int = 1, seed: int = 0):
+    def __init__(self, body: nn.Module, num_heads: int = 1, seed: int = 0, pooling: str = "last"):
         super().__init__()
+        if pooling not in REWARD_POOLINGS:
+            raise ModelError(f"reward model pooling must be one of {REWARD_POOLINGS}, got {pooling!r}")
         self.body = body
         self.num_heads = num_heads
+        self.pooling = pooling
         hidden = body.config.hidden_size
         with torch.random.fork_rng():
             torch.manual_seed(seed)
@@ -354,23 +366,30 @@ class RewardModel(nn.Module):
         return h[torch.arange(h.shape[0], device=h.device), last_token_index(attention_mask)]
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        rewards = self.head(self.hidden_states(input_ids, attention_mask))
+        if self.pooling == "last":
+            rewards = self.head(self.hidden_states(input_ids, attention_mask))
+        else:
+            out = self.body(input_ids=input_ids, attention_mask=attention_mask,
+                            position_ids=position_ids_from_mask(attention_mask))
+            token_rewards = self.head(out.last_hidden_state)  # [B, T, heads]
+            rewards = (token_rewards * attention_mask.unsqueeze(-1).to(token_rewards.dtype)).sum(1)
         return rewards.squeeze(-1) if self.num_heads == 1 else rewards
 
     @classmethod
-    def from_causal_lm(cls, model, num_heads: int = 1, seed: int = 0) -> RewardModel:
+    def from_causal_lm(cls, model, num_heads: int = 1, seed: int = 0, pooling: str = "last") -> RewardModel:
         """Start a reward model from a causal LM (usually the SFT policy): its body, a new head."""
         import copy
 
         return cls(copy.deepcopy(model.get_decoder() if hasattr(model, "get_decoder") else model.base_model),
-                   num_heads=num_heads, seed=seed)
+                   num_heads=num_heads, seed=seed, pooling=pooling)
 
     def save_pretrained(self, directory: str | Path, tokenizer=None) -> Path:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.body.save_pretrained(directory / "body", safe_serialization=True)
         save_file({k: v.contiguous() for k, v in self.head.state_dict().items()}, directory / "reward_head.safetensors")
-        (directory / "preftune_reward.json").write_text(json.dumps({"num_heads": self.num_heads}))
+        meta = {"num_heads": self.num_heads, "pooling": self.pooling}
+        (directory / "preftune_reward.json").write_text(json.dumps(meta))
         if tokenizer is not None:
             tokenizer.save_pretrained(directory)
         return directory
@@ -385,7 +404,8 @@ class RewardModel(nn.Module):
             raise ModelError(f"{directory} is not a preftune reward model (no preftune_reward.json)")
         meta = json.loads(meta_path.read_text())
         body = AutoModel.from_pretrained(directory / "body", use_safetensors=True)
-        reward_model = cls(body, num_heads=meta["num_heads"])
+        # models saved before pooling was an option read the last token
+        reward_model = cls(body, num_heads=meta["num_heads"], pooling=meta.get("pooling", "last"))
         reward_model.head.load_state_dict(load_file(directory / "reward_head.safetensors"))
         return reward_model
 

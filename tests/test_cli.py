@@ -78,8 +78,23 @@ def test_train_eval_bon_and_report_end_to_end(tmp_path):
     assert (sft_dir / "final" / "model.safetensors").exists() and (sft_dir / "config.yaml").exists()
     rm_dir = tmp_path / "rm"
     r = runner.invoke(app, ["train", "reward", "--task", "arithmetic", "--num-examples", "200", "--steps", "5",
-                            "--model", str(sft_dir / "final"), "--output-dir", str(rm_dir), "--progress", "false"])
+                            "--model", str(sft_dir / "final"), "--output-dir", str(rm_dir), "--progress", "false",
+                            "--pooling", "sum"])
     assert r.exit_code == 0, r.output
+    # the reward model on held-out labels, next to the annotator's ceiling: the same numbers as the library's
+    out = tmp_path / "rm_eval.json"
+    r = runner.invoke(app, ["eval", "--task", "arithmetic", "--reward-model", str(rm_dir / "final"), "--num-pairs",
+                            "40", "--output", str(out)])
+    assert r.exit_code == 0, r.output
+    from preftune.methods.reward import heldout_labels, heldout_report
+    from preftune.models import RewardModel, build_tiny_tokenizer
+    from preftune.tasks import get_task
+
+    task = get_task("arithmetic")
+    rm = RewardModel.from_pretrained(rm_dir / "final")
+    assert rm.pooling == "sum"
+    expected = heldout_report(rm, build_tiny_tokenizer(), task, heldout_labels(task, 40), 64)
+    assert json.loads(out.read_text())["reward_model"] == expected and expected["pairs"] == 40
     out = tmp_path / "eval.json"
     r = runner.invoke(app, ["eval", "--task", "arithmetic", "--model", str(sft_dir / "final"), "--reference",
                             str(sft_dir / "final"), "--num-prompts", "8", "--output", str(out)])

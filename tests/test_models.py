@@ -89,6 +89,34 @@ def test_reward_model_reads_last_token_and_ignores_padding(tiny_model, tokenizer
     assert torch.allclose(again(ids, torch.ones_like(ids)), r, atol=1e-6)
 
 
+def test_sum_pooled_reward_adds_token_scores_ignores_padding_and_round_trips(tiny_model, tokenizer, tmp_path):
+    rm = RewardModel.from_causal_lm(tiny_model, pooling="sum")
+    ids = torch.tensor([[5, 6, 7]])
+    r = rm(ids, torch.ones_like(ids))
+    # the sum of the head at every token: the same as scoring each prefix's last token and adding them up
+    last = RewardModel(rm.body, seed=0)
+    last.head.load_state_dict(rm.head.state_dict())
+    prefix_sum = sum(last(ids[:, : t + 1], torch.ones(1, t + 1, dtype=torch.long)) for t in range(3))
+    assert torch.allclose(r, prefix_sum, atol=1e-5)
+    assert torch.allclose(rm(torch.tensor([[0, 0, 5, 6, 7]]), torch.tensor([[0, 0, 1, 1, 1]])), r, atol=1e-5)
+    assert torch.allclose(rm(torch.tensor([[5, 6, 7, 0]]), torch.tensor([[1, 1, 1, 0]])), r, atol=1e-5)
+    # a shared prompt's tokens add the same amount to both responses, so only the responses' tokens matter
+    a, b = torch.tensor([[5, 6, 7, 8]]), torch.tensor([[5, 6, 9, 10]])
+    ones = torch.ones_like(a)
+    assert not torch.allclose(rm(a, ones), rm(b, ones))
+    rm.save_pretrained(tmp_path / "rm", tokenizer)
+    again = RewardModel.from_pretrained(tmp_path / "rm")
+    assert again.pooling == "sum"
+    assert torch.allclose(again(ids, torch.ones_like(ids)), r, atol=1e-6)
+    ensemble = RewardModel.from_causal_lm(tiny_model, num_heads=3, pooling="sum")
+    assert ensemble(torch.tensor([[5, 6, 7], [8, 9, 0]]), torch.tensor([[1, 1, 1], [1, 1, 0]])).shape == (2, 3)
+
+
+def test_unknown_reward_pooling_names_the_allowed_values(tiny_model):
+    with pytest.raises(ValueError, match="'last', 'sum'"):
+        RewardModel.from_causal_lm(tiny_model, pooling="mean")
+
+
 def test_reward_ensemble_has_one_output_per_head(tiny_model):
     rm = RewardModel.from_causal_lm(tiny_model, num_heads=4)
     out = rm(torch.tensor([[5, 6, 7], [8, 9, 10]]), torch.ones(2, 3, dtype=torch.long))

@@ -104,7 +104,8 @@ def write_report(run_dir: Path) -> Path:
                   f"Held-out accuracy {rm['heldout_accuracy']:.3f} on {pl['heldout_labels']} labels of unseen prompts; "
                   f"the best any model can reach there (the annotator's own agreement with the oracle) is "
                   f"{rm['ceiling']:.3f}, a gap of {100 * (rm['ceiling'] - rm['heldout_accuracy']):.1f} points "
-                  f"(training-set accuracy {rm['train_accuracy']:.3f}).", ""]
+                  f"(training-set accuracy {rm['train_accuracy']:.3f}; the head reads the "
+                  f"{'sum of every token' if rm.get('pooling') == 'sum' else 'last token'}).", ""]
     if pl and pl.get("rlp"):
         rlp, acc = pl["rlp"], pl["rlp"]["reward_model_on_ppo_samples"]
         lines += ["### RLP-SPG (reward learning on policy)", "",
