@@ -626,6 +626,9 @@ def bench_joint_command(
     quick: bool = typer.Option(False, "--quick", help="A tiny run that checks the setup."),
     seed: int = typer.Option(0, help="First seed."),
     workers: int = typer.Option(1, min=1, help="Runs in parallel processes (one thread each)."),
+    schemes: str = typer.Option(None, help="Comma-separated schemes to run, named as in the report, e.g. "
+                                           "'passive,boltzmann,double-ts (sample)' (default: all). Without passive "
+                                           "there is no reference for queries-to-match and no RLHF baselines."),
 ):
     _quiet_libraries()
     import torch
@@ -635,7 +638,12 @@ def bench_joint_command(
     torch.set_num_threads(1)
     size = JointBenchSize.quick() if quick else JointBenchSize(seeds=seeds, rounds=rounds,
                                                                queries_per_round=queries_per_round)
-    results = run_joint_benchmark(output_dir, size, seed, workers)
+    if schemes is not None:
+        size.schemes = tuple(comma_list(schemes))
+    try:
+        results = run_joint_benchmark(output_dir, size, seed, workers)
+    except ValueError as e:
+        _fail(str(e))
     console.print(f"[green]report[/]: {write_joint_report(results, output_dir)}")
 
 

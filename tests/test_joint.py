@@ -209,3 +209,16 @@ def test_cli_train_joint_smoke(tmp_path):
     assert r.exit_code == 2 and "population" in r.output
     r = runner.invoke(app, ["train", "joint", "--explore", "greedy", "--output-dir", str(out)])
     assert r.exit_code == 2 and "infomax" in r.output
+
+
+def test_cli_bench_joint_runs_the_chosen_schemes_and_names_unknown_ones(tmp_path):
+    runner = CliRunner()
+    r = runner.invoke(app, ["bench", "joint", "--quick", "--schemes", "passive,boltzmann", "--output-dir",
+                            str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert set(results["curves"]) == {"passive", "boltzmann"}
+    assert "boltzmann" in results["queries_to_match_passive"]
+    r = runner.invoke(app, ["bench", "joint", "--quick", "--schemes", "passive,greedy", "--output-dir",
+                            str(tmp_path / "bad")])
+    assert r.exit_code == 2 and "greedy" in r.output and "double-ts (sample)" in r.output
