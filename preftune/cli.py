@@ -446,7 +446,8 @@ def eval_command(
     if reward_model is not None:
         from preftune.methods.reward import heldout_report
 
-        max_length = task_obj.max_prompt_chars + task_obj.max_response_chars + 2  # a token is at least a character
+        # batches pad to their longest example, so the model's own limit costs nothing and cuts nothing it can read
+        max_length = getattr(rm[0].config, "max_position_embeddings", 2048)
         metrics["reward_model"] = heldout_report(*rm, task_obj, rm_pairs, max_length)
     if output:
         output.parent.mkdir(parents=True, exist_ok=True)

@@ -336,7 +336,8 @@ class RewardModel(nn.Module):
     ``"sum"`` scores each token and adds the scores, a reward that is a sum of per-token terms, as DPO's implicit
     reward and IQLearn's extracted reward are. Its prompt tokens' terms are the same for every response to one
     prompt (the body is causal), so they cancel in any comparison of two responses. On `preference-language`,
-    whose hidden reward is a sum over words, it learns what the last token does not (docs/benchmarks.md).
+    whose hidden reward is a sum over words, it comes closer to the ceiling than the last token at the same budget
+    (docs/benchmarks.md).
     ``num_heads > 1`` gives an ensemble of reward heads on a shared body (rewards ``[B, num_heads]``).
     """
 

@@ -100,9 +100,14 @@ def test_sum_pooled_reward_adds_token_scores_ignores_padding_and_round_trips(tin
     assert torch.allclose(r, prefix_sum, atol=1e-5)
     assert torch.allclose(rm(torch.tensor([[0, 0, 5, 6, 7]]), torch.tensor([[0, 0, 1, 1, 1]])), r, atol=1e-5)
     assert torch.allclose(rm(torch.tensor([[5, 6, 7, 0]]), torch.tensor([[1, 1, 1, 0]])), r, atol=1e-5)
-    # a shared prompt's tokens add the same amount to both responses, so only the responses' tokens matter
+    # a shared prompt's tokens add the same amount to both responses: the difference is the responses' tokens' alone
     a, b = torch.tensor([[5, 6, 7, 8]]), torch.tensor([[5, 6, 9, 10]])
     ones = torch.ones_like(a)
+
+    def response_terms(seq):  # the head at positions 2 and 3 only, each read as a prefix's last token
+        return sum(last(seq[:, : t + 1], torch.ones(1, t + 1, dtype=torch.long)) for t in (2, 3))
+
+    assert torch.allclose(rm(a, ones) - rm(b, ones), response_terms(a) - response_terms(b), atol=1e-5)
     assert not torch.allclose(rm(a, ones), rm(b, ones))
     rm.save_pretrained(tmp_path / "rm", tokenizer)
     again = RewardModel.from_pretrained(tmp_path / "rm")
