@@ -51,7 +51,7 @@ from preftune.models import RewardModel, build_tiny_tokenizer, load_trained_caus
 from preftune.tasks import get_task
 
 # The learned reward model agrees with the annotator ~75% of the time; at the default β = 0.05 PPO climbs it to a
-# KL of ~23 nats while the oracle reward falls to a tenth of β = 0.2's (reward over-optimisation, Gao et al. 2023).
+# KL of ~29 nats while the oracle reward falls to an eighth of β = 0.2's (reward over-optimisation, Gao et al. 2023).
 # β = 0.2 keeps the policy within ~4 nats, where the reward model's gains are real (measured: docs/benchmarks.md).
 RM_KL_COEF = 0.2
 # DPO at the usual β = 0.1 on one epoch of 12.8k distinct pairs pushes probability onto tokens no response uses
@@ -62,8 +62,8 @@ DPO_BETA = 0.3
 # summarise (docs/benchmarks.md, `preftune bench iqlearn`); λ ≥ 0.1 trades accuracy for diversity.
 IQLEARN_LAM = 0.01
 # The hidden reward is a sum over words, one of them conditional on the prompt ("is this word a prompt topic?").
-# Read at the last token, the tiny reward model ends 3.8 points below the annotator ceiling at this budget; scoring
-# every token and summing ends 1.6 below (docs/benchmarks.md, "Reward model").
+# Read at the last token, the tiny reward model ends 3.8 points below the annotator ceiling after 2,000 steps on 80k
+# labels; scoring every token and summing ends 1.6 below (docs/benchmarks.md, "Reward model").
 REWARD_POOLING = "sum"
 ARITHMETIC_GRPO_LR = 3e-4  # the verifiable reward is sparse (0/1) and noise-free: a larger step than the default
 
@@ -73,7 +73,7 @@ class SuiteSize:
     """How big each stage is; ``quick`` shrinks everything to check a setup in about two minutes."""
 
     sft_steps: int = 800
-    reward_steps: int = 2000  # 3.2 epochs of 80k labels: the sum-pooled head needs both (docs/benchmarks.md)
+    reward_steps: int = 3000  # 4.8 epochs of 80k labels: within 3 points of the ceiling at seeds 0–2 (benchmarks.md)
     reward_batch_size: int = 128
     dpo_steps: int = 400
     demos: int = 4000

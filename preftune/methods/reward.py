@@ -21,7 +21,7 @@ class RewardConfig(TrainConfig):
     output_dir: str = field(default="runs/reward", metadata=doc("Where checkpoints, metrics and the final model go."))
     # 1e-3 beat 3e-4 in every run of the tiny-model sweep (docs/benchmarks.md); a reward model learns the
     # prompt-conditional part of a preference (is this word on the prompt's topic?) slowly, so it wants many
-    # distinct pairs rather than many epochs over few: `preftune run` gives it 80k pairs, 2,000 steps of 128.
+    # distinct pairs rather than many epochs over few: `preftune run` gives it 80k pairs, 3,000 steps of 128.
     lr: float = field(default=1e-3, metadata=doc("Peak learning rate of AdamW.", gt=0))
     num_heads: int = field(default=1, metadata=doc("Reward heads on one body (>1: an ensemble).", ge=1))
     pooling: Literal["last", "sum"] = field(default="last", metadata=doc(
