@@ -427,7 +427,7 @@ def eval_command(
         ref = load_trained_causal_lm(reference)[0] if reference else None
         irl = load_trained_causal_lm(reward_from) if reward_from else None
         if reward_model is not None:
-            from preftune.methods.reward import heldout_labels
+            from preftune.methods.reward import heldout_labels, heldout_report
             from preftune.models import RewardModel, load_tokenizer
 
             rm = (RewardModel.from_pretrained(reward_model).eval(), load_tokenizer(str(reward_model)))
@@ -444,8 +444,6 @@ def eval_command(
         metrics["extracted_reward"] = reward_correlation(task_obj, *irl, gamma=saved_gamma(reward_from),
                                                          num_prompts=num_prompts, seed=seed)
     if reward_model is not None:
-        from preftune.methods.reward import heldout_report
-
         # batches pad to their longest example, so the model's own limit costs nothing and cuts nothing it can read
         max_length = getattr(rm[0].config, "max_position_embeddings", 2048)
         metrics["reward_model"] = heldout_report(*rm, task_obj, rm_pairs, max_length)

@@ -359,20 +359,21 @@ class RewardModel(nn.Module):
     def config(self):
         return self.body.config
 
+    def token_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Last-layer hidden state at every position, ``[B, T, H]``."""
+        return self.body(input_ids=input_ids, attention_mask=attention_mask,
+                         position_ids=position_ids_from_mask(attention_mask)).last_hidden_state
+
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Last-layer hidden state at each row's last non-pad token, ``[B, H]``."""
-        out = self.body(input_ids=input_ids, attention_mask=attention_mask,
-                        position_ids=position_ids_from_mask(attention_mask))
-        h = out.last_hidden_state
+        h = self.token_states(input_ids, attention_mask)
         return h[torch.arange(h.shape[0], device=h.device), last_token_index(attention_mask)]
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         if self.pooling == "last":
             rewards = self.head(self.hidden_states(input_ids, attention_mask))
         else:
-            out = self.body(input_ids=input_ids, attention_mask=attention_mask,
-                            position_ids=position_ids_from_mask(attention_mask))
-            token_rewards = self.head(out.last_hidden_state)  # [B, T, heads]
+            token_rewards = self.head(self.token_states(input_ids, attention_mask))  # [B, T, heads]
             rewards = (token_rewards * attention_mask.unsqueeze(-1).to(token_rewards.dtype)).sum(1)
         return rewards.squeeze(-1) if self.num_heads == 1 else rewards
 

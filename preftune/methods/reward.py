@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -9,6 +10,7 @@ from typing import Literal
 
 from preftune.config import TrainConfig, doc
 from preftune.data import Pair, collate_pairs
+from preftune.feedback import Annotator, annotator_agreement_with_oracle, label_pairs
 from preftune.losses import bt_loss
 from preftune.metrics import reward_model_accuracy
 from preftune.models import RewardModel, load_policy
@@ -54,17 +56,11 @@ def heldout_accuracy(reward_model, tokenizer, pairs: Sequence[Pair], max_length:
 def heldout_labels(task, n: int, seed: int = 0) -> list[Pair]:
     """The task's held-out pairs (eval prompts), labelled by the Bradley–Terry annotator at temperature 1, as
     `preftune run` draws them: the label stream is ``seed + 1``, apart from the training labels' ``seed``."""
-    import random
-
-    from preftune.feedback import Annotator, label_pairs
-
     return label_pairs(task.candidate_pairs("eval", n, seed), Annotator(task.reward), random.Random(seed + 1))
 
 
 def heldout_report(reward_model, tokenizer, task, pairs: Sequence[Pair], max_length: int) -> dict:
     """Held-out accuracy next to its ceiling: the annotator's own agreement with the oracle on the same labels."""
-    from preftune.feedback import annotator_agreement_with_oracle
-
     return {"heldout_accuracy": heldout_accuracy(reward_model, tokenizer, pairs, max_length),
             "ceiling": annotator_agreement_with_oracle(list(pairs), task.reward), "pairs": len(pairs)}
 
