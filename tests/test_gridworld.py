@@ -103,5 +103,5 @@ def test_trajectory_dpo_and_reward_ppo_learn_and_count_one_query_per_pair():
     rm = train_reward_ppo_gridworld(RewardPPOConfig(steps=15, batch_size=128, seed=0), env)
     for run in (dpo, rm):
         assert [h["queries"] for h in run.history] == [128 * (i + 1) for i in range(15)]
-        assert run.ledger.total == 15 * 128
+        assert run.extra["ledger"].total == 15 * 128
         assert run.history[-1]["true_return"] > float(start) + 0.3

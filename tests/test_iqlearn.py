@@ -9,7 +9,7 @@ import torch
 from typer.testing import CliRunner
 
 from preftune.cli import app
-from preftune.config import ConfigError, validate
+from preftune.config import ConfigError
 from preftune.losses import (
     iq_online_loss_with_stats,
     iq_sequence_rewards,
@@ -174,16 +174,16 @@ def test_online_iqlearn_runs(tmp_path, tokenizer, tiny_model):
 
 def test_config_checks(tmp_path):
     with pytest.raises(ConfigError, match="lam"):
-        validate(_config(tmp_path, alpha=0.2, lam=0.0))
+        (_config(tmp_path, alpha=0.2, lam=0.0))
     with pytest.raises(ConfigError, match="alpha"):
-        validate(_config(tmp_path, alpha=0.95))
+        (_config(tmp_path, alpha=0.95))
     with pytest.raises(ConfigError, match="alpha"):
-        validate(_config(tmp_path, alpha=0.01, batch_size=16))
+        (_config(tmp_path, alpha=0.01, batch_size=16))
     with pytest.raises(ConfigError, match="grad_accum"):  # 6 samples + 2 demos cannot fill 4 mixed micro-batches
-        validate(_config(tmp_path, alpha=0.75, batch_size=8, grad_accum=4))
+        (_config(tmp_path, alpha=0.75, batch_size=8, grad_accum=4))
     with pytest.raises(ConfigError, match="grad_accum"):  # 3 samples for 4 micro-batches: one would have none
-        validate(_config(tmp_path, alpha=0.1, batch_size=30, grad_accum=4))
-    validate(_config(tmp_path, alpha=0.25, batch_size=16, grad_accum=4))
+        (_config(tmp_path, alpha=0.1, batch_size=30, grad_accum=4))
+    (_config(tmp_path, alpha=0.25, batch_size=16, grad_accum=4))
 
 
 def test_cli_train_iqlearn_and_eval_reward_from(tmp_path):

@@ -112,8 +112,8 @@ def test_each_scheme_charges_the_ledger_for_every_query(scheme, pool, tmp_path, 
     task, tokenizer, _ = setup
     result = train_joint(_config(tmp_path, explore=scheme, steps=2, queries_per_round=3, candidate_pool=pool), task,
                          tokenizer=tokenizer)
-    assert result.ledger.by_tag() == {"joint": 6} and len(result.records.rows) == 6
-    for prompt, shown, chosen in result.records.rows:
+    assert result.extra["ledger"].by_tag() == {"joint": 6} and len(result.extra["records"].rows) == 6
+    for prompt, shown, chosen in result.extra["records"].rows:
         assert prompt < 4 and len(set(shown)) == 2 and chosen in (0, 1)
     assert [h["queries"] for h in result.history] == [3, 6]
 
@@ -122,7 +122,7 @@ def test_training_runs_with_the_ensemble_head(tmp_path, setup):  # its offsets w
     task, tokenizer, _ = setup
     result = train_joint(_config(tmp_path, explore="double-ts", uncertainty="ensemble", steps=1, queries_per_round=4),
                          task, tokenizer=tokenizer)
-    assert result.ledger.total == 4 and result.history[-1]["head_nll"] > 0
+    assert result.extra["ledger"].total == 4 and result.history[-1]["head_nll"] > 0
 
 
 def test_resume_continues_the_ledger_and_the_records(tmp_path, setup):
@@ -131,7 +131,7 @@ def test_resume_continues_the_ledger_and_the_records(tmp_path, setup):
     train_joint(_config(tmp_path / "b", steps=2, queries_per_round=2, save_every=1), task, tokenizer=tokenizer)
     resumed = train_joint(_config(tmp_path / "b", steps=3, queries_per_round=2, resume=True), task,
                           tokenizer=tokenizer)
-    assert resumed.ledger.total == 6 and resumed.records.rows == straight.records.rows
+    assert resumed.extra["ledger"].total == 6 and resumed.extra["records"].rows == straight.extra["records"].rows
     assert resumed.history[-1]["kl"] == pytest.approx(straight.history[-1]["kl"], abs=1e-5)
 
 
@@ -202,7 +202,7 @@ def test_cli_train_joint_smoke(tmp_path):
                             "--queries-per-round", "4", "--updates-per-round", "1", "--batch-size", "8",
                             "--output-dir", str(out), "--progress", "false"])
     assert r.exit_code == 0, r.output
-    assert "after 8 queries" in r.output
+    assert "queries 8" in r.output
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and {"kl", "tv", "mass_type1", "queries", "choice_nll"} <= set(rows[-1])
     r = runner.invoke(app, ["train", "joint", "--task", "arithmetic", "--output-dir", str(out)])
@@ -222,3 +222,22 @@ def test_cli_bench_joint_runs_the_chosen_schemes_and_names_unknown_ones(tmp_path
     r = runner.invoke(app, ["bench", "joint", "--quick", "--schemes", "passive,greedy", "--output-dir",
                             str(tmp_path / "bad")])
     assert r.exit_code == 2 and "greedy" in r.output and "double-ts (sample)" in r.output
+
+
+def test_grad_accum_splits_each_step_into_micro_batches(monkeypatch, tmp_path):
+    """Each optimizer step's batch of choices is split into grad_accum micro-batches (it was always one)."""
+    from preftune.methods import joint as joint_module
+
+    seen: list[int] = []
+    forward = joint_module.JointModel.forward
+
+    def counting(self, input_ids, index=None, head_inputs=None):
+        if index is not None:
+            seen.append(input_ids.shape[0])
+        return forward(self, input_ids, index, head_inputs)
+
+    monkeypatch.setattr(joint_module.JointModel, "forward", counting)
+    cfg = JointConfig(steps=1, queries_per_round=4, updates_per_round=1, batch_size=8, grad_accum=2,
+                      progress=False, output_dir=str(tmp_path))
+    train_joint(cfg)
+    assert seen == [4 * cfg.candidates, 4 * cfg.candidates]  # two micro-batches of 4 choice sets

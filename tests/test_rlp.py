@@ -184,16 +184,16 @@ def test_mixed_pairs_union_or_share():
 
 
 def test_match_reward_scale_equalises_the_spread_without_reordering(tiny_model, tokenizer):
-    from preftune.methods.bon import reward_model_scorer
+    from preftune.rewards import reward_model_reward
 
     target, model = RewardModel.from_causal_lm(tiny_model, seed=0), RewardModel.from_causal_lm(tiny_model, seed=1)
     with torch.no_grad():
         model.head.weight.mul_(7.0)
     prompts, responses = ["about sun:"] * 6, ["warm sun", "sad", "calm sea is", "dark", "the sun", "glad"]
-    before = reward_model_scorer(model, tokenizer, 32)(prompts, responses)
+    before = reward_model_reward(model, tokenizer, 32)(prompts, responses)
     factor = rlp.match_reward_scale(model, target, tokenizer, prompts, responses, 32)
-    after = reward_model_scorer(model, tokenizer, 32)(prompts, responses)
-    want = torch.tensor(reward_model_scorer(target, tokenizer, 32)(prompts, responses)).std()
+    after = reward_model_reward(model, tokenizer, 32)(prompts, responses)
+    want = torch.tensor(reward_model_reward(target, tokenizer, 32)(prompts, responses)).std()
     assert torch.tensor(after).std().item() == pytest.approx(want.item(), rel=1e-4)
     assert factor > 0 and sorted(range(6), key=before.__getitem__) == sorted(range(6), key=after.__getitem__)
 

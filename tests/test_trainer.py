@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from preftune.config import TrainConfig
 from preftune.data import Demo, write_jsonl
 from preftune.methods.sft import SFTConfig, train_sft
-from preftune.trainer import Trainer, TrainingError, batch_indices
+from preftune.trainer import GradientStep, Trainer, TrainingError, batch_indices
 
 DEMOS = [Demo(f"{a}+{b}=", str(a + b)) for a in range(10, 30) for b in range(10, 20)]  # equal lengths
 
@@ -51,19 +51,20 @@ def test_sft_loss_falls_and_metrics_are_logged(tmp_path, tiny_model, tokenizer):
 def test_nan_steps_are_skipped_counted_and_then_stop(tmp_path, tiny_model):
     cfg = TrainConfig(output_dir=str(tmp_path), steps=20, progress=False, save_every=0, max_bad_steps=3)
     trainer = Trainer(cfg, tiny_model)
+    step = GradientStep(trainer)
     before = {k: v.clone() for k, v in trainer.unwrapped_model().state_dict().items()}
     x = torch.tensor([[5, 6, 7]])
 
     def nan_loss(_):
         return trainer.model(input_ids=x).logits.sum() * float("nan"), {}
 
-    out = trainer.update([[0]], nan_loss)
-    assert trainer.skipped_steps == 1 and out["loss"] != out["loss"]
+    out = step([[0]], nan_loss)
+    assert step.skipped_steps == 1 and out["loss"] != out["loss"]
     after = trainer.unwrapped_model().state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     with pytest.raises(TrainingError, match="NaN/inf on 4 steps in a row"):
         for _ in range(5):
-            trainer.update([[0]], nan_loss)
+            step([[0]], nan_loss)
 
 
 def test_existing_checkpoints_need_resume_or_overwrite(tmp_path, tiny_model, tokenizer):
@@ -110,3 +111,30 @@ def test_killed_run_resumes_to_bitwise_identical_weights(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
     rows = [json.loads(line)["iteration"] for line in metrics.read_text().splitlines()]
     assert rows == list(range(1, 241)), "the metrics log should read as one uninterrupted run"
+
+
+def test_save_every_zero_writes_no_checkpoint_but_always_the_final_model(tmp_path, tiny_model, tokenizer):
+    result = train_sft(_small(tmp_path, save_every=0), DEMOS, tiny_model, tokenizer)
+    assert not list(tmp_path.glob("checkpoint-*"))
+    assert result.path == tmp_path / "final" and (result.path / "model.safetensors").exists()
+    assert (tmp_path / "config.yaml").exists()  # written once the run is known to start
+
+
+def test_checkpoint_state_objects_are_json_and_safetensors_not_pickle(tmp_path, tiny_model, tokenizer):
+    train_sft(_small(tmp_path, save_every=2, steps=4), DEMOS, tiny_model, tokenizer)
+    checkpoint = tmp_path / "checkpoint-2"
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    assert state["iteration"] == 2 and state["state_objects"]["gradient_step"]["updates"] == 2
+    assert not list(checkpoint.glob("custom_checkpoint_*"))  # no pickled state objects
+
+
+def test_a_checkpoint_of_another_kind_of_run_is_refused(tmp_path, tiny_model, tokenizer):
+    import copy
+
+    from preftune.feedback import QueryLedger
+
+    train_sft(_small(tmp_path, save_every=2, steps=4), DEMOS, copy.deepcopy(tiny_model), tokenizer)
+    trainer = Trainer(_small(tmp_path, resume=True), copy.deepcopy(tiny_model), state_objects=[QueryLedger()])
+    GradientStep(trainer)
+    with pytest.raises(TrainingError, match="other state"):
+        trainer.fit(lambda it: {}, 4)

@@ -132,7 +132,7 @@ def _run_one(run_dir: Path, size: JointBenchSize, scheme: str, seed: int) -> dic
            "spread": _spread_by_exposure(result, ids, len(task.split_prompts("train"))) | {"prior": prior_spread}}
     if scheme == "passive":
         t0 = time.perf_counter()
-        out["baselines"] = _rlhf_baselines(run_dir / f"baselines-{seed}", task, tokenizer, ids, result.records.rows,
+        out["baselines"] = _rlhf_baselines(run_dir / f"baselines-{seed}", task, tokenizer, ids, result.extra["records"].rows,
                                            seed, size)
         out["baseline_seconds"] = time.perf_counter() - t0
     return out
@@ -181,7 +181,7 @@ def _spread_by_exposure(result, ids: torch.Tensor, num_train: int) -> dict:
     """Posterior std of each response's utility, by how often it was shown; eval prompts were never queried."""
     spread = posterior_spread(result.model.head, head_features_of(result, ids))
     shown = torch.zeros(spread.shape, dtype=torch.long)
-    for p, candidates, _ in result.records.rows:
+    for p, candidates, _ in result.extra["records"].rows:
         shown[p, candidates] += 1
     shown[num_train:] = -1  # eval prompts
     rows = []

@@ -30,11 +30,11 @@ from preftune.bench.suite import _common, _history, _stage_dir
 from preftune.config import ConfigError, _coerce
 from preftune.data import Pair
 from preftune.evaluate import evaluate_policy
-from preftune.methods.bon import oracle_scorer
 from preftune.methods.dpo import DPOConfig, train_dpo
 from preftune.methods.rloo import GRPOConfig, train_grpo
 from preftune.methods.sft import SFTConfig, train_sft
 from preftune.models import load_causal_lm, merge_lora
+from preftune.rewards import oracle_reward
 from preftune.tasks import get_task
 
 TASK = "arithmetic-nl"
@@ -152,7 +152,7 @@ def run_smollm2_suite(run_dir: Path, quick: bool = False, seed: int = 0, model: 
         GRPOConfig(**common("grpo", size.grpo_steps), batch_size=size.grpo_prompts,
                    samples_per_prompt=size.grpo_samples, lr=size.grpo_lr, temperature=size.grpo_temperature,
                    max_new_tokens=task.max_response_chars + 1),
-        task.prompts("train", 10_000, seed), oracle_scorer(task), model=policy, tokenizer=tokenizer))
+        task.prompts("train", 10_000, seed), oracle_reward(task), model=policy, tokenizer=tokenizer))
     results["tasks"][TASK] = {"stages": stages, "dpo_pairs": len(dpo_pairs)}
     results["timings"]["total"] = time.perf_counter() - started
     results["cpu_seconds"]["total"] = time.process_time()  # the whole process, imports included

@@ -30,7 +30,7 @@ import torch
 from preftune.bench.report import write_report
 from preftune.evaluate import evaluate_policy, sample_policy
 from preftune.feedback import Annotator, label_pairs
-from preftune.methods.bon import best_of_n, oracle_scorer, reward_model_scorer
+from preftune.methods.bon import best_of_n
 from preftune.methods.dpo import DPOConfig, train_dpo
 from preftune.methods.iqlearn import IQLearnConfig, reward_correlation, train_iqlearn
 from preftune.methods.ppo import PPOConfig, train_ppo
@@ -48,6 +48,7 @@ from preftune.methods.rlp import (
 from preftune.methods.sft import SFTConfig, train_sft
 from preftune.metrics import annotator_win_rate, mean_oracle_reward, win_rate
 from preftune.models import RewardModel, build_tiny_tokenizer, load_trained_causal_lm
+from preftune.rewards import oracle_reward, reward_model_reward
 from preftune.tasks import get_task
 
 # The learned reward model agrees with the annotator ~75% of the time; at the default β = 0.05 PPO climbs it to a
@@ -212,9 +213,9 @@ def _preference_language(run_dir, size: SuiteSize, seed: int, resume: bool, toke
     out["methods"]["dpo"] = evaluate_policy(task, dpo_model, tokenizer, **kwargs)
     out["methods"]["ppo (reward model)"] = evaluate_policy(task, online["pl-ppo"], tokenizer, **kwargs)
     out["methods"]["rloo (reward model)"] = evaluate_policy(task, online["pl-rloo"], tokenizer, **kwargs)
-    for label, scorer in (("rm", reward_model_scorer(reward_model, tokenizer, 96)), ("oracle", oracle_scorer(task))):
+    for label, scorer in (("rm", reward_model_reward(reward_model, tokenizer, 96)), ("oracle", oracle_reward(task))):
         torch.manual_seed(seed + 2)
-        chosen = best_of_n(sft_model, tokenizer, prompts, size.best_of, scorer, task.max_response_chars + 1)
+        chosen, _ = best_of_n(sft_model, tokenizer, prompts, size.best_of, scorer, task.max_response_chars + 1)
         n = size.best_of
         out["methods"][f"best-of-{n} ({label})"] = {
             "oracle_reward": mean_oracle_reward(task, prompts, chosen),
@@ -286,7 +287,7 @@ def _imitation(run_dir, task_name: str, size: SuiteSize, seed: int, resume: bool
         stage = "arith-grpo"
         grpo, _, t = _policy_stage(run_dir, stage, resume, lambda: train_grpo(
             GRPOConfig(**_online(run_dir, stage, seed, resume, size.grpo_steps, task), lr=ARITHMETIC_GRPO_LR),
-            task.prompts("train", 10_000, seed), oracle_scorer(task), model=copy.deepcopy(model),
+            task.prompts("train", 10_000, seed), oracle_reward(task), model=copy.deepcopy(model),
             tokenizer=tokenizer))
         results["timings"][stage] = t
         results["histories"][stage] = _history(_stage_dir(run_dir, stage))

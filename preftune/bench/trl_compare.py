@@ -206,11 +206,11 @@ def _train_preftune(method, model, tokenizer, data, steps: int, batch_size: int,
     config = _preftune_config(method, steps, batch_size, work_dir)
     with timing_trainer_fit(clock):
         if method == "rloo":
-            from preftune.methods.bon import oracle_scorer
             from preftune.methods.rloo import train_rloo
+            from preftune.rewards import oracle_reward
             from preftune.tasks import get_task
 
-            train_rloo(config, data, oracle_scorer(get_task(TASK)), model, tokenizer)
+            train_rloo(config, data, oracle_reward(get_task(TASK)), model, tokenizer)
         else:
             train = {"sft": train_sft, "reward": train_reward, "dpo": train_dpo}[method]
             train(config, data, model, tokenizer)

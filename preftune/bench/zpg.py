@@ -40,6 +40,11 @@ RM_SETTINGS = dict(batch_size=512)
 def _run_method(name: str, queries: int, seed: int, slip: float) -> list[dict]:
     """One method's history (rows with ``queries`` and ``true_return``) at a query budget."""
     env = GridWorld(slip=slip)
+    batch = {"zpg": ZPG_SETTINGS["batch_size"] * ZPG_SETTINGS["annotators_per_pair"],
+             "zbcpg": ZBCPG_SETTINGS["batch_size"] * ZBCPG_SETTINGS["annotators_per_pair"],
+             "dpo": DPO_SETTINGS["batch_size"]}.get(name, RM_SETTINGS["batch_size"])
+    if queries < batch:  # not one iteration fits the budget: the method never updates (configs need steps >= 1)
+        return []
     if name in ("zpg", "zbcpg"):
         settings = ZPG_SETTINGS if name == "zpg" else ZBCPG_SETTINGS
         per_iteration = settings["batch_size"] * settings["annotators_per_pair"]

@@ -1,40 +1,60 @@
-"""Best-of-N: sample N responses per prompt and keep the one a scorer (reward model or oracle) likes best."""
+"""Best-of-N: sample N responses per prompt and keep the one a reward (reward model, oracle, function) likes best.
+
+Nothing is trained; `run_bon` writes the chosen responses (``responses.jsonl``) and their mean score
+(``metrics.json``) to ``output_dir`` and returns them in the `TrainResult` every method returns.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
+from preftune.config import ModelConfig, doc
+from preftune.data import Demo, write_jsonl
+from preftune.models import load_policy
+from preftune.rewards import RewardFn
 from preftune.rollout import generate
+from preftune.trainer import TrainResult
 
-Scorer = Callable[[list[str], list[str]], Sequence[float]]  # (prompts, responses) -> scores
+
+@dataclass
+class BoNConfig(ModelConfig):
+    method_name = "bon"
+    n: int = field(default=16, metadata=doc("Samples per prompt; the best by the reward is kept.", ge=1))
+    temperature: float = field(default=1.0, metadata=doc("Sampling temperature.", gt=0))
+    max_new_tokens: int = field(default=32, metadata=doc(
+        "Longest sampled response in tokens (the CLI defaults it to the task's max_response_chars + 1).", ge=1))
+    generation_batch_size: int = field(default=256, metadata=doc("Sequences decoded together.", ge=1))
 
 
-def best_of_n(model, tokenizer, prompts: Sequence[str], n: int, scorer: Scorer, max_new_tokens: int,
-              temperature: float = 1.0, batch_size: int = 256) -> list[str]:
-    """For each prompt, the highest-scoring of ``n`` samples (ties go to the first sampled)."""
+def best_of_n(model, tokenizer, prompts: Sequence[str], n: int, reward: RewardFn, max_new_tokens: int,
+              temperature: float = 1.0, batch_size: int = 256) -> tuple[list[str], list[float]]:
+    """For each prompt, the highest-scoring of ``n`` samples (ties go to the first sampled), and its score."""
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     rollout = generate(model, tokenizer, prompts, max_new_tokens, samples_per_prompt=n,
                        temperature=temperature, batch_size=batch_size)
-    scores = torch.as_tensor(list(scorer(rollout.row_prompts(), rollout.texts)), dtype=torch.float64)
-    best = scores.view(len(prompts), n).argmax(dim=1)
-    return [rollout.texts[i * n + int(b)] for i, b in enumerate(best)]
+    scores = torch.as_tensor(list(reward(rollout.row_prompts(), rollout.texts)), dtype=torch.float64)
+    best, best_index = scores.view(len(prompts), n).max(dim=1)
+    return [rollout.texts[i * n + int(b)] for i, b in enumerate(best_index)], best.tolist()
 
 
-def reward_model_scorer(reward_model, tokenizer, max_length: int) -> Scorer:
-    """Score (prompt, response) texts with a `RewardModel` (ensembles: mean over heads)."""
-    from preftune.data import Demo, collate_demos
-    from preftune.rollout import score_rewards
-
-    def score(prompts: list[str], responses: list[str]) -> list[float]:
-        batch = collate_demos(tokenizer, [Demo(p, r) for p, r in zip(prompts, responses)], max_length)
-        rewards = score_rewards(reward_model, batch.input_ids, batch.attention_mask)
-        return (rewards.mean(-1) if rewards.dim() == 2 else rewards).tolist()
-
-    return score
-
-
-def oracle_scorer(task) -> Scorer:
-    return lambda prompts, responses: [task.reward(p, r) for p, r in zip(prompts, responses)]
+def run_bon(config: BoNConfig, prompts: Sequence[str], reward: RewardFn, model=None, tokenizer=None,
+            oracle: RewardFn | None = None) -> TrainResult:
+    """Best-of-``config.n`` for every prompt, written to ``output_dir``; with a task's ``oracle`` the chosen
+    responses' mean oracle reward is reported beside their mean ``score`` under ``reward``."""
+    policy, tokenizer = load_policy(config, model, tokenizer)
+    torch.manual_seed(config.seed)
+    responses, scores = best_of_n(policy, tokenizer, prompts, config.n, reward, config.max_new_tokens,
+                                  config.temperature, config.generation_batch_size)
+    out = Path(config.output_dir)
+    write_jsonl(out / "responses.jsonl", [Demo(p, r) for p, r in zip(prompts, responses)])
+    metrics = {"n": config.n, "num_prompts": len(prompts), "score": sum(scores) / len(scores)}
+    if oracle is not None:
+        metrics["oracle_reward"] = sum(oracle(list(prompts), responses)) / len(responses)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return TrainResult(policy, tokenizer, [metrics], out, {"responses": responses, "scores": scores})

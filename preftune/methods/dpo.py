@@ -8,23 +8,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
-from preftune.config import TrainConfig, doc
+from preftune.config import TrainConfig, doc, override
 from preftune.data import Pair, collate_pairs
 from preftune.losses import dpo_loss
-from preftune.methods.sft import TrainedPolicy
-from preftune.models import load_policy, save_causal_lm
+from preftune.models import load_policy
 from preftune.rollout import response_token_logprobs, score_logprobs
-from preftune.trainer import Trainer
+from preftune.trainer import GradientStep, Trainer, TrainResult
 
 
 @dataclass
 class DPOConfig(TrainConfig):
-    output_dir: str = field(default="runs/dpo", metadata=doc("Where checkpoints, metrics and the final model go."))
-    lr: float = field(default=2e-4, metadata=doc("Peak learning rate of AdamW.", gt=0))
+    method_name = "dpo"
+    lr: float = override(TrainConfig, "lr", 2e-4)
     beta: float = field(default=0.1, metadata=doc("DPO temperature β: strength of the implicit KL to the reference.",
                                                   gt=0))
     label_smoothing: float = field(default=0.0, metadata=doc(
@@ -42,10 +40,11 @@ def reference_logprobs(model, tokenizer, pairs: Sequence[Pair], max_length: int,
     return torch.cat(out)
 
 
-def train_dpo(config: DPOConfig, pairs: Sequence[Pair], model=None, tokenizer=None) -> TrainedPolicy:
+def train_dpo(config: DPOConfig, pairs: Sequence[Pair], model=None, tokenizer=None) -> TrainResult:
     model, tokenizer = load_policy(config, model, tokenizer)
     ref = reference_logprobs(model, tokenizer, pairs, config.max_length)
     trainer = Trainer(config, model, name="dpo")
+    step = GradientStep(trainer)
 
     def loss_fn(indices: list[int]):
         b = collate_pairs(tokenizer, [pairs[i] for i in indices], config.max_length).to(trainer.device)
@@ -56,7 +55,5 @@ def train_dpo(config: DPOConfig, pairs: Sequence[Pair], model=None, tokenizer=No
         margin = config.beta * ((chosen - ref_c) - (rejected - ref_r))
         return loss, {"reward_accuracy": (margin > 0).float().mean().item(), "reward_margin": margin.mean().item()}
 
-    history = trainer.fit_dataset(len(pairs), loss_fn, description="dpo")
-    model = trainer.unwrapped_model()
-    path = save_causal_lm(model, tokenizer, Path(config.output_dir) / "final") if trainer.is_main else None
-    return TrainedPolicy(model, tokenizer, history, path)
+    trainer.fit_dataset(len(pairs), step, loss_fn, description="dpo")
+    return trainer.finish(tokenizer)

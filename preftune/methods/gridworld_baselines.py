@@ -26,8 +26,9 @@ import torch
 from preftune.config import TrainConfig, doc
 from preftune.feedback import Annotator, QueryLedger, repeated_preference_shares
 from preftune.losses import bt_loss, dpo_loss, masked_whiten, ppo_clip_loss
-from preftune.methods.zpg import TabularRun
+from preftune.methods.zpg import TabularPolicy
 from preftune.tasks.gridworld import GridWorld, Trajectories, return_utility, trajectory_logprobs
+from preftune.trainer import TrainResult
 
 
 @dataclass
@@ -114,7 +115,7 @@ def _log(history: list[dict], env: GridWorld, logits: torch.Tensor, ledger: Quer
                     "grad_norm": float(gradient.norm()), **extra})
 
 
-def train_dpo_gridworld(config: TrajectoryDPOConfig, env: GridWorld | None = None) -> TabularRun:
+def train_dpo_gridworld(config: TrajectoryDPOConfig, env: GridWorld | None = None) -> TrainResult:
     env = env or GridWorld(slip=config.gridworld_slip, horizon=config.gridworld_horizon)
     generator = torch.Generator().manual_seed(config.seed)
     logits = torch.zeros(env.num_states, env.num_actions, dtype=torch.float64, requires_grad=True)
@@ -133,7 +134,7 @@ def train_dpo_gridworld(config: TrajectoryDPOConfig, env: GridWorld | None = Non
             loss.backward()
             optimizer.step()
         _log(history, env, logits, data.ledger, it, loss=float(loss.detach()))
-    return TabularRun(logits.detach(), history, data.ledger)
+    return TrainResult(TabularPolicy(*logits.shape, logits.detach()), None, history, None, {"ledger": data.ledger})
 
 
 def _trajectory_reward(reward: torch.Tensor, traj: Trajectories) -> torch.Tensor:
@@ -145,7 +146,7 @@ def _trajectory_reward(reward: torch.Tensor, traj: Trajectories) -> torch.Tensor
     return per_move * traj.live
 
 
-def train_reward_ppo_gridworld(config: RewardPPOConfig, env: GridWorld | None = None) -> TabularRun:
+def train_reward_ppo_gridworld(config: RewardPPOConfig, env: GridWorld | None = None) -> TrainResult:
     env = env or GridWorld(slip=config.gridworld_slip, horizon=config.gridworld_horizon)
     generator = torch.Generator().manual_seed(config.seed)
     S, A = env.num_states, env.num_actions
@@ -179,4 +180,4 @@ def train_reward_ppo_gridworld(config: RewardPPOConfig, env: GridWorld | None = 
                 loss.backward()
                 policy_opt.step()
         _log(history, env, logits, data.ledger, it, reward_loss=float(rm_loss.detach()))
-    return TabularRun(logits.detach(), history, data.ledger)
+    return TrainResult(TabularPolicy(*logits.shape, logits.detach()), None, history, None, {"ledger": data.ledger})

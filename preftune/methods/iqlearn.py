@@ -26,18 +26,18 @@ import torch
 from preftune.config import ConfigError, doc
 from preftune.data import Demo, collate_demos
 from preftune.losses import iq_online_loss_with_stats, iq_sequence_rewards, iq_td_loss_with_stats
-from preftune.methods.sft import SFTConfig, TrainedPolicy
+from preftune.methods.sft import SFTConfig
 from preftune.metrics import reward_model_accuracy, spearman
 from preftune.models import load_policy, save_causal_lm
 from preftune.rollout import generate, model_logits
-from preftune.trainer import Trainer, TrainingError, batch_indices
+from preftune.trainer import GradientStep, Trainer, TrainingError, TrainResult, batch_indices
 
 IQ_SETTINGS_FILE = "iqlearn.json"  # beside the saved model: the γ its extracted reward needs
 
 
 @dataclass
 class IQLearnConfig(SFTConfig):
-    output_dir: str = field(default="runs/iqlearn", metadata=doc("Where checkpoints, metrics and the final model go."))
+    method_name = "iqlearn"
     lam: float = field(default=0.01, metadata=doc(
         "λ, weight of the TD term (λ = 1/(4α_χ²) of IQ-Learn's χ² regulariser); 0 = plain MLE. 0.01 kept MLE's "
         "accuracy in the sweep of docs/benchmarks.md; larger λ buys diversity with accuracy.", ge=0))
@@ -50,6 +50,7 @@ class IQLearnConfig(SFTConfig):
         "Longest online policy sample in tokens (the CLI defaults it to the task's max_response_chars + 1).", ge=1))
 
     def check(self) -> None:
+        super().check()
         if self.alpha > 0 and self.lam == 0:
             raise ConfigError("config field 'lam' must be > 0 when 'alpha' > 0: online, the value term is linear in "
                               "V and only the χ² (TD) term bounds it")
@@ -73,11 +74,12 @@ def _demo_labels(tokenizer, demos: Sequence[Demo], max_length: int, device):
 
 
 def train_iqlearn(config: IQLearnConfig, demos: Sequence[Demo], model=None, tokenizer=None,
-                  callback: Callable[[int, torch.nn.Module], None] | None = None) -> TrainedPolicy:
+                  callback: Callable[[int, torch.nn.Module], None] | None = None) -> TrainResult:
     """Offline (``alpha`` = 0) or online IQLearn on demonstrations. ``callback(step, model)`` runs after every
     step (e.g. a held-out evaluation); it must leave the model's weights alone."""
     model, tokenizer = load_policy(config, model, tokenizer)
     trainer = Trainer(config, model, name="iqlearn")
+    step = GradientStep(trainer)
     cfg = config
 
     def forward(ids, attn, resp):
@@ -111,18 +113,21 @@ def train_iqlearn(config: IQLearnConfig, demos: Sequence[Demo], model=None, toke
                                cfg.max_new_tokens, temperature=cfg.temperature)
         # every micro-batch gets its share of both kinds, so each one is a mixture at ratio α
         micro = [demo_items[k::cfg.grad_accum] + sample_items[k::cfg.grad_accum] for k in range(cfg.grad_accum)]
-        metrics = trainer.update([m for m in micro if m], loss_fn)
+        metrics = step([m for m in micro if m], loss_fn)
         if callback is not None:
             callback(it + 1, trainer.unwrapped_model())
         return metrics
 
-    history = trainer.fit(iteration, cfg.steps, description="iqlearn")
-    model = trainer.unwrapped_model()
-    path = None
-    if trainer.is_main:
-        path = save_causal_lm(model, tokenizer, Path(cfg.output_dir) / "final")
-        (path / IQ_SETTINGS_FILE).write_text(json.dumps({"gamma": cfg.gamma, "lam": cfg.lam, "alpha": cfg.alpha}))
-    return TrainedPolicy(model, tokenizer, history, path)
+    trainer.fit(iteration, cfg.steps, description="iqlearn")
+    return trainer.finish(tokenizer, save=lambda m, tok, directory: save_iqlearn(m, tok, directory, cfg))
+
+
+def save_iqlearn(model, tokenizer, directory: str | Path, config: IQLearnConfig) -> Path:
+    """The policy, and beside it the γ its extracted reward needs (`saved_gamma`)."""
+    path = save_causal_lm(model, tokenizer, directory)
+    settings = {"gamma": config.gamma, "lam": config.lam, "alpha": config.alpha}
+    (path / IQ_SETTINGS_FILE).write_text(json.dumps(settings))
+    return path
 
 
 # ----------------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from preftune.config import ConfigError, TrainConfig, doc
+from preftune.config import ConfigError, LRSchedule, TrainConfig, doc, override
 from preftune.epistemic import build_epistemic_head, learnable_l2, set_feature_scaling
 from preftune.feedback import QueryLedger
 from preftune.losses import choice_loss, sequence_logprobs
@@ -40,23 +40,21 @@ from preftune.tasks.population import (
     response_mask_of,
     response_space_ids,
 )
-from preftune.trainer import Trainer
+from preftune.trainer import GradientStep, Trainer, TrainResult
 
 EXPLORATION_SCHEMES = ("passive", "boltzmann", "infomax", "ts", "double-ts")
 
 
 @dataclass
 class JointConfig(TrainConfig):
-    output_dir: str = field(default="runs/joint", metadata=doc("Where checkpoints, metrics and the final model go."))
+    method_name = "joint"
     steps: int = field(default=40, metadata=doc("Rounds: each asks queries_per_round queries, then trains.", ge=1))
     batch_size: int = field(default=128, metadata=doc("Choices per optimizer step, drawn from all asked so far.",
                                                       ge=1))
-    lr: float = field(default=1e-3, metadata=doc("Peak learning rate of AdamW.", gt=0))
-    lr_schedule: Literal["cosine", "linear", "constant"] = field(default="constant", metadata=doc(
-        "Decay after warmup."))
-    warmup_ratio: float = field(default=0.0, metadata=doc("Fraction of optimizer steps of linear warmup.", ge=0, le=1))
-    save_every: int = field(default=0, metadata=doc("Checkpoint every N rounds (0 = only at the end).", ge=0))
-    log_every: int = field(default=1, metadata=doc("Log metrics every N rounds.", ge=1))
+    lr_schedule: LRSchedule = override(TrainConfig, "lr_schedule", "constant")
+    warmup_ratio: float = override(TrainConfig, "warmup_ratio", 0.0)
+    save_every: int = override(TrainConfig, "save_every", 0)
+    log_every: int = override(TrainConfig, "log_every", 1)
     # --- queries
     explore: Literal["passive", "boltzmann", "infomax", "ts", "double-ts"] = field(default="double-ts", metadata=doc(
         "Which candidates to show: passive (uniform), boltzmann (policy samples), infomax (most informative), "
@@ -96,6 +94,7 @@ class JointConfig(TrainConfig):
     head_l2: float = field(default=1e-3, metadata=doc("L2 weight on the head's learnable parameters.", ge=0))
 
     def check(self) -> None:
+        super().check()
         if self.candidates > 64:
             raise ConfigError(f"config field 'candidates' must be at most the 64 responses, got {self.candidates}")
         if self.candidate_pool and not self.candidates <= self.candidate_pool <= 64:
@@ -107,17 +106,23 @@ class JointConfig(TrainConfig):
 
 
 class JointModel(nn.Module):
-    """The policy and its epistemic head; ``forward(ids)`` → (sequence log-probs ``[N]``, features ``[N, H]``)."""
+    """The policy and its epistemic head; ``forward(ids)`` → (sequence log-probs ``[N]``, features ``[N, H]``), and
+    with epistemic indices ``index`` ``[S, D]`` also the head's offsets ``[S, N]`` (on ``head_inputs`` when given,
+    else on the features), so that training runs every parameter through one forward (DDP sees them all)."""
 
     def __init__(self, policy: nn.Module, head: nn.Module):
         super().__init__()
         self.policy, self.head = policy, head
 
-    def forward(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, input_ids: torch.Tensor, index: torch.Tensor | None = None,
+                head_inputs: torch.Tensor | None = None):
         out = self.policy(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), use_cache=False,
                           output_hidden_states=True)
         logps = sequence_logprobs(out.logits[:, :-1], input_ids[:, 1:], response_mask_of(input_ids)[:, 1:])
-        return logps, out.hidden_states[-1][:, -1]  # the <eos> position has read the whole response
+        features = out.hidden_states[-1][:, -1]  # the <eos> position has read the whole response
+        if index is None:
+            return logps, features
+        return logps, features, self.head(features if head_inputs is None else head_inputs, index)
 
 
 class ChoiceRecords:
@@ -131,17 +136,6 @@ class ChoiceRecords:
 
     def load_state_dict(self, state: dict) -> None:
         self.rows = [(int(p), [int(i) for i in c], int(k)) for p, c, k in state["rows"]]
-
-
-@dataclass
-class JointResult:
-    model: JointModel
-    tokenizer: object
-    history: list[dict]
-    records: ChoiceRecords
-    ledger: QueryLedger
-    path: Path | None
-    head_features: torch.Tensor | None = None  # the starting LM's features, when the head reads those
 
 
 # ----------------------------------------------------------------------------------------------
@@ -223,7 +217,9 @@ def build_joint_model(config: JointConfig, tokenizer) -> JointModel:
 
 
 def train_joint(config: JointConfig, task: PopulationTask | None = None, model: JointModel | None = None,
-                tokenizer=None) -> JointResult:
+                tokenizer=None) -> TrainResult:
+    """Joint learning on the population task (module docstring). ``extra``: the query ``ledger``, the choice
+    ``records`` and ``head_features`` (the starting LM's features when the head reads those, else None)."""
     task = task or PopulationTask()
     tokenizer = tokenizer or build_population_tokenizer()
     model = model or build_joint_model(config, tokenizer)
@@ -236,9 +232,10 @@ def train_joint(config: JointConfig, task: PopulationTask | None = None, model: 
     # standardise the head's inputs over the whole response space (epistemic.py); a resumed run computes the same
     set_feature_scaling(model.head, initial_features.flatten(0, 1))
     ledger, records = QueryLedger(budget=config.query_budget), ChoiceRecords()
-    trainer = Trainer(config, model, total_updates=config.steps * config.updates_per_round, name="joint",
-                      state_objects=(ledger, records))
+    trainer = Trainer(config, model, name="joint", state_objects=(ledger, records))
+    step = GradientStep(trainer, total_updates=config.steps * config.updates_per_round)
     k, tau = config.candidates, config.choice_temperature
+    joint_head = trainer.unwrapped_model().head  # its parameters are the trained ones (DDP shares the module)
 
     def iteration(it: int) -> dict:
         generator = torch.Generator().manual_seed(config.seed * 1_000_003 + it)
@@ -266,41 +263,44 @@ def train_joint(config: JointConfig, task: PopulationTask | None = None, model: 
         def loss_fn(rows: list[tuple[int, list[int], int]]):  # 4. E_z choice NLL + the head's L2
             batch_ids = torch.stack([ids[p, shown] for p, shown, _ in rows]).flatten(0, 1).to(trainer.device)
             chosen = torch.tensor([c for _, _, c in rows], device=trainer.device)
-            logps, feats = trainer.model(batch_ids)
+            index = joint_head.sample_index(config.index_samples, generator).to(trainer.device)
+            head_inputs = None
             if config.head_features == "initial":
-                feats = torch.cat([initial_features[p, shown] for p, shown, _ in rows]).to(trainer.device)
-            head = trainer.unwrapped_model().head
-            offsets = head(feats, head.sample_index(config.index_samples, generator).to(trainer.device))
+                head_inputs = torch.cat([initial_features[p, shown] for p, shown, _ in rows]).to(trainer.device)
+            logps, _, offsets = trainer.model(batch_ids, index, head_inputs)
             # the LM learns by maximum likelihood of the choices (the joint learning itself); the head learns the
             # posterior around it: the same likelihood under each index, with the LM's utilities held fixed
             nll = choice_loss(logps.view(-1, k), chosen, tau)
             sampled = (logps.detach()[None] / tau + offsets).view(-1, k)  # [S·B, K]: one index per choice set
             head_nll = choice_loss(sampled, chosen.repeat(config.index_samples))
-            loss = nll + head_nll + config.head_l2 * learnable_l2(head)
+            loss = nll + head_nll + config.head_l2 * learnable_l2(joint_head)
             return loss, {"choice_nll": nll.item(), "head_nll": head_nll.item()}
 
         metrics: dict = {}
         for _ in range(config.updates_per_round):
             draw = torch.randint(len(records.rows), (config.batch_size,), generator=generator).tolist()
-            metrics = trainer.update([[records.rows[i] for i in trainer.shard(draw)]], loss_fn)
+            mine = [records.rows[i] for i in trainer.shard(draw)]
+            metrics = step([m for m in (mine[i::config.grad_accum] for i in range(config.grad_accum)) if m], loss_fn)
         policy_probs = policy_distribution_of(trainer.unwrapped_model(), ids)  # 5. exact distances
         train_rows = slice(0, len(prompts))
         metrics.update(distribution_metrics(policy_probs[train_rows], targets[train_rows], favourites[train_rows]),
                        queries=ledger.total)
         return metrics
 
-    history = trainer.fit(iteration, config.steps, description=f"joint ({config.explore})")
-    model = trainer.unwrapped_model()
-    path = None
-    if trainer.is_main:
-        from safetensors.torch import save_file
+    trainer.fit(iteration, config.steps, description=f"joint ({config.explore})")
+    return trainer.finish(tokenizer, save=save_joint_model, ledger=ledger, records=records,
+                          head_features=initial_features if config.head_features == "initial" else None)
 
-        from preftune.models import save_causal_lm
 
-        path = save_causal_lm(model.policy, tokenizer, Path(config.output_dir) / "final")
-        save_file({n: t.contiguous() for n, t in model.head.state_dict().items()}, path / "epistemic_head.safetensors")
-    return JointResult(model, tokenizer, history, records, ledger, path,
-                       initial_features if config.head_features == "initial" else None)
+def save_joint_model(model: JointModel, tokenizer, directory: str | Path) -> Path:
+    """The policy as a causal-LM folder, and its epistemic head beside it."""
+    from safetensors.torch import save_file
+
+    from preftune.models import save_causal_lm
+
+    path = save_causal_lm(model.policy, tokenizer, directory)
+    save_file({n: t.contiguous() for n, t in model.head.state_dict().items()}, path / "epistemic_head.safetensors")
+    return path
 
 
 @torch.no_grad()
@@ -323,8 +323,8 @@ def posterior_spread(head: nn.Module, features: torch.Tensor, samples: int = 64,
 
 
 @torch.no_grad()
-def head_features_of(result: JointResult, ids: torch.Tensor) -> torch.Tensor:
+def head_features_of(result: TrainResult, ids: torch.Tensor) -> torch.Tensor:
     """The features ``[P, Y, H]`` the result's head reads: the starting LM's or the trained LM's."""
-    if result.head_features is not None:
-        return result.head_features
+    if result.extra["head_features"] is not None:
+        return result.extra["head_features"]
     return result.model(ids.flatten(0, 1))[1].view(ids.shape[0], ids.shape[1], -1)

@@ -19,23 +19,17 @@ same model with its adapters disabled, so no second model is held in memory.
 from __future__ import annotations
 
 import copy
-import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Literal
 
 import torch
 
-from preftune.config import ConfigError, TrainConfig, doc
+from preftune.config import ConfigError, LRSchedule, TrainConfig, doc, override
 from preftune.losses import kl_k1
-from preftune.methods.sft import TrainedPolicy
-from preftune.models import save_causal_lm
+from preftune.rewards import RewardFn, reward_model_reward
 from preftune.rollout import Rollout, generate, score_logprobs
-from preftune.trainer import Trainer, TrainingError, batch_indices
-
-RewardFn = Callable[[list[str], list[str]], Sequence[float]]  # (prompts, responses) -> scores
+from preftune.trainer import GradientStep, Trainer, TrainingError, TrainResult, batch_indices
 
 
 @dataclass
@@ -46,12 +40,11 @@ class OnlineConfig(TrainConfig):
         "Iterations: each samples one rollout batch and runs ppo_epochs × num_minibatches optimizer steps on it.",
         ge=1))
     batch_size: int = field(default=32, metadata=doc("Prompts per iteration, over all processes.", ge=1))
-    lr: float = field(default=1e-4, metadata=doc("Peak learning rate of AdamW.", gt=0))
-    lr_schedule: Literal["cosine", "linear", "constant"] = field(default="constant",
-                                                                 metadata=doc("Decay after warmup."))
-    warmup_ratio: float = field(default=0.0, metadata=doc("Fraction of optimizer steps of linear warmup.", ge=0, le=1))
-    save_every: int = field(default=20, metadata=doc("Checkpoint every N iterations (0 = only at the end).", ge=0))
-    log_every: int = field(default=1, metadata=doc("Log metrics every N iterations.", ge=1))
+    lr: float = override(TrainConfig, "lr", 1e-4)
+    lr_schedule: LRSchedule = override(TrainConfig, "lr_schedule", "constant")
+    warmup_ratio: float = override(TrainConfig, "warmup_ratio", 0.0)
+    save_every: int = override(TrainConfig, "save_every", 20)
+    log_every: int = override(TrainConfig, "log_every", 1)
     # --- sampling
     samples_per_prompt: int = field(default=1, metadata=doc("Responses sampled per prompt.", ge=1))
     max_new_tokens: int = field(default=32, metadata=doc(
@@ -75,6 +68,7 @@ class OnlineConfig(TrainConfig):
         "Stop when the mean sequence KL to the reference exceeds this many nats (inf = never).", gt=0))
 
     def check(self) -> None:
+        super().check()
         rows = self.batch_size * self.samples_per_prompt
         if rows < self.num_minibatches * self.grad_accum:
             raise ConfigError(f"batch_size × samples_per_prompt ({rows}) must be at least num_minibatches × "
@@ -138,69 +132,6 @@ class KLController:
 
     def load_state_dict(self, state: dict) -> None:
         self.value, self.target, self.horizon = float(state["value"]), state["target"], int(state["horizon"])
-
-
-# ----------------------------------------------------------------------------------------------
-# Rewards
-
-
-class AnnotatorReward:
-    """Reward from a simulated annotator: 1 if it prefers the sample to the prompt's reference response, else 0.
-
-    Every comparison is recorded in ``ledger`` (tag ``tag``), so online methods are compared with offline ones
-    at equal query budgets. Ledger and the annotator's random stream are checkpointed with the run.
-    """
-
-    def __init__(self, annotator, references: Mapping[str, str], seed: int = 0, ledger=None, tag: str = "online"):
-        from preftune.feedback import QueryLedger
-
-        self.annotator, self.references, self.tag = annotator, dict(references), tag
-        self.ledger = ledger if ledger is not None else QueryLedger()
-        self.rng = random.Random(seed)
-
-    def __call__(self, prompts: list[str], responses: list[str]) -> list[float]:
-        missing = sorted({p for p in prompts if p not in self.references})
-        if missing:
-            raise ValueError(f"no reference response for {len(missing)} prompt(s), e.g. {missing[0]!r}")
-        scores = []
-        for prompt, response in zip(prompts, responses):
-            self.ledger.record(self.tag)
-            preferred = self.annotator.compare(prompt, response, self.references[prompt], self.rng)
-            scores.append(1.0 if preferred else 0.0)
-        return scores
-
-    def state_dict(self) -> dict:
-        return {"ledger": self.ledger.state_dict(), "rng": self.rng.getstate()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.ledger.load_state_dict(state["ledger"])
-        version, internal, gauss = state["rng"]
-        self.rng.setstate((version, tuple(internal), gauss))
-
-
-def make_reward(spec: str, task=None, references: Sequence | None = None, tokenizer=None, seed: int = 0,
-                link: str = "bradley-terry", flip_prob: float = 0.0, max_length: int = 96) -> RewardFn:
-    """The reward the CLI's ``--reward`` names: ``oracle`` (``task.reward``), ``annotator`` (an `Annotator` of the
-    task's reward comparing each sample with the reference response of its prompt, from ``references``: records
-    with ``.prompt`` and ``.response``), or the directory of a saved `RewardModel`."""
-    from preftune.methods.bon import oracle_scorer, reward_model_scorer
-
-    if spec in ("oracle", "annotator") and task is None:
-        raise ValueError(f"--reward {spec} needs --task (its oracle is the reward)")
-    if spec == "oracle":
-        return oracle_scorer(task)
-    if spec == "annotator":
-        from preftune.feedback import Annotator
-
-        if not references:
-            raise ValueError("--reward annotator needs reference responses (a task's demonstrations or --data)")
-        return AnnotatorReward(Annotator(task.reward, link=link, flip_prob=flip_prob),
-                               {r.prompt: r.response for r in references}, seed=seed)
-    if not Path(spec).is_dir():
-        raise ValueError(f"--reward must be 'oracle', 'annotator' or a reward-model directory; {spec!r} is none")
-    from preftune.models import RewardModel, load_tokenizer
-
-    return reward_model_scorer(RewardModel.from_pretrained(spec), tokenizer or load_tokenizer(spec), max_length)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -279,19 +210,17 @@ class OnlineRun:
         self.policy, self.tokenizer = policy, tokenizer
         self.reference = ReferencePolicy(policy)  # before any update: π_ref is the starting policy
         self.kl_controller = KLController(config.kl_coef, config.kl_target, config.kl_horizon)
-        if isinstance(reward, torch.nn.Module):  # a RewardModel
-            from preftune.methods.bon import reward_model_scorer
-
+        if isinstance(reward, torch.nn.Module):  # a RewardModel that reads the policy's tokens
             self.reward_model = reward
-            reward = reward_model_scorer(reward, tokenizer, config.max_length)
+            reward = reward_model_reward(reward, tokenizer, config.max_length)
         else:
             self.reward_model = None
         self.reward_fn = reward
         # a stateful reward (AnnotatorReward: ledger + annotator RNG) is checkpointed with the run
         stateful = [reward] if hasattr(reward, "state_dict") and hasattr(reward, "load_state_dict") else []
-        self.trainer = Trainer(config, trained if trained is not None else policy,
-                               total_updates=config.total_updates(), name=name,
+        self.trainer = Trainer(config, trained if trained is not None else policy, name=name,
                                state_objects=[self.kl_controller, *stateful])
+        self.step = GradientStep(self.trainer, total_updates=config.total_updates())
         self.reference.to(self.trainer.device)
         if self.reward_model is not None:
             self.reward_model.to(self.trainer.device)
@@ -337,7 +266,7 @@ class OnlineRun:
             for m in range(cfg.num_minibatches):
                 rows = order[m::cfg.num_minibatches]
                 micro = [rows[i::cfg.grad_accum] for i in range(cfg.grad_accum)]
-                out = self.trainer.update([mb for mb in micro if mb], loss_fn)
+                out = self.step([mb for mb in micro if mb], loss_fn)
                 for k, v in out.items():
                     sums[k] = sums.get(k, 0.0) + float(v)
                 steps += 1
@@ -365,9 +294,6 @@ class OnlineRun:
         self.kl_controller.update(self.global_mean(metrics["kl"]), len(batch) * self.trainer.world_size)
         return metrics
 
-    def fit(self, iteration_fn: Callable[[int], dict]) -> TrainedPolicy:
-        history = self.trainer.fit(iteration_fn, self.config.steps, description=self.name)
-        path = None
-        if self.trainer.is_main:
-            path = save_causal_lm(self.policy, self.tokenizer, Path(self.config.output_dir) / "final")
-        return TrainedPolicy(self.policy, self.tokenizer, history, path)
+    def fit(self, iteration_fn: Callable[[int], dict]) -> TrainResult:
+        self.trainer.fit(iteration_fn, self.config.steps, description=self.name)
+        return self.trainer.finish(self.tokenizer, model=self.policy)  # the policy alone, without a value head

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from preftune.config import doc
+from preftune.config import doc, override
 from preftune.losses import (
     gae_advantages,
     masked_mean,
@@ -38,15 +38,15 @@ from preftune.losses import (
     value_loss,
 )
 from preftune.methods.online import OnlineBatch, OnlineConfig, OnlineRun, RewardFn
-from preftune.methods.sft import TrainedPolicy
 from preftune.models import load_policy, position_ids_from_mask
+from preftune.trainer import TrainResult
 
 
 @dataclass
 class PPOConfig(OnlineConfig):
-    output_dir: str = field(default="runs/ppo", metadata=doc("Where checkpoints, metrics and the final model go."))
-    ppo_epochs: int = field(default=4, metadata=doc("Passes over each rollout batch.", ge=1))
-    num_minibatches: int = field(default=2, metadata=doc("Optimizer steps per pass over a rollout batch.", ge=1))
+    method_name = "ppo"
+    ppo_epochs: int = override(OnlineConfig, "ppo_epochs", 4)
+    num_minibatches: int = override(OnlineConfig, "num_minibatches", 2)
     lam: float = field(default=0.95, metadata=doc("GAE λ (γ is 1: the reward is paid once per response).",
                                                   ge=0, le=1))
     vf_coef: float = field(default=0.1, metadata=doc("Weight of the value loss beside the policy loss.", ge=0))
@@ -87,7 +87,7 @@ def rollout_values(model: PolicyWithValueHead, batch: OnlineBatch, device, batch
 
 
 def train_ppo(config: PPOConfig, prompts: Sequence[str], reward: RewardFn | nn.Module, model=None,
-              tokenizer=None) -> TrainedPolicy:
+              tokenizer=None) -> TrainResult:
     """PPO on ``prompts``; ``reward`` is a (prompts, responses) -> scores callable or a `RewardModel`."""
     policy, tokenizer = load_policy(config, model, tokenizer)
     actor_critic = PolicyWithValueHead(policy)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
 from preftune.config import TrainConfig, doc
@@ -15,28 +14,20 @@ from preftune.losses import bt_loss
 from preftune.metrics import reward_model_accuracy
 from preftune.models import RewardModel, load_policy
 from preftune.rollout import score_rewards
-from preftune.trainer import Trainer
+from preftune.trainer import GradientStep, Trainer, TrainResult
 
 
 @dataclass
 class RewardConfig(TrainConfig):
-    output_dir: str = field(default="runs/reward", metadata=doc("Where checkpoints, metrics and the final model go."))
-    # 1e-3 beat 3e-4 in every run of the tiny-model sweep (docs/benchmarks.md); a reward model learns the
-    # prompt-conditional part of a preference (is this word on the prompt's topic?) slowly, so it wants many
-    # distinct pairs rather than many epochs over few: `preftune run` gives it 80k pairs, 3,000 steps of 128.
-    lr: float = field(default=1e-3, metadata=doc("Peak learning rate of AdamW.", gt=0))
+    """The shared lr of 1e-3 beat 3e-4 in every run of the tiny-model sweep (docs/benchmarks.md); a reward model
+    learns the prompt-conditional part of a preference (is this word on the prompt's topic?) slowly, so it wants
+    many distinct pairs rather than many epochs over few: `preftune run` gives it 80k pairs, 3,000 steps of 128."""
+
+    method_name = "reward"
     num_heads: int = field(default=1, metadata=doc("Reward heads on one body (>1: an ensemble).", ge=1))
     pooling: Literal["last", "sum"] = field(default="last", metadata=doc(
         "Where the head reads the body: 'last' non-pad token (TRL's design), or 'sum' of a score at every token "
         "(a reward additive over tokens; `preftune run` uses it, docs/benchmarks.md)."))
-
-
-@dataclass
-class TrainedRewardModel:
-    model: RewardModel
-    tokenizer: object
-    history: list[dict]
-    path: Path | None
 
 
 def pair_rewards(reward_model, tokenizer, pairs: Sequence[Pair], max_length: int, batch_size: int = 128):
@@ -65,12 +56,13 @@ def heldout_report(reward_model, tokenizer, task, pairs: Sequence[Pair], max_len
             "ceiling": annotator_agreement_with_oracle(list(pairs), task.reward), "pairs": len(pairs)}
 
 
-def train_reward(config: RewardConfig, pairs: Sequence[Pair], model=None, tokenizer=None) -> TrainedRewardModel:
+def train_reward(config: RewardConfig, pairs: Sequence[Pair], model=None, tokenizer=None) -> TrainResult:
     """Start from a causal LM (usually the SFT policy) and fit a new head and the body on ``pairs``."""
     base, tokenizer = load_policy(config, model, tokenizer)
     reward_model = RewardModel.from_causal_lm(base, num_heads=config.num_heads, seed=config.seed,
                                                pooling=config.pooling)
     trainer = Trainer(config, reward_model, name="reward")
+    step = GradientStep(trainer)
 
     def loss_fn(indices: list[int]):
         batch = collate_pairs(tokenizer, [pairs[i] for i in indices], config.max_length).to(trainer.device)
@@ -81,12 +73,5 @@ def train_reward(config: RewardConfig, pairs: Sequence[Pair], model=None, tokeni
         accuracy = (chosen > rejected).float().mean()
         return loss, {"accuracy": accuracy.item(), "margin": (chosen - rejected).mean().item()}
 
-    history = trainer.fit_dataset(len(pairs), loss_fn, description="reward model")
-    reward_model = trainer.unwrapped_model()
-    path = None
-    if trainer.is_main:
-        path = reward_model.save_pretrained(Path(config.output_dir) / "final", tokenizer)
-    return TrainedRewardModel(reward_model, tokenizer, history, path)
-
-
-
+    trainer.fit_dataset(len(pairs), step, loss_fn, description="reward model")
+    return trainer.finish(tokenizer, save=lambda rm, tok, directory: rm.save_pretrained(directory, tok))

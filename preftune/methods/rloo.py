@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass
 
 from torch import nn
 
-from preftune.config import ConfigError, doc
+from preftune.config import ConfigError, override
 from preftune.losses import (
     grpo_advantages,
     kl_k3,
@@ -34,41 +33,40 @@ from preftune.losses import (
     token_logprobs,
 )
 from preftune.methods.online import OnlineConfig, OnlineRun, RewardFn
-from preftune.methods.sft import TrainedPolicy
 from preftune.models import load_policy
 from preftune.rollout import model_logits
+from preftune.trainer import TrainResult
 
 
 @dataclass
 class RLOOConfig(OnlineConfig):
-    output_dir: str = field(default="runs/rloo", metadata=doc("Where checkpoints, metrics and the final model go."))
-    samples_per_prompt: int = field(default=4, metadata=doc("k: responses per prompt (the group).", ge=2))
-    advantage: Literal["rloo", "grpo"] = field(default="rloo", metadata=doc(
-        "rloo: leave-one-out baseline, KL in the reward; grpo: group-normalised advantage, KL as a loss term."))
+    """RLOO: leave-one-out baseline, the KL folded into the reward. `GRPOConfig` selects GRPO."""
+
+    method_name = "rloo"
+    samples_per_prompt: int = override(OnlineConfig, "samples_per_prompt", 4)
 
     def check(self) -> None:
         super().check()
         if self.samples_per_prompt < 2:
-            raise ConfigError(f"config field 'samples_per_prompt' must be >= 2 for {self.advantage} "
+            raise ConfigError(f"config field 'samples_per_prompt' must be >= 2 for {self.method_name} "
                               f"(the baseline comes from a prompt's other samples), got {self.samples_per_prompt}")
 
 
 @dataclass
 class GRPOConfig(RLOOConfig):
-    output_dir: str = field(default="runs/grpo", metadata=doc("Where checkpoints, metrics and the final model go."))
-    advantage: Literal["rloo", "grpo"] = field(default="grpo", metadata=doc(
-        "rloo: leave-one-out baseline, KL in the reward; grpo: group-normalised advantage, KL as a loss term."))
-    kl_coef: float = field(default=0.04, metadata=doc(
-        "β of the k3 KL loss term (DeepSeekMath uses 0.04); the starting value when kl_target is set.", ge=0))
+    """GRPO: group-normalised advantage, the KL as a k3 loss term (DeepSeekMath uses β = 0.04)."""
+
+    method_name = "grpo"
+    kl_coef: float = override(OnlineConfig, "kl_coef", 0.04)
 
 
 def train_rloo(config: RLOOConfig, prompts: Sequence[str], reward: RewardFn | nn.Module, model=None,
-               tokenizer=None) -> TrainedPolicy:
-    """RLOO, or GRPO when ``config.advantage == "grpo"``; ``reward``: (prompts, responses) -> scores, or a
+               tokenizer=None) -> TrainResult:
+    """RLOO, or GRPO when ``config`` is a `GRPOConfig`; ``reward``: (prompts, responses) -> scores, or a
     `RewardModel`."""
     policy, tokenizer = load_policy(config, model, tokenizer)
-    run = OnlineRun(config.advantage, config, prompts, reward, policy, tokenizer)
-    k, temperature, grpo = config.samples_per_prompt, config.temperature, config.advantage == "grpo"
+    run = OnlineRun(config.method_name, config, prompts, reward, policy, tokenizer)
+    k, temperature, grpo = config.samples_per_prompt, config.temperature, isinstance(config, GRPOConfig)
 
     def iteration(it: int) -> dict:
         started = time.perf_counter()
@@ -100,6 +98,8 @@ def train_rloo(config: RLOOConfig, prompts: Sequence[str], reward: RewardFn | nn
 
 
 def train_grpo(config: GRPOConfig, prompts: Sequence[str], reward: RewardFn | nn.Module, model=None,
-               tokenizer=None) -> TrainedPolicy:
-    """GRPO: `train_rloo` with ``advantage="grpo"`` (the default of `GRPOConfig`)."""
+               tokenizer=None) -> TrainResult:
+    """GRPO: `train_rloo` with a `GRPOConfig`."""
+    if not isinstance(config, GRPOConfig):
+        raise ConfigError(f"train_grpo takes a GRPOConfig, got {type(config).__name__}")
     return train_rloo(config, prompts, reward, model, tokenizer)

@@ -38,9 +38,8 @@ from torch import nn
 from preftune.config import ConfigError, TrainConfig, doc
 from preftune.data import Demo, Pair, collate_demos, collate_pairs
 from preftune.losses import bt_loss, mib_loss
-from preftune.methods.reward import TrainedRewardModel
 from preftune.models import RewardModel, load_policy, load_trained_causal_lm
-from preftune.trainer import Trainer
+from preftune.trainer import GradientStep, Trainer, TrainResult
 
 METHODS = ("uml", "spg", "select-all", "rlaif")
 Equivalence = Callable[[str, str, str], bool]  # (prompt, response_a, response_b) -> do they mean the same?
@@ -51,7 +50,7 @@ class RLPConfig(TrainConfig):
     """The whole pipeline. The inherited optimiser fields (steps, lr, batch_size, ...) are RLP's own stage, the
     reward-model retraining; the other stages have their own ``<stage>_`` fields, defaulting to `preftune run`'s."""
 
-    output_dir: str = field(default="runs/rlp", metadata=doc("Where every stage, the samples and results go."))
+    method_name = "rlp"
     method: Literal["uml", "spg", "select-all", "rlaif"] = field(default="spg", metadata=doc(
         "How the reward model learns from policy samples: uml (multi-view information bottleneck), spg (synthetic "
         "preferences), select-all or rlaif (the baselines)."))
@@ -233,8 +232,12 @@ class UMLModel(nn.Module):
             self.encoder = GaussianEncoder(hidden, latent_dim)
             self.critic = nn.Sequential(nn.Linear(2 * latent_dim, hidden), nn.ReLU(), nn.Linear(hidden, 1))
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.reward_model(input_ids, attention_mask)
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, views: tuple | None = None,
+                beta: float = 0.0):
+        """Rewards of the pairs; with ``views`` = (ids_1, mask_1, ids_2, mask_2) also (L_MIB, diagnostics), so that a
+        training step runs every parameter through one forward (DDP sees them all)."""
+        rewards = self.reward_model(input_ids, attention_mask)
+        return rewards if views is None else (rewards, *self.uml_loss(*views, beta))
 
     def uml_loss(self, views_1: torch.Tensor, mask_1: torch.Tensor, views_2: torch.Tensor, mask_2: torch.Tensor,
                  beta: float) -> tuple[torch.Tensor, dict]:
@@ -261,38 +264,42 @@ def view_pairs(groups: Sequence[tuple[str, list[str]]], count: int, generator: t
 
 
 def retrain_reward_model(config: RLPConfig, reward_model: RewardModel, tokenizer, pairs: Sequence[Pair],
-                         view_groups: Sequence[tuple[str, list[str]]] | None = None) -> TrainedRewardModel:
+                         view_groups: Sequence[tuple[str, list[str]]] | None = None) -> TrainResult:
     """Continue training ``reward_model`` with the Bradley–Terry loss on ``pairs`` (D, or D ∪ D̂), plus
     λ · L_MIB on policy-sample views when ``view_groups`` is given (RLP-UML, docs (R5))."""
     model = UMLModel(reward_model, config.latent_dim, config.seed) if view_groups else reward_model
     # the encoder and critic start from scratch, so they get their own (larger) step: at the reward model's 3e-4
     # the Jensen–Shannon estimate stayed at its uninformed −2 log 2 for all 100 steps (docs/benchmarks.md)
     lr_overrides = {model.encoder: config.uml_lr, model.critic: config.uml_lr} if view_groups else None
-    trainer = Trainer(config, model, name="rlp-reward", lr_overrides=lr_overrides)
+    trainer = Trainer(config, model, name="rlp-reward")
+    step = GradientStep(trainer, lr_overrides=lr_overrides)
 
     def loss_fn(indices: list[int]):
         batch = collate_pairs(tokenizer, [pairs[i] for i in indices], config.max_length).to(trainer.device)
-        rewards = trainer.model(batch.input_ids, batch.attention_mask)
-        chosen, rejected = rewards[: len(indices)], rewards[len(indices):]
-        loss = bt_loss(chosen, rejected)
-        metrics = {"accuracy": (chosen > rejected).float().mean().item(), "bt_loss": loss.item()}
+        views = None
         if view_groups:
             # the views of a step are a pure function of (seed, step, batch), so a resumed run draws the same ones
             g = torch.Generator().manual_seed((config.seed * 1_000_003 + trainer.iteration) * 1_009 + indices[0])
             first, second = view_pairs(view_groups, len(indices), g)
             v1 = collate_demos(tokenizer, first, config.max_length).to(trainer.device)
             v2 = collate_demos(tokenizer, second, config.max_length).to(trainer.device)
-            uml, diagnostics = trainer.unwrapped_model().uml_loss(v1.input_ids, v1.attention_mask, v2.input_ids,
-                                                                  v2.attention_mask, config.uml_beta)
+            views = (v1.input_ids, v1.attention_mask, v2.input_ids, v2.attention_mask)
+        out = trainer.model(batch.input_ids, batch.attention_mask, views, config.uml_beta) if views \
+            else trainer.model(batch.input_ids, batch.attention_mask)
+        rewards = out[0] if views else out
+        chosen, rejected = rewards[: len(indices)], rewards[len(indices):]
+        loss = bt_loss(chosen, rejected)
+        metrics = {"accuracy": (chosen > rejected).float().mean().item(), "bt_loss": loss.item()}
+        if views:
+            uml, diagnostics = out[1], out[2]
             loss = loss + config.uml_weight * uml
             metrics.update(uml_loss=uml.item(), **diagnostics)
         return loss, metrics
 
-    history = trainer.fit_dataset(len(pairs), loss_fn, description=f"rlp-{config.method} reward model")
-    reward_model = trainer.unwrapped_model()
-    reward_model = reward_model.reward_model if isinstance(reward_model, UMLModel) else reward_model
-    path = reward_model.save_pretrained(Path(config.output_dir) / "final", tokenizer) if trainer.is_main else None
-    return TrainedRewardModel(reward_model, tokenizer, history, path)
+    trainer.fit_dataset(len(pairs), step, loss_fn, description=f"rlp-{config.method} reward model")
+    trained = trainer.unwrapped_model()
+    trained = trained.reward_model if isinstance(trained, UMLModel) else trained
+    return trainer.finish(tokenizer, model=trained, save=lambda rm, tok, directory: rm.save_pretrained(directory, tok))
 
 
 def match_reward_scale(reward_model: RewardModel, target: RewardModel, tokenizer, prompts: Sequence[str],
@@ -301,9 +308,9 @@ def match_reward_scale(reward_model: RewardModel, target: RewardModel, tokenizer
     (the policy samples); returns the factor. A Bradley–Terry reward's scale is arbitrary — only differences are
     fitted — but PPO's KL penalty is in reward units: a retrained model whose spread on policy outputs grew would in
     effect give the second PPO a weaker KL coefficient than the first."""
-    from preftune.methods.bon import reward_model_scorer
+    from preftune.rewards import reward_model_reward
 
-    spread = [torch.tensor(reward_model_scorer(m, tokenizer, max_length)(list(prompts), list(responses))).std()
+    spread = [torch.tensor(reward_model_reward(m, tokenizer, max_length)(list(prompts), list(responses))).std()
               for m in (reward_model, target)]
     factor = float(spread[1] / spread[0])
     with torch.no_grad():
@@ -360,7 +367,7 @@ def policy_pair_accuracy(reward_models: dict, tokenizer, task, prompts: Sequence
 def sample_groups(policy, reward_model, tokenizer, prompts: Sequence[str], config: RLPConfig, path: Path) -> list:
     """n samples per instruction from ``policy``, with the current reward model's scores, saved to ``path`` (whole
     or not at all): ``[[prompt, responses, scores], ...]``."""
-    from preftune.methods.bon import reward_model_scorer
+    from preftune.rewards import reward_model_reward
     from preftune.rollout import generate
     from preftune.tasks import get_task
 
@@ -368,7 +375,7 @@ def sample_groups(policy, reward_model, tokenizer, prompts: Sequence[str], confi
     n = config.samples_per_instruction
     rollout = generate(policy, tokenizer, prompts, get_task(config.task).max_response_chars + 1, samples_per_prompt=n,
                        temperature=config.sample_temperature)
-    scores = reward_model_scorer(reward_model, tokenizer, config.max_length)(rollout.row_prompts(), rollout.texts)
+    scores = reward_model_reward(reward_model, tokenizer, config.max_length)(rollout.row_prompts(), rollout.texts)
     groups = [[p, rollout.texts[i * n:(i + 1) * n], list(scores[i * n:(i + 1) * n])] for i, p in enumerate(prompts)]
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(groups))
@@ -397,11 +404,12 @@ def run_rlp(config: RLPConfig, model=None, tokenizer=None) -> dict:
     """The pipeline of the module docstring; returns (and writes to ``results-<method>.json``) its results."""
     from preftune.evaluate import evaluate_policy, sample_policy
     from preftune.feedback import Annotator, label_pairs
-    from preftune.methods.bon import best_of_n, reward_model_scorer
+    from preftune.methods.bon import best_of_n
     from preftune.methods.ppo import PPOConfig, train_ppo
-    from preftune.methods.reward import RewardConfig, heldout_accuracy, train_reward
+    from preftune.methods.reward import RewardConfig, heldout_accuracy, heldout_labels, train_reward
     from preftune.methods.sft import SFTConfig, train_sft
     from preftune.metrics import annotator_win_rate, mean_oracle_reward, win_rate
+    from preftune.rewards import reward_model_reward
     from preftune.rollout import generate
     from preftune.tasks import get_task
 
@@ -411,8 +419,7 @@ def run_rlp(config: RLPConfig, model=None, tokenizer=None) -> dict:
     base, tokenizer = load_policy(cfg, model, tokenizer)
     human = label_pairs(task.candidate_pairs("train", cfg.human_pairs, cfg.seed), Annotator(task.reward),
                         random.Random(cfg.seed))
-    heldout = label_pairs(task.candidate_pairs("eval", 2000, cfg.seed), Annotator(task.reward),
-                          random.Random(cfg.seed + 1))
+    heldout = heldout_labels(task, 2000, cfg.seed)
     train_prompts = task.prompts("train", 10_000, cfg.seed)
     max_new = task.max_response_chars + 1
     load_policy_dir = lambda d: load_trained_causal_lm(d)[0]  # noqa: E731
@@ -475,7 +482,7 @@ def run_rlp(config: RLPConfig, model=None, tokenizer=None) -> dict:
                   reference_rollout=reference)
     methods = {"sft": evaluate_policy(task, sft, tokenizer, **kwargs)}
     torch.manual_seed(cfg.seed + 2)
-    chosen = best_of_n(sft, tokenizer, prompts, cfg.best_of, reward_model_scorer(rm, tokenizer, cfg.max_length),
+    chosen, _ = best_of_n(sft, tokenizer, prompts, cfg.best_of, reward_model_reward(rm, tokenizer, cfg.max_length),
                        max_new)
     methods[f"best-of-{cfg.best_of} (rm)"] = {
         "oracle_reward": mean_oracle_reward(task, prompts, chosen),
@@ -491,7 +498,7 @@ def run_rlp(config: RLPConfig, model=None, tokenizer=None) -> dict:
     for name, policy, scorer_rm in (("ppo", ppo, rm), (f"rlp-{cfg.method}", ppo_rlp, rm_rlp)):
         torch.manual_seed(cfg.seed + 5)
         texts = sample_policy(task, policy, tokenizer, prompts).texts
-        scores = reward_model_scorer(scorer_rm, tokenizer, cfg.max_length)(prompts, texts)
+        scores = reward_model_reward(scorer_rm, tokenizer, cfg.max_length)(prompts, texts)
         results["policy_scores"][name] = {"reward_model": sum(scores) / len(scores),
                                           "oracle": mean_oracle_reward(task, prompts, texts)}
     log["eval"] = {"status": "run", "seconds": time.perf_counter() - t0}

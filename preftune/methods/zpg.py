@@ -27,23 +27,24 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from torch import nn
 
-from preftune.config import ConfigError, TrainConfig, doc
+from preftune.config import ConfigError, ModelConfig, RunConfig, doc, override
 from preftune.feedback import Annotator, QueryLedger, repeated_preference_shares
 from preftune.losses import preference_value_difference, zpg_gradient
-from preftune.methods.sft import TrainedPolicy
-from preftune.models import load_policy, save_causal_lm
+from preftune.models import load_policy
 from preftune.rollout import generate
 from preftune.tasks.gridworld import GridWorld, return_utility
-from preftune.trainer import Trainer, batch_indices
+from preftune.trainer import Trainer, TrainResult, batch_indices
 
 
 @dataclass
-class ZPGConfig(TrainConfig):
-    output_dir: str = field(default="runs/zpg", metadata=doc("Where checkpoints, metrics and the final policy go."))
+class ZPGConfig(ModelConfig):
+    """ZPG's update is its own (θ ← θ + α·ĝ), so it takes no optimizer fields."""
+
+    method_name = "zpg"
     algorithm: Literal["zpg", "zbcpg"] = field(default="zpg", metadata=doc(
         "zpg: perturb all coordinates at once; zbcpg: one random block of block_size coordinates per iteration."))
-    steps: int = field(default=300, metadata=doc("Policy-gradient iterations T.", ge=1))
     batch_size: int = field(default=16, metadata=doc("N: trajectory pairs per iteration.", ge=1))
     annotators_per_pair: int = field(default=4, metadata=doc("M: annotator labels per pair (N·M queries per "
                                                              "iteration).", ge=1))
@@ -75,13 +76,11 @@ class ZPGConfig(TrainConfig):
     # --- LM sampling
     max_new_tokens: int = field(default=30, metadata=doc("LM: longest sampled response in tokens.", ge=1))
     temperature: float = field(default=1.0, metadata=doc("LM: sampling temperature.", gt=0))
-    lr_schedule: Literal["cosine", "linear", "constant"] = field(default="constant", metadata=doc(
-        "Unused by ZPG's plain ascent step (kept for the shared trainer)."))
-    warmup_ratio: float = field(default=0.0, metadata=doc("Unused by ZPG (kept for the shared trainer).", ge=0, le=1))
-    save_every: int = field(default=0, metadata=doc("Checkpoint every N iterations (0 = only at the end).", ge=0))
-    log_every: int = field(default=1, metadata=doc("Log metrics every N iterations.", ge=1))
+    save_every: int = override(RunConfig, "save_every", 0)
+    log_every: int = override(RunConfig, "log_every", 1)
 
     def check(self) -> None:
+        super().check()
         if self.perturb == "lora" and self.param_filter:
             raise ConfigError("config fields 'perturb'='lora' and 'param_filter' exclude each other: LoRA already "
                               "picks the perturbed weights")
@@ -153,33 +152,60 @@ def zeroth_order_step(params: FlatParameters, config: ZPGConfig, sample_utilitie
 # Tabular softmax policy in the GridWorld
 
 
-@dataclass
-class TabularRun:
-    logits: torch.Tensor  # [S, A]
-    history: list[dict]
-    ledger: QueryLedger
+class TabularPolicy(nn.Module):
+    """A softmax policy over a finite state and action space: ``logits[s, a]``, a buffer (no parameters: ZPG moves
+    it by hand). It is its own checkpoint state (`Trainer` saves its ``state_dict``)."""
+
+    def __init__(self, num_states: int, num_actions: int, logits: torch.Tensor | None = None):
+        super().__init__()
+        start = torch.zeros(num_states, num_actions, dtype=torch.float64) if logits is None else logits.clone()
+        self.register_buffer("logits", start)
 
 
-def train_zpg_gridworld(config: ZPGConfig, env: GridWorld | None = None, logits: torch.Tensor | None = None,
-                        ) -> TabularRun:
+class GeneratorState:
+    """A `torch.Generator` as a checkpoint state object."""
+
+    def __init__(self, generator: torch.Generator):
+        self.generator = generator
+
+    def state_dict(self) -> dict:
+        return {"state": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["state"])
+
+
+def save_tabular_policy(policy: TabularPolicy, tokenizer, directory: str | Path) -> Path:
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file({"logits": policy.logits.contiguous()}, str(directory / "policy.safetensors"))
+    return directory
+
+
+def train_zpg_gridworld(config: ZPGConfig, env: GridWorld | None = None, policy: TabularPolicy | None = None,
+                        ) -> TrainResult:
     """ZPG/ZBCPG on a tabular softmax policy (uniform start); logs the exact return and ‖∇J‖ every iteration.
-    A GridWorld run takes seconds and writes no checkpoints, so ``resume`` is refused rather than ignored."""
-    if config.resume:
-        raise ConfigError("config field 'resume' is not supported on the GridWorld (runs take seconds and keep no "
-                          "checkpoints); run again without --resume")
+    ``extra["ledger"]`` counts the queries."""
     env = env or GridWorld(slip=config.gridworld_slip, horizon=config.gridworld_horizon)
-    theta = torch.zeros(env.num_states, env.num_actions, dtype=torch.float64) if logits is None else logits.clone()
+    policy = policy or TabularPolicy(env.num_states, env.num_actions)
     generator = torch.Generator().manual_seed(config.seed)
     ledger = QueryLedger(config.query_budget)
     annotator = config.annotator(return_utility)
-    params = FlatParameters([theta])
-    history = []
-    for it in range(config.steps):
-        stats = zeroth_order_step(params, config, lambda: env.sample(theta, config.batch_size, generator).returns,
+    params = FlatParameters([policy.logits])
+    trainer = Trainer(config, policy, name=config.algorithm,
+                      state_objects=[ledger, policy, GeneratorState(generator)])
+
+    def iteration(it: int) -> dict:
+        stats = zeroth_order_step(params, config,
+                                  lambda: env.sample(policy.logits, config.batch_size, generator).returns,
                                   annotator, ledger, generator)
-        value, gradient = env.value_and_gradient(theta)
-        history.append({"iteration": it + 1, **stats, "true_return": value, "grad_norm": float(gradient.norm())})
-    return TabularRun(theta, history, ledger)
+        value, gradient = env.value_and_gradient(policy.logits)
+        return {**stats, "true_return": value, "grad_norm": float(gradient.norm())}
+
+    trainer.fit(iteration, config.steps, description=f"{config.algorithm} (gridworld)")
+    return trainer.finish(save=save_tabular_policy, ledger=ledger)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -198,7 +224,7 @@ def perturbed_parameters(model, config: ZPGConfig) -> list[torch.Tensor]:
 
 
 def train_zpg_lm(config: ZPGConfig, prompts: Sequence[str], utility: Callable[[str, str], float], model=None,
-                 tokenizer=None) -> TrainedPolicy:
+                 tokenizer=None) -> TrainResult:
     """ZPG/ZBCPG on a causal LM: N prompts per iteration, one response from π_θ and one from π_{θ+μv} to each,
     compared by M annotators whose utility is ``utility(prompt, response)`` (a task's oracle reward)."""
     if config.perturb == "lora" and not config.lora:
@@ -224,7 +250,5 @@ def train_zpg_lm(config: ZPGConfig, prompts: Sequence[str], utility: Callable[[s
         stats = zeroth_order_step(params, config, sample_utilities, annotator, ledger, generator)
         return {**stats, "perturbed_dim": params.dim, "seconds_per_iteration": time.perf_counter() - started}
 
-    history = trainer.fit(iteration, config.steps, description=config.algorithm)
-    model = trainer.unwrapped_model()
-    path = save_causal_lm(model, tokenizer, Path(config.output_dir) / "final") if trainer.is_main else None
-    return TrainedPolicy(model, tokenizer, history, path)
+    trainer.fit(iteration, config.steps, description=config.algorithm)
+    return trainer.finish(tokenizer, ledger=ledger)

@@ -16,11 +16,30 @@ TASKS: dict[str, Task] = {task.name: task for task in (ArithmeticTask(), Summari
 TINY_TOKENIZER_TASKS = ("arithmetic", "summarise", "preference-language")
 
 
-def get_task(name: str) -> Task:
-    """The built-in task called ``name``; unknown names list the allowed ones."""
-    if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; choose one of {sorted(TASKS)}")
-    return TASKS[name]
+# Not text-to-text, so not in TASKS: a tabular environment (ZPG, ZBCPG) and a task whose responses are enumerable
+# (joint learning from choices). Built on first use.
+OTHER_TASKS = ("gridworld", "population")
+
+
+def get_task(name: str):
+    """The built-in task called ``name`` (a `Task`, the `GridWorld` or the `PopulationTask`); unknown names list the
+    allowed ones."""
+    if name in TASKS:
+        return TASKS[name]
+    if name == "gridworld":
+        from preftune.tasks.gridworld import GridWorld
+
+        return GridWorld()
+    if name == "population":
+        from preftune.tasks.population import PopulationTask
+
+        return PopulationTask()
+    raise ValueError(f"unknown task {name!r}; choose one of {sorted([*TASKS, *OTHER_TASKS])}")
+
+
+def task_descriptions() -> dict[str, str]:
+    """Every built-in task's one-line description, for `preftune tasks`."""
+    return {name: get_task(name).description for name in [*TASKS, *OTHER_TASKS]}
 
 
 __all__ = ["TASKS", "Task", "get_task", "ArithmeticTask", "SummariseTask", "PreferenceLanguageTask",

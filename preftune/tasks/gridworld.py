@@ -48,6 +48,9 @@ class Trajectories:
 
 @dataclass(frozen=True)
 class GridWorld:
+    name = "gridworld"
+    description = "the zeroth-order paper's stochastic GridWorld: slippery moves, a goal, hazards; exact returns by DP"
+    inputs = ("comparisons",)
     size: int = 4
     horizon: int = 20
     slip: float = 0.2

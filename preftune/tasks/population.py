@@ -61,6 +61,7 @@ MASKED_LOGIT = -1e9  # finite, so a masked label times a zero mask is 0, never n
 
 class PopulationTask(Task):
     name = "population"
+    inputs = ("choices",)
     description = "a 3-type population with disagreeing favourites over 64 enumerable responses (inclusive target)"
     max_prompt_chars = 10  # "about rain"
     max_response_chars = 17  # "green green green"

@@ -1,0 +1,162 @@
+"""What a method trains on, built from the words a user gives the CLI: ``--task``/``--data`` become records or
+prompts, ``--reward`` becomes a reward function, and a task supplies the defaults that fit it (response lengths).
+
+The CLI only parses; everything that knows about tasks, files and rewards is here, callable from Python too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from preftune.config import ConfigError
+from preftune.data import Demo, Pair, load_records
+
+RewardFn = Callable[[list[str], list[str]], Sequence[float]]  # (prompts, responses) -> scores
+
+
+def get_task_or_none(name: str | None):
+    from preftune.tasks import get_task
+
+    return get_task(name) if name else None
+
+
+def response_length_default(task) -> dict:
+    """A sampled response that fits the task: a token is at least one character, so its longest response fits in
+    ``max_response_chars + 1`` tokens (with eos)."""
+    return {} if task is None else {"max_new_tokens": task.max_response_chars + 1}
+
+
+def demonstrations(task, data: Path | None, num_examples: int, seed: int) -> list[Demo]:
+    """Demonstrations from a JSONL file / saved dataset, or drawn from a built-in task."""
+    if data is not None:
+        return load_records(data, Demo)
+    if task is None:
+        raise ConfigError("give --task NAME (see `preftune tasks`) or --data FILE.jsonl")
+    return task.demonstrations("train", num_examples, seed)
+
+
+def preference_pairs(task, data: Path | None, num_examples: int, seed: int, label_noise: float = 0.0,
+                     link: str = "bradley-terry") -> list[Pair]:
+    """Preference pairs from a file, or a task's candidate pairs labelled by a simulated annotator."""
+    if data is not None:
+        return load_records(data, Pair)
+    if task is None:
+        raise ConfigError("give --task NAME (see `preftune tasks`) or --data FILE.jsonl")
+    from preftune.feedback import Annotator, label_pairs
+
+    annotator = Annotator(task.reward, link=link, flip_prob=label_noise)
+    return label_pairs(task.candidate_pairs("train", num_examples, seed), annotator, random.Random(seed))
+
+
+def prompts_with_references(task, data: Path | None, num_prompts: int, seed: int) -> tuple[list[str], list[Demo]]:
+    """Training prompts (unique, in order) and the demonstrations they came from (the reference responses of
+    ``--reward annotator``)."""
+    references = demonstrations(task, data, num_prompts, seed) if data is not None or task is not None else None
+    if references is None:
+        raise ConfigError("give --task NAME (see `preftune tasks`) or --data FILE.jsonl of prompts")
+    return list(dict.fromkeys(r.prompt for r in references)), references
+
+
+def make_reward(spec: str, task=None, references: Sequence[Demo] | None = None, seed: int = 0,
+                link: str = "bradley-terry", flip_prob: float = 0.0, max_length: int = 96) -> RewardFn:
+    """The reward ``--reward`` names: ``oracle`` (``task.reward``), ``annotator`` (an `Annotator` of the task's
+    reward comparing each sample with the reference response of its prompt), or the directory of a saved
+    `RewardModel`, which scores with its own tokenizer."""
+    from preftune.rewards import AnnotatorReward, oracle_reward, reward_model_reward
+
+    if spec in ("oracle", "annotator") and task is None:
+        raise ConfigError(f"--reward {spec} needs --task (its oracle is the reward)")
+    if spec == "oracle":
+        return oracle_reward(task)
+    if spec == "annotator":
+        from preftune.feedback import Annotator
+
+        if not references:
+            raise ConfigError("--reward annotator needs reference responses (a task's demonstrations or --data)")
+        return AnnotatorReward(Annotator(task.reward, link=link, flip_prob=flip_prob),
+                               {r.prompt: r.response for r in references}, seed=seed)
+    if not Path(spec).is_dir():
+        raise ConfigError(f"--reward must be 'oracle', 'annotator' or a reward-model directory; {spec!r} is none")
+    from preftune.models import RewardModel, load_tokenizer
+
+    return reward_model_reward(RewardModel.from_pretrained(spec), load_tokenizer(spec), max_length)
+
+
+def task_defaults(method, task, chosen: set[str]) -> dict:
+    """Config defaults that depend on the task (under the user's YAML and flags): a response length that fits it,
+    and for ZPG on an LM the settings of docs/benchmarks.md's LM study."""
+    if task is None:
+        return {}
+    if method.inputs == "comparisons":
+        return {} if task.name == "gridworld" else zpg_lm_defaults(task.max_response_chars + 1, chosen)
+    if "max_new_tokens" in {f.name for f in dataclasses.fields(method.config)}:
+        return response_length_default(task)
+    return {}
+
+
+# ZPG on an LM perturbs only the final norm's 128 gains (d = 128) by default: all weights (d ≈ 4e5) need far more
+# queries than a CPU run can ask (the estimator's variance grows like d²); docs/benchmarks.md, "ZPG on an LM"
+ZPG_LM_DEFAULTS = {"lr": 0.05, "mu": 4.0, "batch_size": 32, "annotators_per_pair": 2,
+                   "param_filter": r"(^|\.)(norm|ln_f)\.weight$"}
+
+
+def zpg_lm_defaults(max_new_tokens: int, chosen: set[str]) -> dict:
+    """The LM defaults; the final-norm block is only a default when the user picked neither ``perturb`` nor
+    ``param_filter`` (``--perturb lora`` or ``all`` must not inherit it)."""
+    defaults = {**ZPG_LM_DEFAULTS, "max_new_tokens": max_new_tokens}
+    if chosen & {"perturb", "param_filter"}:
+        defaults.pop("param_filter")
+    return defaults
+
+
+def train_from_inputs(method, config, task=None, data: Path | None = None, num_examples: int = 2000,
+                      num_prompts: int = 2000, reward: str = "oracle", label_noise: float = 0.0,
+                      link: str = "bradley-terry"):
+    """Build ``method``'s input from a built-in task or a data file and train it: what `preftune train` runs."""
+    kind, seed = method.inputs, config.seed
+    if task is not None and kind not in task.inputs:
+        from preftune.methods import METHODS
+        from preftune.tasks import get_task, task_descriptions
+
+        tasks = [name for name in task_descriptions() if kind in get_task(name).inputs]
+        methods = [m.name for m in METHODS.values() if m.inputs in task.inputs]
+        raise ConfigError(f"train {method.name} cannot use --task {task.name}; its tasks: {', '.join(tasks)} "
+                          f"(--task {task.name} is for {', '.join(methods)})")
+    if kind == "demos":
+        return method.train(config, demonstrations(task, data, num_examples, seed))
+    if kind == "pairs":
+        return method.train(config, preference_pairs(task, data, num_examples, seed, label_noise, link))
+    if kind == "prompts":
+        if method.name == "bon":  # answers held-out prompts
+            prompts = task.prompts("eval", num_prompts, seed) if data is None and task is not None else \
+                prompts_with_references(task, data, num_prompts, seed)[0]
+            references = task.demonstrations("eval", num_prompts, seed) if task is not None else None
+            scorer = make_reward(reward, task, references, seed, link, label_noise, config.max_length)
+            from preftune.rewards import oracle_reward
+
+            return method.train(config, prompts, scorer, oracle=oracle_reward(task) if task is not None else None)
+        prompts, references = prompts_with_references(task, data, num_prompts, seed)
+        return method.train(config, prompts, make_reward(reward, task, references, seed, link, label_noise,
+                                                         config.max_length))
+    if kind == "comparisons":
+        if task is None:
+            raise ConfigError(f"train {method.name} needs --task: gridworld, or a text task (see `preftune tasks`)")
+        if task.name == "gridworld":
+            from preftune.methods.zpg import train_zpg_gridworld
+
+            return train_zpg_gridworld(config)
+        return method.train(config, task.prompts("train", num_prompts, seed), task.reward)
+    if kind == "choices":
+        if task is None or task.name != "population":
+            raise ConfigError(f"train {method.name} needs --task population (its responses are enumerable), got "
+                              f"{getattr(task, 'name', None)!r}")
+        return method.train(config, task)
+    if kind == "pipeline":
+        from preftune.trainer import TrainResult
+
+        results = method.train(config)
+        return TrainResult(None, None, [], Path(config.output_dir), {"results": results})
+    raise ValueError(f"unknown input kind {kind!r}")
