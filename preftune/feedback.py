@@ -15,10 +15,48 @@ from dataclasses import dataclass, field
 import torch
 
 from preftune.data import Pair
-from preftune.losses import link_name, preference_link
-from preftune.metrics import reward_model_accuracy
 
-ANNOTATOR_LINKS = ("bradley-terry", "thurstone", "weibull")
+# ----------------------------------------------------------------------------------------------
+# Preference links σ: value difference -> probability of preferring the first option.
+# All are strictly increasing with σ(0) = 1/2 and σ(−x) = 1 − σ(x), so σ⁻¹ exists on (0, 1).
+
+LINKS = ("bradley-terry", "thurstone", "weibull")
+
+
+def check_link(link: str) -> None:
+    if link not in LINKS:
+        raise ValueError(f"link must be one of {LINKS}, got {link!r}")
+
+
+def preference_link(x: torch.Tensor, link: str = "bradley-terry", shape: float = 2.0) -> torch.Tensor:
+    """σ(x) for the Bradley–Terry (logistic), Thurstone (probit) and symmetric Weibull links.
+
+    - bradley-terry: 1 / (1 + e^{−x}), the logistic link.
+    - thurstone:     Φ(x / √2), the probit link of unit-variance Gaussian noise on each utility.
+    - weibull:       1/2 + sign(x)/2 · (1 − exp(−|x|^k)), k = ``shape`` — a symmetric link whose tails are
+      lighter than the logistic for k > 1 (preftune's choice; see docs/methods.md).
+    """
+    check_link(link)
+    x = torch.as_tensor(x, dtype=torch.float64 if not torch.is_tensor(x) else None)
+    if link == "bradley-terry":
+        return torch.sigmoid(x)
+    if link == "thurstone":
+        return 0.5 * (1 + torch.erf(x / 2.0))  # Φ(x/√2) = ½(1 + erf(x/2))
+    return 0.5 + 0.5 * torch.sign(x) * (1 - torch.exp(-x.abs() ** shape))
+
+
+def inverse_preference_link(p: torch.Tensor, link: str = "bradley-terry", shape: float = 2.0) -> torch.Tensor:
+    """σ⁻¹(p): the value difference that makes the first option preferred with probability p."""
+    check_link(link)
+    p = torch.as_tensor(p, dtype=torch.float64 if not torch.is_tensor(p) else None)
+    if link == "bradley-terry":
+        return torch.log(p) - torch.log1p(-p)
+    if link == "thurstone":
+        return 2.0 * torch.erfinv(2 * p - 1)
+    q = (2 * p - 1).abs()
+    return torch.sign(p - 0.5) * (-torch.log1p(-q)) ** (1.0 / shape)
+
+
 
 
 @dataclass
@@ -36,8 +74,8 @@ class Annotator:
     weibull_shape: float = 2.0
 
     def __post_init__(self) -> None:
-        if self.link not in ANNOTATOR_LINKS:
-            raise ValueError(f"annotator link must be one of {ANNOTATOR_LINKS}, got {self.link!r}")
+        if self.link not in LINKS:
+            raise ValueError(f"annotator link must be one of {LINKS}, got {self.link!r}")
         if not self.temperature > 0:
             raise ValueError(f"annotator temperature must be > 0, got {self.temperature}")
         if not 0.0 <= self.flip_prob <= 0.5:
@@ -52,7 +90,7 @@ class Annotator:
 
     def prob_from_margins(self, margins: torch.Tensor) -> torch.Tensor:
         """The same probability for a tensor of utility differences u(a) − u(b), e.g. trajectory returns."""
-        p = preference_link(torch.as_tensor(margins, dtype=torch.float64) / self.temperature, link_name(self.link),
+        p = preference_link(torch.as_tensor(margins, dtype=torch.float64) / self.temperature, self.link,
                             self.weibull_shape)
         return (1.0 - self.flip_prob) * p + self.flip_prob * (1.0 - p)
 
@@ -212,16 +250,3 @@ def repeated_preference_shares(probs: torch.Tensor, num_labels: int, generator: 
         ledger.record(tag, probs.numel() * num_labels)
     counts = torch.binomial(torch.full_like(probs, float(num_labels)), probs, generator=generator)
     return counts / num_labels
-
-
-def annotator_agreement_with_oracle(pairs: list[Pair], oracle: Callable[[str, str], float]) -> float:
-    """Fraction of labels the oracle's strict ordering agrees with (oracle ties count 0.5).
-
-    Even the true reward scores only this on noisy labels, so it is the ceiling for a reward model's accuracy
-    on held-out annotator labels.
-    """
-    if not pairs:
-        raise ValueError("annotator_agreement_with_oracle needs at least one pair")
-    chosen = [oracle(pair.prompt, pair.chosen) for pair in pairs]
-    rejected = [oracle(pair.prompt, pair.rejected) for pair in pairs]
-    return reward_model_accuracy(chosen, rejected)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from preftune.feedback import inverse_preference_link
+
 # ----------------------------------------------------------------------------------------------
 # Log-probabilities
 
@@ -57,63 +59,23 @@ def dpo_loss(
     ref_rejected_logps: torch.Tensor,
     beta: float = 0.1,
     label_smoothing: float = 0.0,
-) -> torch.Tensor:
-    """DPO (Rafailov et al. 2023, Eq. 7) with conservative label smoothing ε (cDPO, Mitchell 2023).
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """DPO (Rafailov et al. 2023, Eq. 7) with conservative label smoothing ε (cDPO, Mitchell 2023), and its
+    diagnostics.
 
     h = β[(log π_c − log π_ref,c) − (log π_r − log π_ref,r)];
     loss = −(1−ε)·log σ(h) − ε·log σ(−h), mean over the batch. ε = 0 is plain DPO.
+    Diagnostics (detached, batch means, as TRL and OpenRLHF log them): the implicit rewards
+    ``chosen_rewards`` = β(log π_c − log π_ref,c) and ``rejected_rewards``, their ``margins`` h, and ``accuracy``,
+    the share of pairs with h > 0.
     """
     logits = beta * ((policy_chosen_logps - ref_chosen_logps) - (policy_rejected_logps - ref_rejected_logps))
     losses = -(1 - label_smoothing) * F.logsigmoid(logits) - label_smoothing * F.logsigmoid(-logits)
-    return losses.mean()
-
-
-# ----------------------------------------------------------------------------------------------
-# Preference links σ: value difference -> probability of preferring the first option.
-# All are strictly increasing with σ(0) = 1/2 and σ(−x) = 1 − σ(x), so σ⁻¹ exists on (0, 1).
-
-LINKS = ("logistic", "probit", "weibull")
-
-
-def _check_link(link: str) -> None:
-    if link not in LINKS:
-        raise ValueError(f"link must be one of {LINKS}, got {link!r}")
-
-
-def preference_link(x: torch.Tensor, link: str = "logistic", shape: float = 2.0) -> torch.Tensor:
-    """σ(x) for the Bradley–Terry (logistic), Thurstone (probit) and symmetric Weibull links.
-
-    - logistic: 1 / (1 + e^{−x}) — Bradley–Terry.
-    - probit:   Φ(x / √2) — Thurstone with unit-variance Gaussian noise on each utility.
-    - weibull:  1/2 + sign(x)/2 · (1 − exp(−|x|^k)), k = ``shape`` — a symmetric link whose tails are
-      lighter than the logistic for k > 1 (preftune's choice; see docs/methods.md).
-    """
-    _check_link(link)
-    x = torch.as_tensor(x, dtype=torch.float64 if not torch.is_tensor(x) else None)
-    if link == "logistic":
-        return torch.sigmoid(x)
-    if link == "probit":
-        return 0.5 * (1 + torch.erf(x / 2.0))  # Φ(x/√2) = ½(1 + erf(x/2))
-    return 0.5 + 0.5 * torch.sign(x) * (1 - torch.exp(-x.abs() ** shape))
-
-
-def inverse_preference_link(p: torch.Tensor, link: str = "logistic", shape: float = 2.0) -> torch.Tensor:
-    """σ⁻¹(p): the value difference that makes the first option preferred with probability p."""
-    _check_link(link)
-    p = torch.as_tensor(p, dtype=torch.float64 if not torch.is_tensor(p) else None)
-    if link == "logistic":
-        return torch.log(p) - torch.log1p(-p)
-    if link == "probit":
-        return 2.0 * torch.erfinv(2 * p - 1)
-    q = (2 * p - 1).abs()
-    return torch.sign(p - 0.5) * (-torch.log1p(-q)) ** (1.0 / shape)
-
-
-def link_name(annotator_link: str) -> str:
-    """Map feedback-model names (bradley-terry, thurstone, weibull) to link names."""
-    names = {"bradley-terry": "logistic", "thurstone": "probit", "weibull": "weibull"}
-    return names.get(annotator_link, annotator_link)
-
+    with torch.no_grad():
+        stats = {"chosen_rewards": (beta * (policy_chosen_logps - ref_chosen_logps)).mean(),
+                 "rejected_rewards": (beta * (policy_rejected_logps - ref_rejected_logps)).mean(),
+                 "margins": logits.mean(), "accuracy": (logits > 0).float().mean()}
+    return losses.mean(), stats
 
 
 # ----------------------------------------------------------------------------------------------
@@ -181,10 +143,9 @@ def gae_advantages(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tens
     return advantages, (advantages + values) * mask
 
 
-def ppo_clip_loss_with_stats(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
-                             mask: torch.Tensor, clip_range: float = 0.2
-                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """PPO's clipped surrogate (Schulman et al. 2017, Eq. 7) as a loss, with (clip fraction, approx KL).
+def ppo_clip_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
+                  mask: torch.Tensor, clip_range: float = 0.2) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PPO's clipped surrogate (Schulman et al. 2017, Eq. 7) as a loss, with ``clip_frac`` and ``approx_kl``.
 
     ratio = exp(log π − log π_old); loss = mean over masked tokens of max(−A·ratio, −A·clip(ratio, 1−ε, 1+ε)).
     ``advantages`` is per token ``[B, T]`` or per sequence ``[B]`` (broadcast over the sequence's tokens).
@@ -202,13 +163,7 @@ def ppo_clip_loss_with_stats(logprobs: torch.Tensor, old_logprobs: torch.Tensor,
     with torch.no_grad():
         clip_frac = masked_mean((clipped > unclipped).float(), mask)
         approx_kl = masked_mean((ratio - 1) - log_ratio, mask)
-    return loss, clip_frac, approx_kl
-
-
-def ppo_clip_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
-                  mask: torch.Tensor, clip_range: float = 0.2) -> torch.Tensor:
-    """The scalar of `ppo_clip_loss_with_stats` (Schulman et al. 2017, Eq. 7)."""
-    return ppo_clip_loss_with_stats(logprobs, old_logprobs, advantages, mask, clip_range)[0]
+    return loss, {"clip_frac": clip_frac, "approx_kl": approx_kl}
 
 
 def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
@@ -284,8 +239,8 @@ def iq_sequence_rewards(logits: torch.Tensor, labels: torch.Tensor, mask: torch.
     return iq_token_rewards(logits, labels, mask, gamma).sum(-1)
 
 
-def iq_td_loss_with_stats(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0,
-                          lam: float = 0.01) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def iq_td_loss(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0,
+               lam: float = 0.01) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Offline IQLearn (Wulfmeier et al. 2024, Eq. 14) with diagnostics.
 
     loss = mean_t[−log π(a_t|s_t)] + λ · mean_t[(Q(s_t, a_t) − γ·V(s_{t+1}))²], both means over response tokens,
@@ -302,13 +257,7 @@ def iq_td_loss_with_stats(logits: torch.Tensor, labels: torch.Tensor, mask: torc
     return loss, stats
 
 
-def iq_td_loss(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0,
-               lam: float = 0.01) -> torch.Tensor:
-    """The scalar of `iq_td_loss_with_stats` (Wulfmeier et al. 2024, Eq. 14): MLE + λ·TD² on demonstrations."""
-    return iq_td_loss_with_stats(logits, labels, mask, gamma, lam)[0]
-
-
-def iq_online_loss_with_stats(expert_logits: torch.Tensor, expert_labels: torch.Tensor, expert_mask: torch.Tensor,
+def iq_online_loss(expert_logits: torch.Tensor, expert_labels: torch.Tensor, expert_mask: torch.Tensor,
                               policy_logits: torch.Tensor, policy_labels: torch.Tensor, policy_mask: torch.Tensor,
                               alpha: float, gamma: float = 1.0, lam: float = 0.01
                               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -336,7 +285,7 @@ def iq_online_loss_with_stats(expert_logits: torch.Tensor, expert_labels: torch.
 # --- ZPG / ZBCPG (Zhang & Ying, Zeroth-Order Policy Gradient for RLHF without Reward Inference, arXiv 2409.17401)
 
 
-def preference_value_difference(p_hat: torch.Tensor, link: str = "logistic", eps: float = 0.05,
+def preference_value_difference(p_hat: torch.Tensor, link: str = "bradley-terry", eps: float = 0.05,
                                 shape: float = 2.0) -> torch.Tensor:
     """Δ̂ = mean_i σ⁻¹(clip(p̂_i, eps, 1 − eps)): the value difference the preference shares imply
     (Zhang & Ying 2025, the value-difference estimate of Alg. 1, step "estimate the local value difference").
@@ -352,7 +301,7 @@ def preference_value_difference(p_hat: torch.Tensor, link: str = "logistic", eps
     return inverse_preference_link(p_hat.clamp(eps, 1.0 - eps), link, shape).mean()
 
 
-def zpg_gradient(p_hat: torch.Tensor, direction: torch.Tensor, mu: float, link: str = "logistic",
+def zpg_gradient(p_hat: torch.Tensor, direction: torch.Tensor, mu: float, link: str = "bradley-terry",
                  eps: float = 0.05, shape: float = 2.0) -> torch.Tensor:
     """The zeroth-order policy-gradient estimate from human preferences (Zhang & Ying 2025, Alg. 1 (ZPG) and
     Alg. 2 (ZBCPG); the two-point unit-sphere estimator of Flaxman et al. 2005 / Nesterov & Spokoiny 2017):

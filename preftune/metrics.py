@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -165,3 +165,16 @@ def total_variation(p, q) -> float:
     if p.shape != q.shape:
         raise ValueError(f"distributions differ in shape: {p.shape} vs {q.shape}")
     return float(np.mean(0.5 * np.abs(p - q).sum(-1)))
+
+
+def annotator_agreement_with_oracle(pairs: list, oracle: Callable[[str, str], float]) -> float:
+    """Fraction of labels the oracle's strict ordering agrees with (oracle ties count 0.5).
+
+    Even the true reward scores only this on noisy labels, so it is the ceiling for a reward model's accuracy
+    on held-out annotator labels.
+    """
+    if not pairs:
+        raise ValueError("annotator_agreement_with_oracle needs at least one pair")
+    chosen = [oracle(pair.prompt, pair.chosen) for pair in pairs]
+    rejected = [oracle(pair.prompt, pair.rejected) for pair in pairs]
+    return reward_model_accuracy(chosen, rejected)

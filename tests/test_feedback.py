@@ -13,9 +13,9 @@ from preftune.feedback import (
     BudgetExceeded,
     Population,
     QueryLedger,
-    annotator_agreement_with_oracle,
     label_pairs,
 )
+from preftune.metrics import annotator_agreement_with_oracle
 from preftune.tasks import get_task
 
 UTILITY = {"good": 1.0, "bad": 0.0, "great": 2.0}

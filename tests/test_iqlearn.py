@@ -11,10 +11,9 @@ from typer.testing import CliRunner
 from preftune.cli import app
 from preftune.config import ConfigError
 from preftune.losses import (
-    iq_online_loss_with_stats,
+    iq_online_loss,
     iq_sequence_rewards,
     iq_td_loss,
-    iq_td_loss_with_stats,
     iq_token_rewards,
     sft_loss,
 )
@@ -55,19 +54,19 @@ def test_lambda_zero_is_exactly_mle():
     logits, labels, mask = _batch()
     a = logits.clone().requires_grad_(True)
     b = logits.clone().requires_grad_(True)
-    iq, mle = iq_td_loss(a, labels, mask, gamma=1.0, lam=0.0), sft_loss(b, labels, mask)
+    iq, mle = iq_td_loss(a, labels, mask, gamma=1.0, lam=0.0)[0], sft_loss(b, labels, mask)
     assert torch.equal(iq, mle)
     iq.backward()
     mle.backward()
     assert torch.equal(a.grad, b.grad)
-    assert not torch.equal(iq_td_loss(logits, labels, mask, lam=0.5), mle)  # the TD term is not zero here
+    assert not torch.equal(iq_td_loss(logits, labels, mask, lam=0.5)[0], mle)  # the TD term is not zero here
 
 
 @pytest.mark.parametrize("gamma,lam", [(1.0, 0.3), (0.9, 2.0)])
 def test_loss_matches_hand_loop_terminal_value_zero(gamma, lam):
     logits, labels, mask = _batch(1)
-    assert torch.allclose(iq_td_loss(logits, labels, mask, gamma, lam), _td_by_hand(logits, labels, mask, gamma, lam),
-                          atol=1e-5)
+    loss, _ = iq_td_loss(logits, labels, mask, gamma, lam)
+    assert torch.allclose(loss, _td_by_hand(logits, labels, mask, gamma, lam), atol=1e-5)
 
 
 def test_terminal_value_is_zero_even_without_padding():
@@ -82,25 +81,25 @@ def test_terminal_value_is_zero_even_without_padding():
 
 def test_prompt_and_padding_do_not_matter():
     logits, labels, mask = _batch(3)
-    base = iq_td_loss(logits, labels, mask, lam=0.7)
+    base, _ = iq_td_loss(logits, labels, mask, lam=0.7)
     noisy = logits.clone()
     noisy[mask == 0] = torch.randn_like(noisy[mask == 0]) * 50  # prompt and padding positions
     labels2 = torch.where(mask.bool(), labels, torch.zeros_like(labels))
-    assert torch.allclose(iq_td_loss(noisy, labels2, mask, lam=0.7), base, atol=1e-6)
+    assert torch.allclose(iq_td_loss(noisy, labels2, mask, lam=0.7)[0], base, atol=1e-6)
 
 
 def test_gradient_flows_through_the_next_state_value():
     logits, labels, mask = _batch(4)
     x = logits.clone().requires_grad_(True)
     # a logit offset at a state changes no log-prob; only V(s) (in the TD term) sees it
-    loss, stats = iq_td_loss_with_stats(x, labels, mask, lam=1.0)
+    loss, stats = iq_td_loss(x, labels, mask, lam=1.0)
     loss.backward()
     offset_grad = x.grad.sum(-1)  # d loss / d (a constant added to every logit of a state)
     # the state after row 1's first response token is s_{t+1} for t = 1: its V appears in r_1 and in r_2's Q
     assert offset_grad[1, 2].abs() > 1e-4
     # pure MLE: an offset never matters
     y = logits.clone().requires_grad_(True)
-    iq_td_loss(y, labels, mask, lam=0.0).backward()
+    iq_td_loss(y, labels, mask, lam=0.0)[0].backward()
     assert y.grad.sum(-1).abs().max() < 1e-5
     assert set(stats) == {"nll", "td", "reward", "value"}
 
@@ -129,11 +128,11 @@ def test_rewards_sum_and_hand_computed_example():
 
 def test_online_loss_reduces_to_offline_at_alpha_zero_and_uses_policy_terms():
     e, p = _batch(6), _batch(7)
-    offline = iq_td_loss(*e, gamma=1.0, lam=0.4)
-    online0, _ = iq_online_loss_with_stats(*e, *p, alpha=0.0, gamma=1.0, lam=0.4)
+    offline, _ = iq_td_loss(*e, gamma=1.0, lam=0.4)
+    online0, _ = iq_online_loss(*e, *p, alpha=0.0, gamma=1.0, lam=0.4)
     assert torch.allclose(online0, offline)
     x = p[0].clone().requires_grad_(True)
-    loss, stats = iq_online_loss_with_stats(*e, x, p[1], p[2], alpha=0.3, gamma=1.0, lam=0.4)
+    loss, stats = iq_online_loss(*e, x, p[1], p[2], alpha=0.3, gamma=1.0, lam=0.4)
     loss.backward()
     assert x.grad[p[2].bool()].abs().sum() > 0  # policy samples shape the loss
     assert x.grad[~p[2].bool()].abs().sum() == 0  # but not through their prompt or padding

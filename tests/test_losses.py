@@ -3,18 +3,16 @@ import math
 import pytest
 import torch
 
+from preftune.feedback import inverse_preference_link, preference_link
 from preftune.losses import (
     bt_loss,
     dpo_loss,
     gae_advantages,
     grpo_advantages,
-    inverse_preference_link,
     kl_k1,
     kl_k3,
     masked_whiten,
     ppo_clip_loss,
-    ppo_clip_loss_with_stats,
-    preference_link,
     rloo_advantages,
     sequence_logprobs,
     sft_loss,
@@ -58,18 +56,18 @@ def test_bt_loss_hand_case():
 def test_dpo_loss_hand_case_and_label_smoothing():
     args = [torch.tensor([-1.0]), torch.tensor([-3.0]), torch.tensor([-2.0]), torch.tensor([-2.0])]
     h = 0.5 * ((-1 + 2) - (-3 + 2))  # beta * margin = 1.0
-    assert dpo_loss(*args, beta=0.5).item() == pytest.approx(math.log(1 + math.exp(-h)))
+    assert dpo_loss(*args, beta=0.5)[0].item() == pytest.approx(math.log(1 + math.exp(-h)))
     eps = 0.2
     expected = (1 - eps) * math.log(1 + math.exp(-h)) + eps * math.log(1 + math.exp(h))
-    assert dpo_loss(*args, beta=0.5, label_smoothing=eps).item() == pytest.approx(expected)
+    assert dpo_loss(*args, beta=0.5, label_smoothing=eps)[0].item() == pytest.approx(expected)
 
 
 def test_dpo_loss_at_reference_is_log2():
     z = torch.zeros(3)
-    assert dpo_loss(z, z, z, z).item() == pytest.approx(math.log(2))
+    assert dpo_loss(z, z, z, z)[0].item() == pytest.approx(math.log(2))
 
 
-@pytest.mark.parametrize("link", ["logistic", "probit", "weibull"])
+@pytest.mark.parametrize("link", ["bradley-terry", "thurstone", "weibull"])
 def test_links_are_symmetric_and_invertible(link):
     x = torch.linspace(-3, 3, 13, dtype=torch.float64)
     p = preference_link(x, link)
@@ -82,13 +80,13 @@ def test_links_are_symmetric_and_invertible(link):
 
 def test_link_hand_values():
     one = torch.tensor(1.0, dtype=torch.float64)
-    assert preference_link(one, "logistic").item() == pytest.approx(1 / (1 + math.exp(-1)))
-    assert preference_link(one, "probit").item() == pytest.approx(0.5 * (1 + math.erf(0.5)))
+    assert preference_link(one, "bradley-terry").item() == pytest.approx(1 / (1 + math.exp(-1)))
+    assert preference_link(one, "thurstone").item() == pytest.approx(0.5 * (1 + math.erf(0.5)))
     assert preference_link(one, "weibull", shape=2.0).item() == pytest.approx(0.5 + 0.5 * (1 - math.exp(-1)))
 
 
 def test_unknown_link_names_allowed_values():
-    with pytest.raises(ValueError, match="logistic"):
+    with pytest.raises(ValueError, match="bradley-terry"):
         preference_link(torch.zeros(1), "gumbel")
 
 
@@ -138,11 +136,12 @@ def test_ppo_clip_loss_at_ratio_one_is_minus_mean_advantage_over_the_mask():
     mask = torch.tensor([[0, 1, 1, 0], [1, 1, 1, 1]])
     logp = torch.randn(2, 4)
     adv = torch.tensor([[9.0, 1.0, 2.0, 9.0], [-1.0, 0.5, 0.5, 3.0]])
-    loss, clip_frac, approx_kl = ppo_clip_loss_with_stats(logp, logp.clone(), adv, mask)
+    loss, stats = ppo_clip_loss(logp, logp.clone(), adv, mask)
+    clip_frac, approx_kl = stats["clip_frac"], stats["approx_kl"]
     assert loss.item() == pytest.approx(-(1 + 2 - 1 + 0.5 + 0.5 + 3) / 6)
     assert clip_frac.item() == 0.0 and approx_kl.item() == pytest.approx(0.0, abs=1e-7)
     # per-sequence advantages broadcast over the sequence's tokens
-    seq = ppo_clip_loss(logp, logp.clone(), torch.tensor([2.0, -1.0]), mask)
+    seq, _ = ppo_clip_loss(logp, logp.clone(), torch.tensor([2.0, -1.0]), mask)
     assert seq.item() == pytest.approx(-(2 * 2 - 1 * 4) / 6)
 
 
@@ -157,7 +156,8 @@ def test_ppo_clip_gradient_vanishes_exactly_where_the_clip_binds(ratio, adv, cli
     old = torch.zeros(1, 3)
     logp = torch.full((1, 3), math.log(ratio), requires_grad=True)
     mask = torch.ones(1, 3)
-    loss, clip_frac, _ = ppo_clip_loss_with_stats(logp, old, torch.tensor([adv]), mask, clip_range=0.2)
+    loss, stats = ppo_clip_loss(logp, old, torch.tensor([adv]), mask, clip_range=0.2)
+    clip_frac = stats["clip_frac"]
     loss.backward()
     if clipped:
         assert torch.equal(logp.grad, torch.zeros(1, 3))
@@ -175,15 +175,15 @@ def test_ppo_clip_loss_ignores_masked_tokens():
     old = torch.tensor([[0.0, -1.0, -2.0, 0.0]])
     logp = torch.tensor([[0.0, -0.9, -2.3, 0.0]], requires_grad=True)
     adv = torch.tensor([[0.0, 1.0, -0.5, 0.0]])
-    base = ppo_clip_loss_with_stats(logp, old, adv, mask)
+    base, base_stats = ppo_clip_loss(logp, old, adv, mask)
     junk_logp = logp.detach().clone()
     junk_logp[0, 0], junk_logp[0, 3] = 5.0, -30.0
     junk_adv = adv.clone()
     junk_adv[0, 0], junk_adv[0, 3] = 1e3, -1e3
-    junk = ppo_clip_loss_with_stats(junk_logp, old, junk_adv, mask)
-    for x, y in zip(base, junk):
+    junk, junk_stats = ppo_clip_loss(junk_logp, old, junk_adv, mask)
+    for x, y in zip([base, *base_stats.values()], [junk, *junk_stats.values()]):
         assert x.item() == pytest.approx(y.item())
-    base[0].backward()
+    base.backward()
     assert logp.grad[0, 0] == 0 and logp.grad[0, 3] == 0
     # approx KL is the k3 estimate of KL(π_old ‖ π) on the old samples: (r − 1) − log r
     ratios = torch.exp(torch.tensor([0.1, -0.3]))

@@ -11,8 +11,16 @@ import pytest
 import torch
 
 from preftune.config import ConfigError
-from preftune.feedback import Annotator, Population, QueryLedger, repeated_preference_shares
-from preftune.losses import LINKS, inverse_preference_link, preference_link, preference_value_difference, zpg_gradient
+from preftune.feedback import (
+    LINKS,
+    Annotator,
+    Population,
+    QueryLedger,
+    inverse_preference_link,
+    preference_link,
+    repeated_preference_shares,
+)
+from preftune.losses import preference_value_difference, zpg_gradient
 from preftune.methods.zpg import (
     FlatParameters,
     ZPGConfig,

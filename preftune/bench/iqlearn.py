@@ -49,7 +49,7 @@ def measure_cost(task_name: str = "arithmetic", batch_size: int = 32, blocks: in
     batch = collate_demos(tokenizer, get_task(task_name).demonstrations("train", batch_size, seed), 96)
     labels, mask = batch.input_ids[:, 1:], batch.response_mask[:, 1:]
     losses = {"mle": lambda lg: sft_loss(lg, labels, mask),
-              "iqlearn": lambda lg: iq_td_loss(lg, labels, mask, 1.0, lam)}
+              "iqlearn": lambda lg: iq_td_loss(lg, labels, mask, 1.0, lam)[0]}
     models = {name: build_tiny_model("tiny", tokenizer, seed=seed) for name in losses}
     optimizers = {name: torch.optim.AdamW(m.parameters(), lr=1e-3) for name, m in models.items()}
 

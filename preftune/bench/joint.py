@@ -132,8 +132,8 @@ def _run_one(run_dir: Path, size: JointBenchSize, scheme: str, seed: int) -> dic
            "spread": _spread_by_exposure(result, ids, len(task.split_prompts("train"))) | {"prior": prior_spread}}
     if scheme == "passive":
         t0 = time.perf_counter()
-        out["baselines"] = _rlhf_baselines(run_dir / f"baselines-{seed}", task, tokenizer, ids, result.extra["records"].rows,
-                                           seed, size)
+        records = result.extra["records"].rows
+        out["baselines"] = _rlhf_baselines(run_dir / f"baselines-{seed}", task, tokenizer, ids, records, seed, size)
         out["baseline_seconds"] = time.perf_counter() - t0
     return out
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from preftune.feedback import Annotator, repeated_preference_shares
-from preftune.losses import preference_link, zpg_gradient
+from preftune.feedback import Annotator, preference_link, repeated_preference_shares
+from preftune.losses import zpg_gradient
 from preftune.methods.gridworld_baselines import (
     RewardPPOConfig,
     TrajectoryDPOConfig,

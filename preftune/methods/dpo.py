@@ -51,9 +51,10 @@ def train_dpo(config: DPOConfig, pairs: Sequence[Pair], model=None, tokenizer=No
         logps = response_token_logprobs(trainer.model, b.input_ids, b.attention_mask, b.response_mask).sum(-1)
         chosen, rejected = logps[: len(indices)], logps[len(indices):]
         ref_c, ref_r = ref[indices, 0].to(trainer.device), ref[indices, 1].to(trainer.device)
-        loss = dpo_loss(chosen, rejected, ref_c, ref_r, config.beta, config.label_smoothing)
-        margin = config.beta * ((chosen - ref_c) - (rejected - ref_r))
-        return loss, {"reward_accuracy": (margin > 0).float().mean().item(), "reward_margin": margin.mean().item()}
+        loss, stats = dpo_loss(chosen, rejected, ref_c, ref_r, config.beta, config.label_smoothing)
+        return loss, {"reward_accuracy": stats["accuracy"].item(), "reward_margin": stats["margins"].item(),
+                      "chosen_reward": stats["chosen_rewards"].item(),
+                      "rejected_reward": stats["rejected_rewards"].item()}
 
     trainer.fit_dataset(len(pairs), step, loss_fn, description="dpo")
     return trainer.finish(tokenizer)

@@ -128,8 +128,8 @@ def train_dpo_gridworld(config: TrajectoryDPOConfig, env: GridWorld | None = Non
         for _ in range(config.updates_per_round):
             chosen, rejected = data.minibatch()
             ref_chosen, ref_rejected = trajectory_logprobs(reference, chosen), trajectory_logprobs(reference, rejected)
-            loss = dpo_loss(trajectory_logprobs(logits, chosen), trajectory_logprobs(logits, rejected),
-                            ref_chosen, ref_rejected, config.beta)
+            loss, _ = dpo_loss(trajectory_logprobs(logits, chosen), trajectory_logprobs(logits, rejected),
+                               ref_chosen, ref_rejected, config.beta)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -175,7 +175,7 @@ def train_reward_ppo_gridworld(config: RewardPPOConfig, env: GridWorld | None = 
                 old = logits.log_softmax(-1)[traj.states, traj.actions]
             for _ in range(config.ppo_epochs):
                 new = logits.log_softmax(-1)[traj.states, traj.actions]
-                loss = ppo_clip_loss(new, old, advantages, traj.live, config.clip_range)
+                loss, _ = ppo_clip_loss(new, old, advantages, traj.live, config.clip_range)
                 policy_opt.zero_grad()
                 loss.backward()
                 policy_opt.step()

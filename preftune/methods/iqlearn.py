@@ -8,7 +8,7 @@ over the demonstrations' response tokens (`iq_td_loss`, Eq. 14); λ = 0 is SFT. 
 α of every batch is replaced by fresh samples of the current policy for the same kind of prompts (demonstration
 prompts, one sample each, drawn with `rollout.generate` before each step: on-policy, no replay buffer). They enter
 IQ-Learn's value term and χ² term, both taken over the mixture (1−α)·expert + α·policy; the likelihood stays on
-the demonstrations (`iq_online_loss_with_stats`, derivation in docs/methods.md).
+the demonstrations (`iq_online_loss`, derivation in docs/methods.md).
 
 The reward the trained Q implies, r_t = Q(s_t, a_t) − γ·V(s_{t+1}), summed over a response
 (`iq_sequence_rewards`), scores any response: `score_sequence_rewards`, `preftune eval --reward-from`.
@@ -25,7 +25,7 @@ import torch
 
 from preftune.config import ConfigError, doc
 from preftune.data import Demo, collate_demos
-from preftune.losses import iq_online_loss_with_stats, iq_sequence_rewards, iq_td_loss_with_stats
+from preftune.losses import iq_online_loss, iq_sequence_rewards, iq_td_loss
 from preftune.methods.sft import SFTConfig
 from preftune.metrics import reward_model_accuracy, spearman
 from preftune.models import load_policy, save_causal_lm
@@ -89,12 +89,12 @@ def train_iqlearn(config: IQLearnConfig, demos: Sequence[Demo], model=None, toke
         expert = [demos[i] for kind, i in micro if kind == "demo"]
         expert_out = forward(*_demo_labels(tokenizer, expert, cfg.max_length, trainer.device))
         if cfg.alpha == 0:
-            loss, stats = iq_td_loss_with_stats(*expert_out, gamma=cfg.gamma, lam=cfg.lam)
+            loss, stats = iq_td_loss(*expert_out, gamma=cfg.gamma, lam=cfg.lam)
         else:
             rows = [i for kind, i in micro if kind == "sample"]
             policy_out = forward(*(t[rows].to(trainer.device) for t in (samples.input_ids, samples.attention_mask,
                                                                         samples.response_mask)))
-            loss, stats = iq_online_loss_with_stats(*expert_out, *policy_out, alpha=cfg.alpha, gamma=cfg.gamma,
+            loss, stats = iq_online_loss(*expert_out, *policy_out, alpha=cfg.alpha, gamma=cfg.gamma,
                                                     lam=cfg.lam)
         return loss, stats
 

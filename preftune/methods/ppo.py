@@ -32,7 +32,7 @@ from preftune.losses import (
     gae_advantages,
     masked_mean,
     masked_whiten,
-    ppo_clip_loss_with_stats,
+    ppo_clip_loss,
     token_entropy,
     token_logprobs,
     value_loss,
@@ -112,13 +112,13 @@ def train_ppo(config: PPOConfig, prompts: Sequence[str], reward: RewardFn | nn.M
             logits, values = run.trainer.model(b["input_ids"], b["attention_mask"])
             logits, values = logits[:, :-1], values[:, :-1]
             logprobs = token_logprobs(logits, b["input_ids"][:, 1:], temperature)
-            policy_loss, clip_frac, approx_kl = ppo_clip_loss_with_stats(
-                logprobs, b["old_logprobs"], b["advantages"], b["mask"], config.clip_range)
+            policy_loss, stats = ppo_clip_loss(logprobs, b["old_logprobs"], b["advantages"], b["mask"],
+                                               config.clip_range)
             v_loss = value_loss(values, b["old_values"], b["returns"], b["mask"], config.value_clip_range)
             entropy = masked_mean(token_entropy(logits.detach(), temperature), b["mask"])
             return policy_loss + config.vf_coef * v_loss, {
-                "policy_loss": policy_loss.item(), "value_loss": v_loss.item(), "clip_frac": clip_frac.item(),
-                "approx_kl": approx_kl.item(), "entropy": entropy.item()}
+                "policy_loss": policy_loss.item(), "value_loss": v_loss.item(), "entropy": entropy.item(),
+                **{k: v.item() for k, v in stats.items()}}
 
         updates = run.optimise(len(batch), loss_fn, it)
         return run.finish_iteration(batch, updates, started)

@@ -9,9 +9,9 @@ from typing import Literal
 
 from preftune.config import TrainConfig, doc
 from preftune.data import Pair, collate_pairs
-from preftune.feedback import Annotator, annotator_agreement_with_oracle, label_pairs
+from preftune.feedback import Annotator, label_pairs
 from preftune.losses import bt_loss
-from preftune.metrics import reward_model_accuracy
+from preftune.metrics import annotator_agreement_with_oracle, reward_model_accuracy
 from preftune.models import RewardModel, load_policy
 from preftune.rollout import score_rewards
 from preftune.trainer import GradientStep, Trainer, TrainResult

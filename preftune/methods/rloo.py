@@ -27,7 +27,7 @@ from preftune.losses import (
     grpo_advantages,
     kl_k3,
     masked_mean,
-    ppo_clip_loss_with_stats,
+    ppo_clip_loss,
     rloo_advantages,
     token_entropy,
     token_logprobs,
@@ -81,9 +81,8 @@ def train_rloo(config: RLOOConfig, prompts: Sequence[str], reward: RewardFn | nn
             b = batch.rows(rows, run.trainer.device, advantages=advantages)
             logits = model_logits(run.trainer.model, b["input_ids"], b["attention_mask"])[:, :-1]
             logprobs = token_logprobs(logits, b["input_ids"][:, 1:], temperature)
-            loss, clip_frac, approx_kl = ppo_clip_loss_with_stats(
-                logprobs, b["old_logprobs"], b["advantages"], b["mask"], config.clip_range)
-            metrics = {"policy_loss": loss.item(), "clip_frac": clip_frac.item(), "approx_kl": approx_kl.item(),
+            loss, stats = ppo_clip_loss(logprobs, b["old_logprobs"], b["advantages"], b["mask"], config.clip_range)
+            metrics = {"policy_loss": loss.item(), **{k: v.item() for k, v in stats.items()},
                        "entropy": masked_mean(token_entropy(logits.detach(), temperature), b["mask"]).item()}
             if grpo:  # DeepSeekMath Eq. 4: + β · mean_t k3(π_θ, π_ref)
                 kl = masked_mean(kl_k3(logprobs, b["ref_logprobs"]), b["mask"])

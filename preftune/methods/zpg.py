@@ -51,8 +51,8 @@ class ZPGConfig(ModelConfig):
     mu: float = field(default=4.0, metadata=doc("Perturbation radius μ (the norm of θ' − θ).", gt=0))
     lr: float = field(default=0.1, metadata=doc(
         "Step size α of θ ← θ + α·ĝ (GridWorld-tuned; the CLI lowers it for LMs).", gt=0))
-    link: Literal["logistic", "probit", "weibull"] = field(default="logistic", metadata=doc(
-        "The link σ the learner inverts (logistic = Bradley–Terry); a mismatch with annotator_link is allowed."))
+    link: Literal["bradley-terry", "thurstone", "weibull"] = field(default="bradley-terry", metadata=doc(
+        "The link σ the learner inverts; a mismatch with annotator_link is allowed."))
     link_shape: float = field(default=2.0, metadata=doc("Shape k of the learner's Weibull link.", gt=0))
     clip_eps: float = field(default=0.05, metadata=doc(
         "Preference shares are clipped to [eps, 1 − eps] before σ⁻¹ (σ⁻¹(0), σ⁻¹(1) are infinite).", gt=0, le=0.49))
