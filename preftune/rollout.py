@@ -10,7 +10,6 @@ passes that produced the tokens, so a PPO step never runs the policy twice on it
 from __future__ import annotations
 
 import functools
-import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -18,7 +17,7 @@ import torch
 
 from preftune.data import prompt_token_ids
 from preftune.losses import token_logprobs
-from preftune.models import position_ids_from_mask
+from preftune.models import cache_argument, position_ids_from_mask
 
 
 def model_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -75,14 +74,6 @@ def left_pad(token_lists: Sequence[list[int]], pad_id: int) -> tuple[torch.Tenso
         ids[i, width - len(t):] = torch.tensor(t, dtype=torch.long)
         mask[i, width - len(t):] = 1
     return ids, mask
-
-
-def _cache_argument(model) -> str:
-    """The forward argument that takes the KV cache: ``cache`` in transformers >= 5.2x, before that
-    ``past_key_values`` (still accepted, with a deprecation warning, by the newer versions)."""
-    base = getattr(model, "module", model)  # DDP
-    base = base.get_base_model() if hasattr(base, "get_base_model") else base  # peft
-    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
 @functools.lru_cache(maxsize=1)
@@ -151,7 +142,7 @@ def _sample_tokens(scaled: torch.Tensor) -> torch.Tensor:
 def _sample_batch(model, prompt_ids, prompt_mask, max_new_tokens, eos_id, pad_id, temperature, top_k, top_p):
     device = prompt_ids.device
     n, prompt_width = prompt_ids.shape
-    cache_kw = {_cache_argument(model): _kv_cache(prompt_width + max_new_tokens)}
+    cache_kw = {cache_argument(model): _kv_cache(prompt_width + max_new_tokens)}
     # the attention mask grows by one column per step: written into a buffer, passed as a view of its filled part
     attn_buffer = torch.zeros((n, prompt_width + max_new_tokens), dtype=prompt_mask.dtype, device=device)
     attn_buffer[:, :prompt_width] = prompt_mask

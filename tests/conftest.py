@@ -8,13 +8,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    from preftune.models import build_tiny_tokenizer
+    from preftune.tiny import build_tiny_tokenizer
 
     return build_tiny_tokenizer()
 
 
 @pytest.fixture()
 def tiny_model(tokenizer):
-    from preftune.models import TinySpec, build_tiny_model
+    from preftune.tiny import TinySpec, build_tiny_model
 
     return build_tiny_model("tiny", tokenizer, TinySpec(hidden_size=32, num_layers=1, num_heads=2), seed=0)

@@ -87,8 +87,9 @@ def test_train_eval_bon_and_report_end_to_end(tmp_path):
                             "40", "--output", str(out)])
     assert r.exit_code == 0, r.output
     from preftune.methods.reward import heldout_labels, heldout_report
-    from preftune.models import RewardModel, build_tiny_tokenizer
+    from preftune.models import RewardModel
     from preftune.tasks import get_task
+    from preftune.tiny import build_tiny_tokenizer
 
     task = get_task("arithmetic")
     rm = RewardModel.from_pretrained(rm_dir / "final")

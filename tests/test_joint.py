@@ -22,12 +22,8 @@ from preftune.methods.joint import (
     select_candidates,
     train_joint,
 )
-from preftune.tasks.population import (
-    PopulationTask,
-    build_population_policy,
-    build_population_tokenizer,
-    response_space_ids,
-)
+from preftune.tasks.population import PopulationTask, response_space_ids
+from preftune.tiny import build_population_policy, build_population_tokenizer
 
 
 @pytest.fixture(scope="module")

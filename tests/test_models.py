@@ -6,13 +6,12 @@ from preftune.models import (
     ModelError,
     RewardModel,
     apply_lora,
-    build_tiny_model,
-    build_tiny_tokenizer,
     last_token_index,
     load_causal_lm,
     load_trained_causal_lm,
     save_causal_lm,
 )
+from preftune.tiny import build_tiny_model, build_tiny_tokenizer
 
 
 def test_tiny_tokenizer_roundtrip_and_specials(tmp_path, tokenizer):
@@ -130,7 +129,7 @@ def test_reward_ensemble_has_one_output_per_head(tiny_model):
 
 
 def test_tiny_tokenizer_is_deterministic():
-    from preftune.models import _tiny_tokenizer_json
+    from preftune.tiny import _tiny_tokenizer_json
 
     first = _tiny_tokenizer_json()
     _tiny_tokenizer_json.cache_clear()

@@ -324,7 +324,7 @@ from transformers import PreTrainedTokenizerFast
 from preftune.feedback import Annotator
 from preftune.rewards import AnnotatorReward
 from preftune.methods.rloo import RLOOConfig, train_rloo
-from preftune.models import TinySpec, build_tiny_model
+from preftune.tiny import TinySpec, build_tiny_model
 
 tok_dir, out, resume, kill_at = sys.argv[1], sys.argv[2], sys.argv[3] == "1", int(sys.argv[4])
 tokenizer = PreTrainedTokenizerFast.from_pretrained(tok_dir)

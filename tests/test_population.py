@@ -13,13 +13,12 @@ from preftune.losses import bt_loss, choice_loss
 from preftune.metrics import kl_divergence, total_variation
 from preftune.tasks.population import (
     PopulationTask,
-    build_population_policy,
-    build_population_tokenizer,
     distribution_metrics,
     luce_projection,
     policy_distribution,
     response_space_ids,
 )
+from preftune.tiny import build_population_policy, build_population_tokenizer
 
 
 @pytest.fixture(scope="module")

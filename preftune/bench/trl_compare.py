@@ -389,7 +389,8 @@ def _run_child(method: str, library: str, steps: int, batch_size: int, model_dir
 
 
 def _save_tiny_model(directory: Path) -> str:
-    from preftune.models import build_tiny_model, build_tiny_tokenizer, save_causal_lm
+    from preftune.models import save_causal_lm
+    from preftune.tiny import build_tiny_model, build_tiny_tokenizer
 
     tokenizer = build_tiny_tokenizer()
     return str(save_causal_lm(build_tiny_model("tiny", tokenizer, seed=SEED), tokenizer, directory))

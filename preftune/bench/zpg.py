@@ -140,8 +140,8 @@ def lm_comparison(queries_per_iteration: tuple[int, int] = (32, 2), iterations: 
     from preftune.methods.dpo import DPOConfig, train_dpo
     from preftune.methods.sft import SFTConfig, train_sft
     from preftune.methods.zpg import train_zpg_lm
-    from preftune.models import build_tiny_model, build_tiny_tokenizer
     from preftune.tasks import get_task
+    from preftune.tiny import build_tiny_model, build_tiny_tokenizer
 
     task = get_task("preference-language")
     tokenizer = build_tiny_tokenizer()

@@ -32,14 +32,8 @@ from preftune.config import ConfigError, LRSchedule, TrainConfig, doc, override
 from preftune.epistemic import build_epistemic_head, learnable_l2, set_feature_scaling
 from preftune.feedback import QueryLedger
 from preftune.losses import choice_loss, sequence_logprobs
-from preftune.tasks.population import (
-    PopulationTask,
-    build_population_policy,
-    build_population_tokenizer,
-    distribution_metrics,
-    response_mask_of,
-    response_space_ids,
-)
+from preftune.tasks.population import PopulationTask, distribution_metrics, response_mask_of, response_space_ids
+from preftune.tiny import build_population_policy, build_population_tokenizer
 from preftune.trainer import GradientStep, Trainer, TrainResult
 
 EXPLORATION_SCHEMES = ("passive", "boltzmann", "infomax", "ts", "double-ts")

@@ -41,11 +41,9 @@ from collections.abc import Sequence
 from itertools import product
 
 import torch
-from torch import nn
 
 from preftune.data import Demo, encode_prompt_responses
 from preftune.feedback import Annotator, Population
-from preftune.models import SPECIAL_TOKENS, TinySpec, build_tiny_model, position_ids_from_mask
 from preftune.tasks.base import Task
 
 TRAIN_TOPICS = ("rain", "sun", "sea", "tree")
@@ -56,7 +54,6 @@ TYPE_WEIGHTS = (0.6, 0.3, 0.1)
 FAVOURITE_UTILITY = 2.0
 RUNNER_UP_UTILITY = 1.0
 OTHER_UTILITY = -6.0  # a response no type likes: everyone agrees it is bad
-MASKED_LOGIT = -1e9  # finite, so a masked label times a zero mask is 0, never nan
 
 
 class PopulationTask(Task):
@@ -164,77 +161,6 @@ class PopulationTask(Task):
 
 # ----------------------------------------------------------------------------------------------
 # Tokenizer and the response-space policy
-
-
-def build_population_tokenizer():
-    """A word-level tokenizer: the four specials, ``about``, every topic and every response word."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    words = list(SPECIAL_TOKENS) + ["about", *TRAIN_TOPICS, *EVAL_TOPICS, *RESPONSE_WORDS]
-    core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="<eos>",
-                                   bos_token="<bos>", unk_token="<unk>")
-
-
-class ResponseSpaceLM(nn.Module):
-    """A causal LM constrained to responses of exactly ``response_length`` tokens of ``response_token_ids``
-    followed by <eos>, after prompts of exactly ``prompt_length`` tokens.
-
-    Logits of disallowed tokens are set to −1e9 wherever the next token is a response token (positions come
-    from ``position_ids``, so left-padded batches work), so π(·|x) is a distribution over the enumerable set
-    Y. Everything else — the cache, hidden states, ``save_pretrained`` (of the unconstrained LM) — is the
-    wrapped model's, so `rollout.generate`, PPO, DPO and reward models use it unchanged.
-    """
-
-    def __init__(self, lm: nn.Module, prompt_length: int, response_length: int,
-                 response_token_ids: Sequence[int], eos_token_id: int):
-        super().__init__()
-        self.lm, self.prompt_length, self.response_length = lm, prompt_length, response_length
-        allowed = torch.zeros(response_length + 1, lm.config.vocab_size, dtype=torch.bool)
-        allowed[:response_length, list(response_token_ids)] = True
-        allowed[response_length, eos_token_id] = True
-        self.register_buffer("allowed", allowed, persistent=False)
-
-    @property
-    def config(self):
-        return self.lm.config
-
-    def get_decoder(self):
-        return self.lm.get_decoder()
-
-    def save_pretrained(self, *args, **kwargs):
-        return self.lm.save_pretrained(*args, **kwargs)
-
-    def forward(self, input_ids=None, attention_mask=None, position_ids=None, cache=None, past_key_values=None,
-                **kwargs):
-        from preftune.rollout import _cache_argument
-
-        if position_ids is None:
-            position_ids = position_ids_from_mask(attention_mask if attention_mask is not None
-                                                  else torch.ones_like(input_ids))
-        if cache is not None or past_key_values is not None:
-            kwargs[_cache_argument(self.lm)] = cache if cache is not None else past_key_values
-        out = self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs)
-        positions = position_ids[:, -out.logits.shape[1]:]
-        step = positions + 1 - self.prompt_length  # which response token each position predicts
-        allowed = self.allowed[step.clamp(0, self.response_length)] | (step < 0)[..., None]
-        out.logits = out.logits.masked_fill(~allowed, MASKED_LOGIT)
-        return out
-
-
-def build_population_policy(tokenizer, spec: TinySpec | None = None, seed: int = 0) -> ResponseSpaceLM:
-    """A fresh tiny Llama (`build_tiny_model`) on the word tokenizer, constrained to the response space.
-
-    At initialisation its π(·|x) is close to uniform over the 64 responses: the starting "pretrained" model
-    knows the format, not the population.
-    """
-    lm = build_tiny_model("tiny", tokenizer, spec or TinySpec(hidden_size=64, num_layers=2, num_heads=4,
-                                                              max_positions=16), seed=seed)
-    words = tokenizer.convert_tokens_to_ids(list(RESPONSE_WORDS))
-    return ResponseSpaceLM(lm, prompt_length=2, response_length=RESPONSE_LENGTH, response_token_ids=words,
-                           eos_token_id=tokenizer.eos_token_id)
 
 
 # ----------------------------------------------------------------------------------------------
