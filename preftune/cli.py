@@ -476,8 +476,8 @@ def run_command(
     if model is not None or suite == "smollm2":
         if resume:
             _fail("--resume is not supported by the smollm2 suite (its stages are short); run it again")
-        from preftune.bench.smollm2_suite import SmolSuiteSize, run_smollm2_suite, suite_size
         from preftune.models import ModelError
+        from preftune.suite.smollm2 import SmolSuiteSize, run_smollm2_suite, suite_size
 
         try:
             size = suite_size(SmolSuiteSize.quick() if quick else SmolSuiteSize(), parse_extra_flags(ctx.args))
@@ -489,7 +489,7 @@ def run_command(
         return
     if ctx.args:
         _fail(f"unexpected arguments {ctx.args}: size flags belong to --suite smollm2")
-    from preftune.bench.suite import run_suite
+    from preftune.suite.default import run_suite
 
     out = run_suite(runs_dir / (name or ("quick" if quick else "default")), quick=quick, seed=seed, resume=resume)
     console.print(f"[green]report[/]: {out / 'report.md'}")
@@ -497,7 +497,7 @@ def run_command(
 
 @app.command("report", help="Rebuild report.md and the PNG plots of a run from its results.json.")
 def report_command(run_dir: Path = typer.Argument(..., help="A run folder, e.g. runs/default.")):
-    from preftune.bench.report import write_report
+    from preftune.suite.report import write_report
 
     if not (run_dir / "results.json").exists():
         _fail(f"{run_dir} has no results.json; run `preftune run` first")
@@ -632,15 +632,16 @@ def bench_joint_command(
     _quiet_libraries()
     import torch
 
-    from preftune.bench.joint import JointBenchSize, run_joint_benchmark, write_joint_report
+    from preftune.bench.joint import write_joint_report
+    from preftune.suite.joint_comparison import JointComparisonSize, run_joint_comparison
 
     torch.set_num_threads(1)
-    size = JointBenchSize.quick() if quick else JointBenchSize(seeds=seeds, rounds=rounds,
-                                                               queries_per_round=queries_per_round)
+    size = JointComparisonSize.quick() if quick else JointComparisonSize(seeds=seeds, rounds=rounds,
+                                                                         queries_per_round=queries_per_round)
     if schemes is not None:
         size.schemes = tuple(comma_list(schemes))
     try:
-        results = run_joint_benchmark(output_dir, size, seed, workers)
+        results = run_joint_comparison(output_dir, size, seed, workers)
     except ValueError as e:
         _fail(str(e))
     console.print(f"[green]report[/]: {write_joint_report(results, output_dir)}")

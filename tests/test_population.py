@@ -11,12 +11,12 @@ import torch
 from preftune.feedback import Annotator, Population
 from preftune.losses import bt_loss, choice_loss
 from preftune.metrics import kl_divergence, total_variation
+from preftune.suite.joint_comparison import luce_projection
 from preftune.tasks.population import (
     PopulationTask,
     build_population_policy,
     build_population_tokenizer,
     distribution_metrics,
-    luce_projection,
     policy_distribution,
     response_space_ids,
 )

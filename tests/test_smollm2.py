@@ -13,7 +13,6 @@ import torch
 from typer.testing import CliRunner
 
 from preftune import models
-from preftune.bench.smollm2_suite import SmolSuiteSize, oracle_pairs, run_smollm2_suite
 from preftune.cli import app
 from preftune.data import Demo, encode_prompt_responses
 from preftune.methods.sft import SFTConfig, train_sft
@@ -27,6 +26,7 @@ from preftune.models import (
     save_causal_lm,
 )
 from preftune.rollout import generate
+from preftune.suite.smollm2 import SmolSuiteSize, oracle_pairs, run_smollm2_suite
 from preftune.tasks import get_task
 
 Q = "What is 17 plus 25? Reply with just the number."

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from preftune.bench.suite import SuiteSize, run_suite
+from preftune.suite.default import SuiteSize, run_suite
 
 TINY = SuiteSize(sft_steps=4, reward_steps=3, reward_batch_size=16, dpo_steps=3, demos=64, pairs=128,
                  heldout_pairs=32, eval_prompts=8, best_of=2, imitation_steps=4, online_steps=2, grpo_steps=2,

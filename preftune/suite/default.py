@@ -27,7 +27,6 @@ from pathlib import Path
 
 import torch
 
-from preftune.bench.report import write_report
 from preftune.evaluate import evaluate_policy, sample_policy
 from preftune.feedback import Annotator, label_pairs
 from preftune.methods.bon import best_of_n, oracle_scorer, reward_model_scorer
@@ -48,6 +47,8 @@ from preftune.methods.rlp import (
 from preftune.methods.sft import SFTConfig, train_sft
 from preftune.metrics import annotator_win_rate, mean_oracle_reward, win_rate
 from preftune.models import RewardModel, build_tiny_tokenizer, load_trained_causal_lm
+from preftune.suite.report import write_report
+from preftune.suite.stages import stage_dir, stage_fields, stage_history
 from preftune.tasks import get_task
 
 # The learned reward model agrees with the annotator ~75% of the time; at the default β = 0.05 PPO climbs it to a
@@ -99,18 +100,9 @@ class SuiteSize:
                    rlp_instructions=100, rlp_retrain_steps=20)
 
 
-def _stage_dir(run_dir: Path, name: str) -> Path:
-    return run_dir / name
-
-
-def _history(stage_dir: Path) -> list[dict]:
-    path = stage_dir / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-
 def _policy_stage(run_dir: Path, name: str, resume: bool, train):
     """Train a policy stage, or load it when ``resume`` and it already finished."""
-    final = _stage_dir(run_dir, name) / "final"
+    final = stage_dir(run_dir, name) / "final"
     if resume and final.exists():
         model, tokenizer = load_trained_causal_lm(final)
         return model, tokenizer, 0.0
@@ -119,14 +111,9 @@ def _policy_stage(run_dir: Path, name: str, resume: bool, train):
     return result.model, result.tokenizer, time.perf_counter() - t0
 
 
-def _common(run_dir: Path, name: str, seed: int, resume: bool, steps: int, log_every: int = 10) -> dict:
-    return dict(output_dir=str(_stage_dir(run_dir, name)), seed=seed, resume=resume, overwrite=not resume,
-                steps=steps, save_every=max(50, steps // 4), log_every=log_every)
-
-
 def _online(run_dir: Path, name: str, seed: int, resume: bool, steps: int, task) -> dict:
-    """Config fields of an online stage: `_common` plus a generation length that fits the task."""
-    return dict(**_common(run_dir, name, seed, resume, steps, log_every=5),
+    """Config fields of an online stage: `stage_fields` plus a generation length that fits the task."""
+    return dict(**stage_fields(run_dir, name, seed, resume, steps, log_every=5),
                 max_new_tokens=task.max_response_chars + 1)
 
 
@@ -164,17 +151,17 @@ def _preference_language(run_dir, size: SuiteSize, seed: int, resume: bool, toke
     out: dict = {"labels": len(pairs), "heldout_labels": len(heldout), "methods": {}}
 
     sft_model, _, t = _policy_stage(run_dir, "pl-sft", resume, lambda: train_sft(
-        SFTConfig(**_common(run_dir, "pl-sft", seed, resume, size.sft_steps)),
+        SFTConfig(**stage_fields(run_dir, "pl-sft", seed, resume, size.sft_steps)),
         task.demonstrations("train", size.demos, seed), tokenizer=tokenizer,
         model=_fresh("tiny", tokenizer, seed)))
     results["timings"]["pl-sft"] = t
 
     t0 = time.perf_counter()
-    rm_dir = _stage_dir(run_dir, "pl-reward") / "final"
+    rm_dir = stage_dir(run_dir, "pl-reward") / "final"
     if resume and rm_dir.exists():
         reward_model = RewardModel.from_pretrained(rm_dir)
     else:
-        reward_model = train_reward(RewardConfig(**_common(run_dir, "pl-reward", seed, resume, size.reward_steps),
+        reward_model = train_reward(RewardConfig(**stage_fields(run_dir, "pl-reward", seed, resume, size.reward_steps),
                                                  batch_size=size.reward_batch_size, pooling=REWARD_POOLING),
                                     pairs, model=copy.deepcopy(sft_model), tokenizer=tokenizer).model
     results["timings"]["pl-reward"] = time.perf_counter() - t0
@@ -185,7 +172,7 @@ def _preference_language(run_dir, size: SuiteSize, seed: int, resume: bool, toke
     }
 
     # DPO sees steps × batch pairs; giving it exactly those (one epoch) spares reference log-probs of the rest
-    dpo_config = DPOConfig(**_common(run_dir, "pl-dpo", seed, resume, size.dpo_steps), beta=DPO_BETA)
+    dpo_config = DPOConfig(**stage_fields(run_dir, "pl-dpo", seed, resume, size.dpo_steps), beta=DPO_BETA)
     dpo_pairs = pairs[: dpo_config.steps * dpo_config.batch_size]
     out["dpo_labels"] = len(dpo_pairs)
     dpo_model, _, t = _policy_stage(run_dir, "pl-dpo", resume, lambda: train_dpo(
@@ -227,7 +214,7 @@ def _preference_language(run_dir, size: SuiteSize, seed: int, resume: bool, toke
     out["rlp"] = _rlp_spg(run_dir, size, seed, resume, tokenizer, task, sft_model, reward_model, online["pl-ppo"],
                           pairs, train_prompts, kwargs, out, results)
     for stage in ("pl-sft", "pl-reward", "pl-dpo", "pl-ppo", "pl-rloo", "pl-rlp-ppo"):
-        results["histories"][stage] = _history(_stage_dir(run_dir, stage))
+        results["histories"][stage] = stage_history(stage_dir(run_dir, stage))
     return out
 
 
@@ -237,18 +224,18 @@ def _rlp_spg(run_dir, size: SuiteSize, seed: int, resume: bool, tokenizer, task,
     reward model retrained on D ∪ D̂, PPO again from SFT. γ = 0.2 as in `preftune bench rlp`, the paper's plain union
     (oversampling a D̂ of a few dozen pairs overfits them); RLP-UML and the seeds are in that bench."""
     t0 = time.perf_counter()
-    stage_dir = _stage_dir(run_dir, "pl-rlp-reward")
-    config = RLPConfig(**_common(run_dir, "pl-rlp-reward", seed, resume, size.rlp_retrain_steps), method="spg",
+    rlp_dir = stage_dir(run_dir, "pl-rlp-reward")
+    config = RLPConfig(**stage_fields(run_dir, "pl-rlp-reward", seed, resume, size.rlp_retrain_steps), method="spg",
                        confidence_threshold=0.2, synthetic_share=None, batch_size=size.reward_batch_size)
-    samples_path = _stage_dir(run_dir, "pl-rlp-samples.json")
+    samples_path = stage_dir(run_dir, "pl-rlp-samples.json")
     if resume and samples_path.exists():
         groups = json.loads(samples_path.read_text())
     else:
         instructions = task.prompts("train", size.rlp_instructions, seed + 3)
         groups = sample_groups(ppo_model, reward_model, tokenizer, instructions, config, samples_path)
     synthetic, stats = every_synthetic_pair_set(task, groups, config.confidence_threshold, seed)
-    if resume and (stage_dir / "final").exists():
-        retrained = RewardModel.from_pretrained(stage_dir / "final")
+    if resume and (rlp_dir / "final").exists():
+        retrained = RewardModel.from_pretrained(rlp_dir / "final")
     else:
         retrained = retrain_reward_model(config, copy.deepcopy(reward_model), tokenizer,
                                          mixed_pairs(pairs, synthetic["spg"], config.synthetic_share)).model
@@ -274,10 +261,10 @@ def _imitation(run_dir, task_name: str, size: SuiteSize, seed: int, resume: bool
     task = get_task(task_name)
     stage = f"{task_name[:5]}-sft"
     model, _, t = _policy_stage(run_dir, stage, resume, lambda: train_sft(
-        SFTConfig(**_common(run_dir, stage, seed, resume, size.imitation_steps)),
+        SFTConfig(**stage_fields(run_dir, stage, seed, resume, size.imitation_steps)),
         task.demonstrations("train", size.demos, seed), model=_fresh("tiny", tokenizer, seed), tokenizer=tokenizer))
     results["timings"][stage] = t
-    results["histories"][stage] = _history(_stage_dir(run_dir, stage))
+    results["histories"][stage] = stage_history(stage_dir(run_dir, stage))
     methods = {"sft": evaluate_policy(task, model, tokenizer, num_prompts=size.eval_prompts, samples_per_prompt=4,
                                       seed=seed),
                "sft (greedy)": evaluate_policy(task, model, tokenizer, num_prompts=size.eval_prompts,
@@ -289,7 +276,7 @@ def _imitation(run_dir, task_name: str, size: SuiteSize, seed: int, resume: bool
             task.prompts("train", 10_000, seed), oracle_scorer(task), model=copy.deepcopy(model),
             tokenizer=tokenizer))
         results["timings"][stage] = t
-        results["histories"][stage] = _history(_stage_dir(run_dir, stage))
+        results["histories"][stage] = stage_history(stage_dir(run_dir, stage))
         methods["grpo (oracle reward)"] = evaluate_policy(task, grpo, tokenizer, reference=model,
                                                           num_prompts=size.eval_prompts, samples_per_prompt=4,
                                                           seed=seed)
@@ -303,18 +290,18 @@ def _iqlearn(run_dir, size: SuiteSize, seed: int, resume: bool, tokenizer, resul
     for task_name in ("arithmetic", "summarise"):
         task, stage = get_task(task_name), f"{task_name[:5]}-iqlearn"
         model, _, t = _policy_stage(run_dir, stage, resume, lambda task=task, stage=stage: train_iqlearn(
-            IQLearnConfig(**_common(run_dir, stage, seed, resume, size.imitation_steps), lam=IQLEARN_LAM),
+            IQLearnConfig(**stage_fields(run_dir, stage, seed, resume, size.imitation_steps), lam=IQLEARN_LAM),
             task.demonstrations("train", size.demos, seed), model=_fresh("tiny", tokenizer, seed),
             tokenizer=tokenizer))
         results["timings"][stage] = t
-        results["histories"][stage] = _history(_stage_dir(run_dir, stage))
+        results["histories"][stage] = stage_history(stage_dir(run_dir, stage))
         out = results["tasks"][task_name]
         name = f"iqlearn (λ = {IQLEARN_LAM:g})"
         out["methods"][name] = evaluate_policy(task, model, tokenizer, num_prompts=size.eval_prompts,
                                                samples_per_prompt=4, seed=seed)
         out["methods"][f"{name} (greedy)"] = evaluate_policy(task, model, tokenizer, num_prompts=size.eval_prompts,
                                                              samples_per_prompt=1, temperature=0.0, seed=seed)
-        sft_model, _ = load_trained_causal_lm(_stage_dir(run_dir, f"{task_name[:5]}-sft") / "final")
+        sft_model, _ = load_trained_causal_lm(stage_dir(run_dir, f"{task_name[:5]}-sft") / "final")
         out["extracted_reward"] = {
             "sft": reward_correlation(task, sft_model, tokenizer, num_prompts=size.eval_prompts, seed=seed),
             name: reward_correlation(task, model, tokenizer, num_prompts=size.eval_prompts, seed=seed)}
@@ -323,7 +310,7 @@ def _iqlearn(run_dir, size: SuiteSize, seed: int, resume: bool, tokenizer, resul
 def _gridworld(size: SuiteSize, seed: int, results: dict) -> dict:
     """ZPG and ZBCPG against trajectory DPO and RM+PPO at the same number of human queries (exact returns by DP);
     the full study with several seeds is `preftune bench zpg`."""
-    from preftune.bench.zpg import gridworld_comparison
+    from preftune.suite.gridworld import gridworld_comparison
 
     t0 = time.perf_counter()
     out = gridworld_comparison(size.gridworld_queries, seeds=1, slip=0.2, points=8)
@@ -340,12 +327,12 @@ def _fresh(name: str, tokenizer, seed: int):
 def _population(run_dir: Path, size: SuiteSize, seed: int, results: dict) -> dict:
     """Joint learning from choices (issue 9): passive vs double Thompson sampling (sampling variant), DPO and the
     reward model's KL-regularised optimum on the passive queries; `preftune bench joint` is the full comparison."""
-    from preftune.bench.joint import JointBenchSize, run_joint_benchmark
+    from preftune.suite.joint_comparison import JointComparisonSize, run_joint_comparison
 
     t0 = time.perf_counter()
-    bench = JointBenchSize(seeds=1, rounds=size.joint_rounds, queries_per_round=64,
+    bench = JointComparisonSize(seeds=1, rounds=size.joint_rounds, queries_per_round=64,
                            updates_per_round=size.joint_updates_per_round, baseline_steps=size.joint_baseline_steps,
                            ppo_iterations=0, schemes=("passive", "double-ts (sample)"))
-    out = run_joint_benchmark(run_dir / "population", bench, seed)
+    out = run_joint_comparison(run_dir / "population", bench, seed)
     results["timings"]["population"] = time.perf_counter() - t0
     return out

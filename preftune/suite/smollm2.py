@@ -25,8 +25,6 @@ from pathlib import Path
 
 import torch
 
-from preftune.bench.report import write_report
-from preftune.bench.suite import _common, _history, _stage_dir
 from preftune.config import ConfigError, _coerce
 from preftune.data import Pair
 from preftune.evaluate import evaluate_policy
@@ -35,6 +33,8 @@ from preftune.methods.dpo import DPOConfig, train_dpo
 from preftune.methods.rloo import GRPOConfig, train_grpo
 from preftune.methods.sft import SFTConfig, train_sft
 from preftune.models import load_causal_lm, merge_lora
+from preftune.suite.report import write_report
+from preftune.suite.stages import stage_dir, stage_fields, stage_history
 from preftune.tasks import get_task
 
 TASK = "arithmetic-nl"
@@ -133,12 +133,12 @@ def run_smollm2_suite(run_dir: Path, quick: bool = False, seed: int = 0, model: 
 
     def train(name: str, fn) -> object:
         result = timed(name, fn)
-        results["histories"][name] = _history(_stage_dir(run_dir, name))
+        results["histories"][name] = stage_history(stage_dir(run_dir, name))
         measure(name, result.model)
         return merge_lora(result.model)  # the next stage starts from (and is regularised towards) this one
 
     def common(name: str, steps: int) -> dict:
-        return {**_common(run_dir, name, seed, False, steps, log_every=1), **lora}
+        return {**stage_fields(run_dir, name, seed, False, steps, log_every=1), **lora}
 
     measure("base", policy)
     policy = train("sft", lambda: train_sft(
