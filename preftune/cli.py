@@ -469,6 +469,8 @@ def run_command(
                                               "Instruct unless --model) on natural-language arithmetic."),
     model: str = typer.Option(None, help="The pretrained model of the smollm2 suite: 'smollm2', a .gguf file, a "
                                          "model directory or a hub id. Giving it selects that suite."),
+    config: Path = typer.Option(None, help="A suite file (YAML) read over the suite's own sizes and settings "
+                                           "(preftune/suite/configs/); it needs only the fields it changes."),
 ):
     _quiet_libraries()
     if suite not in ("default", "smollm2"):
@@ -477,10 +479,10 @@ def run_command(
         if resume:
             _fail("--resume is not supported by the smollm2 suite (its stages are short); run it again")
         from preftune.models import ModelError
-        from preftune.suite.smollm2 import SmolSuiteSize, run_smollm2_suite, suite_size
+        from preftune.suite.smollm2 import load_smollm2_size, run_smollm2_suite
 
         try:
-            size = suite_size(SmolSuiteSize.quick() if quick else SmolSuiteSize(), parse_extra_flags(ctx.args))
+            size = load_smollm2_size(quick, config, parse_extra_flags(ctx.args))
             out = run_smollm2_suite(runs_dir / (name or ("smollm2-quick" if quick else "smollm2")), quick=quick,
                                     seed=seed, model=model or "smollm2", size=size)
         except (ModelError, ConfigError) as e:
@@ -489,9 +491,14 @@ def run_command(
         return
     if ctx.args:
         _fail(f"unexpected arguments {ctx.args}: size flags belong to --suite smollm2")
-    from preftune.suite.default import run_suite
+    from preftune.suite.default import load_suite, run_suite
 
-    out = run_suite(runs_dir / (name or ("quick" if quick else "default")), quick=quick, seed=seed, resume=resume)
+    try:
+        size, tuning = load_suite(quick, config)
+    except ConfigError as e:
+        _fail(str(e))
+    out = run_suite(runs_dir / (name or ("quick" if quick else "default")), quick=quick, seed=seed, resume=resume,
+                    size=size, tuning=tuning)
     console.print(f"[green]report[/]: {out / 'report.md'}")
 
 

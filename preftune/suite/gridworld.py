@@ -8,9 +8,11 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import asdict
+from pathlib import Path
 
 import torch
 
+from preftune.config import ConfigError, apply_overrides, load_yaml
 from preftune.methods.zpg import ZPGConfig, train_zpg_gridworld
 from preftune.suite.gridworld_baselines import (
     RewardPPOConfig,
@@ -18,27 +20,37 @@ from preftune.suite.gridworld_baselines import (
     train_dpo_gridworld,
     train_reward_ppo_gridworld,
 )
+from preftune.suite.settings import CONFIGS
 from preftune.tasks.gridworld import GridWorld
 
-# Tuned on seeds 0-4 at 51,200 queries (docs/benchmarks.md lists the sweep); DPO's β from {0.1, 0.5, 2}.
-ZPG_SETTINGS = dict(algorithm="zpg", mu=4.0, lr=0.1, batch_size=16, annotators_per_pair=4)
-ZBCPG_SETTINGS = dict(algorithm="zbcpg", mu=4.0, lr=1.0, batch_size=32, annotators_per_pair=2, block_size=4)
-DPO_SETTINGS = dict(beta=0.1, batch_size=512)
-RM_SETTINGS = dict(batch_size=512)
+CONFIG_CLASSES = {"zpg": ZPGConfig, "zbcpg": ZPGConfig, "dpo": TrajectoryDPOConfig, "rm+ppo": RewardPPOConfig}
 
 
-def _run_method(name: str, queries: int, seed: int, slip: float) -> list[dict]:
+def load_gridworld_settings(path: Path = CONFIGS / "gridworld.yaml") -> dict[str, dict]:
+    """Each method's settings (`configs/gridworld.yaml`), checked against its config class; an error names the file,
+    the method and the field."""
+    settings = load_yaml(path)
+    if set(settings) != set(CONFIG_CLASSES):
+        raise ConfigError(f"{path}: needs the methods {', '.join(CONFIG_CLASSES)}, has {', '.join(settings)}")
+    for method, config_cls in CONFIG_CLASSES.items():
+        try:
+            apply_overrides(config_cls(), settings[method])
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {method}: {e}") from None
+    return settings
+
+
+def _run_method(name: str, settings: dict, queries: int, seed: int, slip: float) -> list[dict]:
     """One method's history (rows with ``queries`` and ``true_return``) at a query budget."""
     env = GridWorld(slip=slip)
     if name in ("zpg", "zbcpg"):
-        settings = ZPG_SETTINGS if name == "zpg" else ZBCPG_SETTINGS
         per_iteration = settings["batch_size"] * settings["annotators_per_pair"]
         cfg = ZPGConfig(**settings, steps=queries // per_iteration, seed=seed, gridworld_slip=slip)
         return train_zpg_gridworld(cfg, env).history
     if name == "dpo":
-        cfg = TrajectoryDPOConfig(**DPO_SETTINGS, steps=queries // DPO_SETTINGS["batch_size"], seed=seed)
+        cfg = TrajectoryDPOConfig(**settings, steps=queries // settings["batch_size"], seed=seed)
         return train_dpo_gridworld(cfg, env).history
-    cfg = RewardPPOConfig(**RM_SETTINGS, steps=queries // RM_SETTINGS["batch_size"], seed=seed)
+    cfg = RewardPPOConfig(**settings, steps=queries // settings["batch_size"], seed=seed)
     return train_reward_ppo_gridworld(cfg, env).history
 
 
@@ -58,15 +70,15 @@ def gridworld_comparison(queries: int, seeds: int, slip: float, methods=("zpg", 
                          points: int = 16) -> dict:
     """Each method's true return (exact DP) after ``points`` evenly spaced query budgets up to ``queries``, mean
     and sd over seeds ``0..seeds-1``; for ZPG also the exact gradient norm over its iterations."""
+    settings = load_gridworld_settings()
     budgets = [round(queries * (i + 1) / points) for i in range(points)]
     out: dict = {"queries": queries, "seeds": seeds, "slip": slip, "budgets": budgets,
                  "optimal_return": GridWorld(slip=slip).optimal_value(),
                  "uniform_return": float(GridWorld(slip=slip).value(torch.zeros(16, 4))), "methods": {},
-                 "settings": {"zpg": ZPG_SETTINGS, "zbcpg": ZBCPG_SETTINGS, "dpo": DPO_SETTINGS,
-                              "rm+ppo": {**asdict(RewardPPOConfig()), **RM_SETTINGS}}}
+                 "settings": {**settings, "rm+ppo": {**asdict(RewardPPOConfig()), **settings["rm+ppo"]}}}
     for name in methods:
         started = time.perf_counter()
-        histories = [_run_method(name, queries, seed, slip) for seed in range(seeds)]
+        histories = [_run_method(name, settings[name], queries, seed, slip) for seed in range(seeds)]
         curve = [mean_sd([_at(h, b) for h in histories]) for b in budgets]
         entry = {"curve": curve, "final": curve[-1], "seconds": time.perf_counter() - started}
         if name == "zpg":  # convergence: the exact gradient norm over iterations, mean over seeds
