@@ -77,7 +77,7 @@ def left_pad(token_lists: Sequence[list[int]], pad_id: int) -> tuple[torch.Tenso
     return ids, mask
 
 
-def _cache_argument(model) -> str:
+def cache_argument(model) -> str:
     """The forward argument that takes the KV cache: ``cache`` in transformers >= 5.2x, before that
     ``past_key_values`` (still accepted, with a deprecation warning, by the newer versions)."""
     base = getattr(model, "module", model)  # DDP
@@ -151,7 +151,7 @@ def _sample_tokens(scaled: torch.Tensor) -> torch.Tensor:
 def _sample_batch(model, prompt_ids, prompt_mask, max_new_tokens, eos_id, pad_id, temperature, top_k, top_p):
     device = prompt_ids.device
     n, prompt_width = prompt_ids.shape
-    cache_kw = {_cache_argument(model): _kv_cache(prompt_width + max_new_tokens)}
+    cache_kw = {cache_argument(model): _kv_cache(prompt_width + max_new_tokens)}
     # the attention mask grows by one column per step: written into a buffer, passed as a view of its filled part
     attn_buffer = torch.zeros((n, prompt_width + max_new_tokens), dtype=prompt_mask.dtype, device=device)
     attn_buffer[:, :prompt_width] = prompt_mask

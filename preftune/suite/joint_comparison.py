@@ -37,19 +37,15 @@ from preftune.tasks.population import (
 
 @dataclass
 class JointComparisonSize:
-    seeds: int = 3
-    rounds: int = 16
-    queries_per_round: int = 64
-    updates_per_round: int = 15
-    baseline_steps: int = 200  # reward model and DPO optimizer steps
-    ppo_iterations: int = 30  # 0: no PPO run (the exact KL-regularised optimum of the reward model is still shown)
-    schemes: tuple[str, ...] = (*EXPLORATION_SCHEMES, "ts (sample)", "double-ts (sample)", "infomax (pool 8)",
-                                "double-ts (sample, pool 8)")
+    """How much of the comparison runs: `preftune run` sets every field, `benchmarks/config/joint.yaml` the study's."""
 
-    @classmethod
-    def quick(cls) -> JointComparisonSize:
-        return cls(seeds=1, rounds=3, queries_per_round=32, updates_per_round=5, baseline_steps=20, ppo_iterations=2,
-                   schemes=("passive", "double-ts (sample)"))
+    seeds: int
+    rounds: int
+    queries_per_round: int
+    updates_per_round: int
+    baseline_steps: int  # reward model and DPO optimizer steps
+    ppo_iterations: int  # 0: no PPO run (the exact KL-regularised optimum of the reward model is still shown)
+    schemes: tuple[str, ...]  # names of `SCHEME_VARIANTS`
 
 
 PPO_KL_COEF = 0.05  # the usual RLHF β (and preftune's PPO default)

@@ -209,13 +209,13 @@ class ResponseSpaceLM(nn.Module):
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, cache=None, past_key_values=None,
                 **kwargs):
-        from preftune.rollout import _cache_argument
+        from preftune.rollout import cache_argument
 
         if position_ids is None:
             position_ids = position_ids_from_mask(attention_mask if attention_mask is not None
                                                   else torch.ones_like(input_ids))
         if cache is not None or past_key_values is not None:
-            kwargs[_cache_argument(self.lm)] = cache if cache is not None else past_key_values
+            kwargs[cache_argument(self.lm)] = cache if cache is not None else past_key_values
         out = self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs)
         positions = position_ids[:, -out.logits.shape[1]:]
         step = positions + 1 - self.prompt_length  # which response token each position predicts

@@ -18,14 +18,17 @@ from pathlib import Path
 
 import torch
 
+from benchmarks import study_settings
 from preftune.feedback import Annotator, repeated_preference_shares
 from preftune.losses import preference_link, zpg_gradient
 from preftune.methods.zpg import ZPGConfig
 from preftune.suite.gridworld import gridworld_comparison, mean_sd
 from preftune.tasks.gridworld import GridWorld, return_utility
 
+STUDY = study_settings("zpg")  # config/zpg.yaml: the estimator grid and the LM run
 
-def estimator_cosine(pairs=(10, 100, 1000, 4000), labels=(1, 4, 16, 64), mu: float = 4.0, seeds: int = 3) -> dict:
+
+def estimator_cosine(pairs: list[int], labels: list[int], mu: float, seeds: int) -> dict:
     """Cosine of the ZPG estimate with the exact gradient at the uniform policy (where training starts), each
     estimate averaged over an orthonormal basis of d = 64 directions (each uniform on the sphere; the basis makes
     the average over v exact up to the sampling noise, which is what this measures). Row "exact": the value
@@ -58,11 +61,11 @@ def estimator_cosine(pairs=(10, 100, 1000, 4000), labels=(1, 4, 16, 64), mu: flo
     return table
 
 
-def lm_comparison(queries_per_iteration: tuple[int, int] = (32, 2), iterations: int = 600, sft_steps: int = 300,
-                  seed: int = 0, param_filter: str = r"(^|\.)(norm|ln_f)\.weight$", mu: float = 4.0, lr: float = 0.05,
-                  eval_prompts: int = 400, output_dir: Path = Path("runs/bench-zpg")) -> dict:
+def lm_comparison(iterations: int, seed: int, output_dir: Path, pairs_per_iteration: int, annotators_per_pair: int,
+                  sft_steps: int, sft_demos: int, param_filter: str, mu: float, lr: float, dpo_beta: float,
+                  eval_prompts: int) -> dict:
     """SFT on teacher demonstrations, then ZPG on the oracle-judged annotators' comparisons, and DPO on as many
-    annotator labels of teacher pairs; mean oracle reward on eval prompts."""
+    annotator labels of teacher pairs; mean oracle reward on eval prompts. The settings: config/zpg.yaml's ``lm``."""
     import random
 
     from preftune.evaluate import evaluate_policy
@@ -78,16 +81,16 @@ def lm_comparison(queries_per_iteration: tuple[int, int] = (32, 2), iterations: 
     common = dict(seed=seed, progress=False, save_every=0, overwrite=True, mixed_precision="no")
     started = time.perf_counter()
     sft = train_sft(SFTConfig(output_dir=str(output_dir / "lm-sft"), steps=sft_steps, **common),
-                    task.demonstrations("train", 4000, seed), model=build_tiny_model("tiny", tokenizer, seed=seed),
+                    task.demonstrations("train", sft_demos, seed), model=build_tiny_model("tiny", tokenizer, seed=seed),
                     tokenizer=tokenizer).model
-    n, m = queries_per_iteration
-    zpg_cfg = ZPGConfig(output_dir=str(output_dir / "lm-zpg"), steps=iterations, batch_size=n, annotators_per_pair=m,
-                        mu=mu, lr=lr, param_filter=param_filter, max_new_tokens=task.max_response_chars + 1, **common)
+    zpg_cfg = ZPGConfig(output_dir=str(output_dir / "lm-zpg"), steps=iterations, batch_size=pairs_per_iteration,
+                        annotators_per_pair=annotators_per_pair, mu=mu, lr=lr, param_filter=param_filter,
+                        max_new_tokens=task.max_response_chars + 1, **common)
     zpg = train_zpg_lm(zpg_cfg, task.prompts("train", 10_000, seed), task.reward, model=copy.deepcopy(sft),
                        tokenizer=tokenizer)
     budget = int(zpg.history[-1]["queries"])
     pairs = label_pairs(task.candidate_pairs("train", budget, seed), Annotator(task.reward), random.Random(seed))
-    dpo_cfg = DPOConfig(output_dir=str(output_dir / "lm-dpo"), steps=max(1, budget // 32), beta=0.3, **common)
+    dpo_cfg = DPOConfig(output_dir=str(output_dir / "lm-dpo"), steps=max(1, budget // 32), beta=dpo_beta, **common)
     dpo = train_dpo(dpo_cfg, pairs, model=copy.deepcopy(sft), tokenizer=tokenizer).model
     out = {"queries": budget, "labels_dpo": len(pairs), "zpg": asdict(zpg_cfg), "sft_steps": sft_steps,
            "perturbed_dim": zpg.history[-1]["perturbed_dim"], "methods": {}}
@@ -169,15 +172,14 @@ def run_zpg_bench(parts: tuple[str, ...], output: Path, queries: int = 51_200, s
         results["gridworld_deterministic"] = gridworld_comparison(queries // 2, max(2, seeds // 2 + 1), slip=0.0,
                                                                   methods=methods)
     if "cosine" in parts:
-        results["cosine"] = estimator_cosine()
+        results["cosine"] = estimator_cosine(**STUDY["cosine"])
         print("  cosine " + ", ".join(f"{k} {v['mean']:.2f}" for k, v in results["cosine"]["cosine"].items())
               + f"; exact differences {results['cosine']['exact']['mean']:.3f}", flush=True)
     if "lm" in parts:  # one seed per call; the summary is over every seed stored so far
         runs = results.setdefault("lm_runs", {})
         if "lm" in results and "0" not in runs:  # a single-seed result of an earlier version
             runs["0"] = results["lm"]
-        runs[str(lm_seed)] = lm_comparison(iterations=lm_iterations, seed=lm_seed,
-                                           output_dir=output / f"lm-seed{lm_seed}")
+        runs[str(lm_seed)] = lm_comparison(lm_iterations, lm_seed, output / f"lm-seed{lm_seed}", **STUDY["lm"])
         results["lm"] = {name: mean_sd([r["methods"][name]["oracle_reward"] for r in runs.values()])
                          for name in ("sft", "zpg", "dpo")}
         print("  lm " + json.dumps(runs[str(lm_seed)]["methods"]), flush=True)
@@ -186,5 +188,5 @@ def run_zpg_bench(parts: tuple[str, ...], output: Path, queries: int = 51_200, s
     return results
 
 
-if __name__ == "__main__":  # python -m preftune.bench.zpg
+if __name__ == "__main__":  # python -m benchmarks.zpg
     run_zpg_bench(("gridworld", "cosine", "lm"), Path("runs/bench-zpg"))
