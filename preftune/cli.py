@@ -1,10 +1,12 @@
 """The `preftune` command line: a thin layer over the library. `train <method>` commands are generated from
-`preftune.methods.METHODS`; what each method's input is made of lives in `preftune.inputs`."""
+`preftune.methods.METHODS`; what each method's input is made of lives in `preftune.inputs`; `preftune bench` mounts
+the studies of a source checkout's benchmarks/ folder."""
 
 from __future__ import annotations
 
 import inspect
 import json
+import sys
 from pathlib import Path
 
 import typer
@@ -19,6 +21,54 @@ train_app = typer.Typer(no_args_is_help=True, help="Train one method. `preftune 
 app.add_typer(train_app, name="train")
 console = Console()
 err = Console(stderr=True)
+
+
+def _mount_benchmarks() -> None:
+    """`preftune bench STUDY`: the studies of a source checkout's benchmarks/ folder, beside the preftune package
+    (not installed with it; `python -m benchmarks` from the repository root runs the same app)."""
+    import preftune
+
+    root = Path(preftune.__file__).resolve().parent.parent
+    if (root / "benchmarks" / "cli.py").is_file():
+        if str(root) not in sys.path:
+            sys.path.insert(0, str(root))
+        from benchmarks.cli import app as benchmarks_app
+
+        app.add_typer(benchmarks_app, name="bench")
+        return
+
+    @app.command("bench", help="The studies behind docs/benchmarks.md (a source checkout's benchmarks/ folder).",
+                 add_help_option=False, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+    def bench_missing():
+        _fail("the benchmark studies live in the source repository's benchmarks/ folder "
+              "(`python -m benchmarks STUDY` there); this installation does not include them")
+
+
+_mount_benchmarks()
+
+
+def _mount_benchmarks() -> None:
+    """`preftune bench STUDY`: the studies of a source checkout's benchmarks/ folder, beside the preftune package
+    (not installed with it; `python -m benchmarks` from the repository root runs the same app)."""
+    import preftune
+
+    root = Path(preftune.__file__).resolve().parent.parent
+    if (root / "benchmarks" / "cli.py").is_file():
+        if str(root) not in sys.path:
+            sys.path.insert(0, str(root))
+        from benchmarks.cli import app as benchmarks_app
+
+        app.add_typer(benchmarks_app, name="bench")
+        return
+
+    @app.command("bench", help="The studies behind docs/benchmarks.md (a source checkout's benchmarks/ folder).",
+                 add_help_option=False, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+    def bench_missing():
+        _fail("the benchmark studies live in the source repository's benchmarks/ folder "
+              "(`python -m benchmarks STUDY` there); this installation does not include them")
+
+
+_mount_benchmarks()
 
 
 def _quiet_libraries() -> None:
@@ -210,6 +260,8 @@ def run_command(
                                               "Instruct unless --model) on natural-language arithmetic."),
     model: str = typer.Option(None, help="The pretrained model of the smollm2 suite: 'smollm2', a .gguf file, a "
                                          "model directory or a hub id. Giving it selects that suite."),
+    config: Path = typer.Option(None, help="A suite file (YAML) read over the suite's own sizes and settings "
+                                           "(preftune/suite/configs/); it needs only the fields it changes."),
 ):
     _quiet_libraries()
     if suite not in ("default", "smollm2"):
@@ -220,7 +272,7 @@ def run_command(
         from preftune.bench.smollm2_suite import SmolSuiteSize, run_smollm2_suite, suite_size
 
         try:
-            size = suite_size(SmolSuiteSize.quick() if quick else SmolSuiteSize(), parse_extra_flags(ctx.args))
+            size = load_smollm2_size(quick, config, parse_extra_flags(ctx.args))
             out = run_smollm2_suite(runs_dir / (name or ("smollm2-quick" if quick else "smollm2")), quick=quick,
                                     seed=seed, model=model or "smollm2", size=size)
         except _expected_errors() as e:
@@ -229,15 +281,20 @@ def run_command(
         return
     if ctx.args:
         _fail(f"unexpected arguments {ctx.args}: size flags belong to --suite smollm2")
-    from preftune.bench.suite import run_suite
+    from preftune.suite.default import load_suite, run_suite
 
-    out = run_suite(runs_dir / (name or ("quick" if quick else "default")), quick=quick, seed=seed, resume=resume)
+    try:
+        size, tuning = load_suite(quick, config)
+    except ConfigError as e:
+        _fail(str(e))
+    out = run_suite(runs_dir / (name or ("quick" if quick else "default")), quick=quick, seed=seed, resume=resume,
+                    size=size, tuning=tuning)
     console.print(f"[green]report[/]: {out / 'report.md'}")
 
 
 @app.command("report", help="Rebuild report.md and the PNG plots of a run from its results.json.")
 def report_command(run_dir: Path = typer.Argument(..., help="A run folder, e.g. runs/default.")):
-    from preftune.bench.report import write_report
+    from preftune.suite.report import write_report
 
     if not (run_dir / "results.json").exists():
         _fail(f"{run_dir} has no results.json; run `preftune run` first")

@@ -6,7 +6,7 @@ pytest.importorskip("trl")
 
 
 def test_trl_comparison_measures_both_libraries_on_equal_work(tmp_path):
-    from preftune.bench.trl_compare import run_trl_comparison
+    from benchmarks.trl_compare import run_trl_comparison
 
     output = tmp_path / "bench-trl.json"
     run_trl_comparison(steps=3, batch_size=4, output=output, repeats=1, methods=("sft",), threads=1)
@@ -27,14 +27,14 @@ def test_trl_comparison_measures_both_libraries_on_equal_work(tmp_path):
 
 
 def test_unknown_method_is_refused(tmp_path):
-    from preftune.bench.trl_compare import run_trl_comparison
+    from benchmarks.trl_compare import run_trl_comparison
 
     with pytest.raises(ValueError, match="unknown method"):
         run_trl_comparison(steps=2, batch_size=2, output=tmp_path / "x.json", methods=("no-such-method",))
 
 
 def test_online_row_samples_the_same_completions_in_both_libraries(tmp_path):
-    from preftune.bench.trl_compare import SAMPLES_PER_PROMPT, run_trl_comparison
+    from benchmarks.trl_compare import SAMPLES_PER_PROMPT, run_trl_comparison
 
     output = tmp_path / "bench-trl.json"
     run_trl_comparison(steps=2, batch_size=2, output=output, repeats=1, methods=("rloo",), threads=1)

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from preftune.methods.gridworld_baselines import (
+from preftune.suite.gridworld_baselines import (
     RewardPPOConfig,
     TrajectoryDPOConfig,
     train_dpo_gridworld,

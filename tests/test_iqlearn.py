@@ -208,7 +208,7 @@ def test_cli_train_iqlearn_and_eval_reward_from(tmp_path):
 
 @pytest.mark.slow
 def test_bench_parts_run_at_toy_size(tmp_path, monkeypatch):
-    import preftune.bench.iqlearn as bench
+    import benchmarks.iqlearn as bench
 
     cost = bench.measure_cost(batch_size=4, blocks=2, steps_per_block=1)
     assert cost["mle_ms"] > 0 and cost["iqlearn_ms"] > 0 and len(cost["block_ms"]["mle"]) == 2
@@ -253,7 +253,7 @@ def test_bench_fewdemo_flags_reach_the_run(tmp_path):
 
 
 def test_heldout_nll_is_the_mle_loss_on_eval_demonstrations(tokenizer, tiny_model):
-    from preftune.bench.iqlearn import heldout_nll
+    from benchmarks.iqlearn import heldout_nll
     from preftune.data import collate_demos
     from preftune.rollout import model_logits
 

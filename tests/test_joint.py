@@ -18,10 +18,10 @@ from preftune.methods.joint import (
     JointConfig,
     JointModel,
     information_gain,
-    posterior_spread,
     select_candidates,
     train_joint,
 )
+from preftune.suite.joint_comparison import posterior_spread
 from preftune.tasks.population import PopulationTask, response_space_ids
 from preftune.tiny import build_population_policy, build_population_tokenizer
 

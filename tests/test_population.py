@@ -11,10 +11,10 @@ import torch
 from preftune.feedback import Annotator, Population
 from preftune.losses import bt_loss, choice_loss
 from preftune.metrics import kl_divergence, total_variation
+from preftune.suite.joint_comparison import luce_projection
 from preftune.tasks.population import (
     PopulationTask,
     distribution_metrics,
-    luce_projection,
     policy_distribution,
     response_space_ids,
 )

@@ -10,7 +10,7 @@ import torch
 from torch.distributions import Independent, Normal, kl_divergence
 from typer.testing import CliRunner
 
-from preftune.bench.rlp import THRESHOLDS, confidence_sweep, summarise
+from benchmarks.rlp import THRESHOLDS, confidence_sweep, summarise
 from preftune.cli import app
 from preftune.config import ConfigError, apply_overrides
 from preftune.losses import diagonal_gaussian_kl, jensen_shannon_mi_bound, mib_loss, symmetric_gaussian_kl

@@ -5,6 +5,7 @@ runs only in the ``slow`` test at the end.
 """
 
 import copy
+import dataclasses
 import importlib.util
 import json
 
@@ -14,13 +15,13 @@ from typer.testing import CliRunner
 
 from preftune import gguf as gguf_module
 from preftune import models
-from preftune.bench.smollm2_suite import SmolSuiteSize, oracle_pairs, run_smollm2_suite
 from preftune.cli import app
 from preftune.data import Demo, encode_prompt_responses
 from preftune.gguf import named_gguf_file
 from preftune.methods.sft import SFTConfig, train_sft
 from preftune.models import ModelError, load_causal_lm, load_policy, save_causal_lm
 from preftune.rollout import generate
+from preftune.suite.smollm2 import load_smollm2_size, oracle_pairs, run_smollm2_suite
 from preftune.tasks import get_task
 from preftune.tiny import TinySpec, build_tiny_model
 
@@ -148,7 +149,8 @@ def test_missing_gguf_file_or_package_names_the_fix(tmp_path, monkeypatch):
 
 
 def test_smollm2_suite_plumbing_on_a_tiny_model(tmp_path):
-    size = SmolSuiteSize(sft_steps=2, dpo_steps=2, grpo_steps=2, batch_size=4, grpo_prompts=2, eval_prompts=4)
+    size = dataclasses.replace(load_smollm2_size(), sft_steps=2, dpo_steps=2, grpo_steps=2, batch_size=4,
+                               grpo_prompts=2, eval_prompts=4)
     out = run_smollm2_suite(tmp_path / "run", model="tiny", size=size)
     results = json.loads((out / "results.json").read_text())
     stages = results["tasks"]["arithmetic-nl"]["stages"]

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from preftune.bench.suite import SuiteSize, run_suite
+from preftune.suite.default import SuiteSize, load_suite, run_suite
 
 TINY = SuiteSize(sft_steps=4, reward_steps=3, reward_batch_size=16, dpo_steps=3, demos=64, pairs=128,
                  heldout_pairs=32, eval_prompts=8, best_of=2, imitation_steps=4, online_steps=2, grpo_steps=2,
@@ -52,7 +52,7 @@ def test_miniature_suite_writes_report_and_resume_reuses_stages(tmp_path):
 
 @pytest.mark.slow
 def test_quick_suite(tmp_path):
-    results = _check_run(run_suite(tmp_path / "quick", quick=True, seed=0), best_of=SuiteSize.quick().best_of)
+    results = _check_run(run_suite(tmp_path / "quick", quick=True, seed=0), best_of=load_suite(quick=True)[0].best_of)
     # even the quick sizes learn: the reward model is better than chance and DPO beats SFT
     pl = results["tasks"]["preference-language"]
     assert pl["reward_model"]["heldout_accuracy"] > 0.6

@@ -276,7 +276,7 @@ def test_cli_train_zpg_on_preference_language_subprocess(tmp_path):
 
 
 def test_gridworld_comparison_runs_at_a_budget_of_fewer_than_eight_iterations():
-    from preftune.bench.zpg import gridworld_comparison
+    from preftune.suite.gridworld import gridworld_comparison
 
     out = gridworld_comparison(256, seeds=1, slip=0.2, points=2)  # ZPG: 4 iterations of 64 queries
     assert set(out["methods"]) == {"zpg", "zbcpg", "dpo", "rm+ppo"}

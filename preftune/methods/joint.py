@@ -303,22 +303,3 @@ def policy_distribution_of(model: JointModel, ids: torch.Tensor) -> torch.Tensor
     from preftune.tasks.population import policy_distribution
 
     return policy_distribution(model.policy, ids)
-
-
-@torch.no_grad()
-def posterior_spread(head: nn.Module, features: torch.Tensor, samples: int = 64, seed: int = 0) -> torch.Tensor:
-    """Standard deviation over epistemic indices of each response's utility relative to its prompt's mean
-    utility, ``[P, Y]`` for features ``[P, Y, H]``: the posterior's width. Centred, because a choice depends only
-    on utility differences (an offset shared by all responses of a prompt is unidentifiable and never trained)."""
-    generator = torch.Generator().manual_seed(seed)
-    offsets = head(features.flatten(0, 1), head.sample_index(samples, generator))  # [S, P·Y]
-    offsets = offsets.view(samples, features.shape[0], features.shape[1])
-    return (offsets - offsets.mean(-1, keepdim=True)).std(0)
-
-
-@torch.no_grad()
-def head_features_of(result: TrainResult, ids: torch.Tensor) -> torch.Tensor:
-    """The features ``[P, Y, H]`` the result's head reads: the starting LM's or the trained LM's."""
-    if result.extra["head_features"] is not None:
-        return result.extra["head_features"]
-    return result.model(ids.flatten(0, 1))[1].view(ids.shape[0], ids.shape[1], -1)

@@ -20,9 +20,10 @@ the probability that a randomly drawn person picks y when shown every response. 
 preferred-response distributions, and a Luce model whose choices among *all* responses reproduce the
 population's equals p*, so maximum-likelihood on full-set choices recovers it exactly. With K < |Y| a mixture
 of Luce models is not a Luce model (IIA fails), so choice MLE converges to p*'s Luce projection instead;
-`luce_projection` computes that floor for uniform pairs (KL 0.025, TV 0.105 under the defaults; stronger
-disagreement, e.g. utilities 3 / 1.5, raises it to TV 0.2). Under the defaults p* puts 0.34 on the majority's
-favourite, 0.21 and 0.12 on the two minorities' favourites and 1% on the 58 responses no type likes.
+`preftune.suite.joint_comparison.luce_projection` computes that floor for uniform pairs (KL 0.025, TV 0.105
+under the defaults; stronger disagreement, e.g. utilities 3 / 1.5, raises it to TV 0.2). Under the defaults p*
+puts 0.34 on the majority's favourite, 0.21 and 0.12 on the two minorities' favourites and 1% on the 58 responses
+no type likes.
 
 Oracle reward: log p*(y | x), the reward whose KL-regularised optimum at β = 1 from a uniform reference is p*.
 
@@ -211,26 +212,3 @@ def distribution_metrics(policy_probs: torch.Tensor, target_probs: torch.Tensor,
         out[f"mass_type{j}"] = float(policy_probs[rows, cols].mean())
         out[f"target_mass_type{j}"] = float(target_probs[rows, cols].mean())
     return out
-
-
-def luce_projection(task: PopulationTask, prompt: str, steps: int = 300) -> torch.Tensor:
-    """The Luce model closest to the population's *pairwise* choices under uniform pairs, ``[|Y|]``.
-
-    argmin_π Σ_{i≠j} P_pop(i ≻ j) · −log(π_i / (π_i + π_j)): where choice MLE on uniform pairwise queries
-    converges, so its distance to p* is the floor of any Luce model learning from such pairs.
-    """
-    u = task.utilities(prompt)  # [types, Y]
-    weights = torch.tensor(task.weights, dtype=torch.float64)[:, None, None]
-    prefer = (weights * torch.sigmoid(u[:, :, None] - u[:, None, :])).sum(0)  # P(i ≻ j), [Y, Y]
-    logits = task.target(prompt).log().clone().requires_grad_(True)
-    optimiser = torch.optim.LBFGS([logits], max_iter=steps, line_search_fn="strong_wolfe")
-    off_diagonal = 1 - torch.eye(len(task.responses), dtype=torch.float64)
-
-    def closure():
-        optimiser.zero_grad()
-        loss = -(prefer * torch.nn.functional.logsigmoid(logits[:, None] - logits[None, :]) * off_diagonal).sum()
-        loss.backward()
-        return loss
-
-    optimiser.step(closure)
-    return logits.detach().softmax(-1)

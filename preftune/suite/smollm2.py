@@ -15,7 +15,6 @@ The same function runs any causal LM (``model="tiny"`` in the tests), so the plu
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import platform
@@ -25,9 +24,6 @@ from pathlib import Path
 
 import torch
 
-from preftune.bench.report import write_report
-from preftune.bench.suite import _common, _history, _stage_dir
-from preftune.config import ConfigError, _coerce
 from preftune.data import Pair
 from preftune.evaluate import evaluate_policy
 from preftune.methods.dpo import DPOConfig, train_dpo
@@ -35,6 +31,9 @@ from preftune.methods.rloo import GRPOConfig, train_grpo
 from preftune.methods.sft import SFTConfig, train_sft
 from preftune.models import load_causal_lm, merge_lora
 from preftune.rewards import oracle_reward
+from preftune.suite.report import write_report
+from preftune.suite.settings import CONFIGS, load_settings
+from preftune.suite.stages import stage_dir, stage_fields, stage_history
 from preftune.tasks import get_task
 
 TASK = "arithmetic-nl"
@@ -42,40 +41,30 @@ TASK = "arithmetic-nl"
 
 @dataclass
 class SmolSuiteSize:
-    """Sizes of the SmolLM2 suite. The full one is sized for under 30 minutes on 2 idle CPU cores: extrapolated from
-    the CPU seconds per stage of a reduced run (docs/benchmarks.md), about 23 CPU minutes with one torch thread."""
+    """Sizes and settings of the SmolLM2 suite: `configs/smollm2.yaml`, and `configs/smollm2-quick.yaml` over it."""
 
-    sft_steps: int = 30
-    dpo_steps: int = 30
-    grpo_steps: int = 20
-    batch_size: int = 8  # SFT demonstrations / DPO pairs per step
-    grpo_prompts: int = 8  # prompts per GRPO iteration
-    grpo_samples: int = 4  # samples per prompt (the group)
-    eval_prompts: int = 128
-    lora_r: int = 16
-    sft_lr: float = 5e-4
-    dpo_lr: float = 2e-4
-    dpo_beta: float = 0.1
-    grpo_lr: float = 5e-4  # LoRA, sparse 0/1 reward: the reduced run climbed at 5e-4 with KL to its start < 5 nats
-    grpo_temperature: float = 1.0
-
-    @classmethod
-    def quick(cls) -> SmolSuiteSize:
-        return cls(sft_steps=4, dpo_steps=4, grpo_steps=3, eval_prompts=16)
+    sft_steps: int
+    dpo_steps: int
+    grpo_steps: int
+    batch_size: int
+    grpo_prompts: int
+    grpo_samples: int
+    eval_prompts: int
+    lora_r: int
+    sft_lr: float
+    dpo_lr: float
+    dpo_beta: float
+    grpo_lr: float
+    grpo_temperature: float
 
 
-def suite_size(base: SmolSuiteSize, overrides: dict) -> SmolSuiteSize:
-    """``base`` with ``--field value`` overrides, each checked against its type (and > 0)."""
-    changes = {}
-    for raw, value in overrides.items():
-        name = raw.replace("-", "_")
-        if name not in {f.name for f in dataclasses.fields(SmolSuiteSize)}:
-            raise ConfigError(f"unknown smollm2 suite size {raw!r}; choose from "
-                              f"{', '.join(f.name for f in dataclasses.fields(SmolSuiteSize))}")
-        changes[name] = _coerce(SmolSuiteSize, name, value)
-        if changes[name] <= 0:
-            raise ConfigError(f"smollm2 suite size {raw!r} must be > 0, got {value!r}")
-    return dataclasses.replace(base, **changes)
+def load_smollm2_size(quick: bool = False, config: Path | None = None, flags: dict | None = None) -> SmolSuiteSize:
+    """`configs/smollm2.yaml`, with `configs/smollm2-quick.yaml` over it for ``quick``, then a user's suite file
+    ``config`` and ``--field value`` ``flags``."""
+    files = [CONFIGS / "smollm2.yaml", *([CONFIGS / "smollm2-quick.yaml"] if quick else []),
+             *([config] if config else [])]
+    (size,) = load_settings((SmolSuiteSize,), files, flags)
+    return size
 
 
 def heldout_accuracy(task, model, tokenizer, num_prompts: int, seed: int) -> dict:
@@ -104,7 +93,7 @@ def oracle_pairs(task, n: int, seed: int) -> list[Pair]:
 
 def run_smollm2_suite(run_dir: Path, quick: bool = False, seed: int = 0, model: str = "smollm2",
                       size: SmolSuiteSize | None = None) -> Path:
-    size = size or (SmolSuiteSize.quick() if quick else SmolSuiteSize())
+    size = size or load_smollm2_size(quick)
     task = get_task(TASK)
     started = time.perf_counter()
     results: dict = {"meta": {"suite": "smollm2", "model": model, "quick": quick, "seed": seed, "size": asdict(size),
@@ -133,12 +122,12 @@ def run_smollm2_suite(run_dir: Path, quick: bool = False, seed: int = 0, model: 
 
     def train(name: str, fn) -> object:
         result = timed(name, fn)
-        results["histories"][name] = _history(_stage_dir(run_dir, name))
+        results["histories"][name] = stage_history(stage_dir(run_dir, name))
         measure(name, result.model)
         return merge_lora(result.model)  # the next stage starts from (and is regularised towards) this one
 
     def common(name: str, steps: int) -> dict:
-        return {**_common(run_dir, name, seed, False, steps, log_every=1), **lora}
+        return {**stage_fields(run_dir, name, seed, False, steps, log_every=1), **lora}
 
     measure("base", policy)
     policy = train("sft", lambda: train_sft(

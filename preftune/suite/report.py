@@ -149,7 +149,7 @@ def write_report(run_dir: Path) -> Path:
         lines += [""]
     population = results["tasks"].get("population")
     if population:
-        from preftune.bench.joint import joint_tables
+        from preftune.suite.joint_report import joint_tables
 
         lines += ["## population: joint learning from choices", "",
                   "Distance of π(·|x) to the population's choice distribution p* (exact, over the 64 responses of "

@@ -1,12 +1,12 @@
-"""`preftune bench joint`: exploration schemes for joint learning from choices, and RLHF on the same queries.
+"""Joint learning from choices against RLHF on the same queries: the population section of `preftune run`.
 
-For each seed: joint learning (`methods/joint.py`) with every exploration scheme (and variants: posterior draws
+For each seed: joint learning (`methods/joint.py`) with each chosen exploration scheme (and variants: posterior draws
 instead of argmaxes, a pool of policy samples to choose among), logging the exact distance of
 π_θ(·|x) to the population's choice distribution after every round; then, on the *passive* run's queries, a
 Bradley–Terry reward model (`train_reward`) followed by (a) PPO against it (`train_ppo`) and (b) the exact
 KL-regularised optimum π ∝ π_ref · exp(r / β) over the 64 responses (what PPO converges to), and DPO
 (`train_dpo`); finally the epinet's posterior spread on responses that were shown against those never shown.
-Writes ``results.json`` and two plots; `write_joint_report` renders them.
+Writes ``results.json`` and two plots (`joint_report.py`). `benchmarks/joint.py` runs every scheme over several seeds.
 """
 
 from __future__ import annotations
@@ -19,21 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from preftune.data import Pair
 from preftune.epistemic import set_feature_scaling
-from preftune.methods.joint import (
-    EXPLORATION_SCHEMES,
-    JointConfig,
-    build_joint_model,
-    head_features_of,
-    posterior_spread,
-    train_joint,
-)
+from preftune.methods.joint import EXPLORATION_SCHEMES, JointConfig, JointResult, build_joint_model, train_joint
+from preftune.suite.joint_report import mean_and_sd, write_joint_plots
 from preftune.tasks.population import (
     PopulationTask,
     distribution_metrics,
-    luce_projection,
     policy_distribution,
     response_space_ids,
 )
@@ -41,20 +35,16 @@ from preftune.tiny import build_population_policy, build_population_tokenizer
 
 
 @dataclass
-class JointBenchSize:
-    seeds: int = 3
-    rounds: int = 16
-    queries_per_round: int = 64
-    updates_per_round: int = 15
-    baseline_steps: int = 200  # reward model and DPO optimizer steps
-    ppo_iterations: int = 30  # 0: no PPO run (the exact KL-regularised optimum of the reward model is still shown)
-    schemes: tuple[str, ...] = (*EXPLORATION_SCHEMES, "ts (sample)", "double-ts (sample)", "infomax (pool 8)",
-                                "double-ts (sample, pool 8)")
+class JointComparisonSize:
+    """How much of the comparison runs: `preftune run` sets every field, `benchmarks/config/joint.yaml` the study's."""
 
-    @classmethod
-    def quick(cls) -> JointBenchSize:
-        return cls(seeds=1, rounds=3, queries_per_round=32, updates_per_round=5, baseline_steps=20, ppo_iterations=2,
-                   schemes=("passive", "double-ts (sample)"))
+    seeds: int
+    rounds: int
+    queries_per_round: int
+    updates_per_round: int
+    baseline_steps: int  # reward model and DPO optimizer steps
+    ppo_iterations: int  # 0: no PPO run (the exact KL-regularised optimum of the reward model is still shown)
+    schemes: tuple[str, ...]  # names of `SCHEME_VARIANTS`
 
 
 PPO_KL_COEF = 0.05  # the usual RLHF β (and preftune's PPO default)
@@ -62,7 +52,7 @@ DPO_BETA = 0.1  # the usual DPO β (and preftune's DPO default)
 
 
 def _rlhf_baselines(run_dir: Path, task: PopulationTask, tokenizer, ids, records, seed: int,
-                    size: JointBenchSize) -> dict:
+                    size: JointComparisonSize) -> dict:
     """RM + PPO, RM + exact KL-regularised optimum, and DPO, all on the given pairwise queries."""
     from preftune.methods.dpo import DPOConfig, train_dpo
     from preftune.methods.ppo import PPOConfig, train_ppo
@@ -105,7 +95,7 @@ SCHEME_VARIANTS = {name: (name, "argmax", 0) for name in EXPLORATION_SCHEMES} | 
     f"double-ts (sample, pool {POOL})": ("double-ts", "sample", POOL)}
 
 
-def _run_one(run_dir: Path, size: JointBenchSize, scheme: str, seed: int) -> dict:
+def _run_one(run_dir: Path, size: JointComparisonSize, scheme: str, seed: int) -> dict:
     """One joint-learning run (and, for passive, the RLHF baselines on its queries): a job of the benchmark."""
     from transformers.utils import logging
 
@@ -137,9 +127,8 @@ def _run_one(run_dir: Path, size: JointBenchSize, scheme: str, seed: int) -> dic
     return out
 
 
-def run_joint_benchmark(run_dir: Path, size: JointBenchSize | None = None, seed: int = 0, workers: int = 1) -> dict:
+def run_joint_comparison(run_dir: Path, size: JointComparisonSize, seed: int = 0, workers: int = 1) -> dict:
     """Every (seed, scheme) run, on ``workers`` processes; results.json and the plots in ``run_dir``."""
-    size = size or JointBenchSize()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     unknown = [s for s in size.schemes if s not in SCHEME_VARIANTS]
@@ -191,13 +180,8 @@ def _spread_by_exposure(result, ids: torch.Tensor, num_train: int) -> dict:
     return {"groups": rows, "shown": shown.flatten().tolist(), "std": spread.flatten().tolist()}
 
 
-def _mean_spread(values: list[float]) -> tuple[float, float]:
-    mean = statistics.fmean(values)
-    return mean, (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
 def _final(curves: list[list[dict]]) -> dict:
-    return {key: _mean_spread([c[-1][key] for c in curves]) for key in ("kl", "tv", "mass_type0", "mass_type1",
+    return {key: mean_and_sd([c[-1][key] for c in curves]) for key in ("kl", "tv", "mass_type0", "mass_type1",
                                                                          "mass_type2")}
 
 
@@ -216,103 +200,43 @@ def _queries_to_match(curves: dict) -> dict:
     return out
 
 
-def write_joint_plots(results: dict, run_dir: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
-    for scheme, runs in results["curves"].items():
-        queries = [h["queries"] for h in runs[0]]
-        for ax, key in zip(axes, ("kl", "tv")):
-            values = torch.tensor([[h[key] for h in run] for run in runs])
-            mean, spread = values.mean(0), values.std(0) if len(runs) > 1 else torch.zeros(len(queries))
-            ax.plot(queries, mean, label=scheme)
-            ax.fill_between(queries, mean - spread, mean + spread, alpha=0.15)
-    for ax, label, key in zip(axes, ("KL(p* ‖ π)", "total variation"), ("kl", "tv")):
-        ax.axhline(results["floor"][key], color="k", ls="--", lw=0.8, label="Luce floor (uniform pairs)")
-        ax.set_xlabel("queries")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=7, ncol=2)
-    fig.suptitle("joint learning: distance to the population's choice distribution (mean ± sd over seeds)")
-    fig.tight_layout()
-    fig.savefig(run_dir / "joint_exploration.png", dpi=110)
-    plt.close(fig)
-
-    spread = {k: v for k, v in results.get("spread", {}).items() if k in ("passive", "double-ts (sample)")}
-    if spread:
-        fig, axes = plt.subplots(1, len(spread), figsize=(5.5 * len(spread), 3.6), squeeze=False)
-        for ax, (scheme, runs) in zip(axes[0], spread.items()):
-            shown = torch.tensor(sum((r["shown"] for r in runs), []))
-            std = torch.tensor(sum((r["std"] for r in runs), []))
-            jitter = torch.rand(len(shown), generator=torch.Generator().manual_seed(0)) * 0.6 - 0.3
-            x = torch.where(shown < 0, torch.full_like(shown, -3), shown.clamp(max=30)) + jitter
-            for mask, colour, label in ((shown < 0, "#d8763b", "eval prompts (never queried)"),
-                                        (shown >= 0, "#3b7dd8", "training prompts")):
-                ax.scatter(x[mask].tolist(), std[mask].tolist(), s=6, alpha=0.4, color=colour, label=label)
-            prior = statistics.fmean(r.get("prior", float("nan")) for r in runs)
-            ax.axhline(prior, color="k", ls="--", lw=0.8, label="prior, before any query")
-            ax.set_xlabel("times shown (capped at 30)")
-            ax.set_ylabel("posterior std of the utility")
-            ax.set_title(f"epinet after {scheme}")
-            ax.legend(fontsize=7)
-            ax.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(run_dir / "joint_uncertainty.png", dpi=110)
-        plt.close(fig)
+@torch.no_grad()
+def posterior_spread(head: nn.Module, features: torch.Tensor, samples: int = 64, seed: int = 0) -> torch.Tensor:
+    """Standard deviation over epistemic indices of each response's utility relative to its prompt's mean
+    utility, ``[P, Y]`` for features ``[P, Y, H]``: the posterior's width. Centred, because a choice depends only
+    on utility differences (an offset shared by all responses of a prompt is unidentifiable and never trained)."""
+    generator = torch.Generator().manual_seed(seed)
+    offsets = head(features.flatten(0, 1), head.sample_index(samples, generator))  # [S, P·Y]
+    offsets = offsets.view(samples, features.shape[0], features.shape[1])
+    return (offsets - offsets.mean(-1, keepdim=True)).std(0)
 
 
-def _pm(pair, single_seed: bool = False) -> str:
-    mean, spread = pair
-    return f"{mean:.3f}" if single_seed else f"{mean:.3f} ± {spread:.3f}"  # no spread to show from one seed
+@torch.no_grad()
+def head_features_of(result: JointResult, ids: torch.Tensor) -> torch.Tensor:
+    """The features ``[P, Y, H]`` the result's head reads: the starting LM's or the trained LM's."""
+    if result.head_features is not None:
+        return result.head_features
+    return result.model(ids.flatten(0, 1))[1].view(ids.shape[0], ids.shape[1], -1)
 
 
-def joint_tables(results: dict) -> list[str]:
-    """Markdown lines: final distances per scheme, queries to match passive, baselines, spread by exposure."""
-    one = len(next(iter(results["baselines"].values()), [None, None])) == 1  # the baselines have one run per seed
-    lines = ["| scheme | KL(p*‖π) | TV | mass on majority favourite | minority 1 | minority 2 |",
-             "|---|---|---|---|---|---|"]
-    for scheme, final in results["final"].items():
-        lines.append(f"| joint, {scheme} | " + " | ".join(_pm(final[k], one) for k in (
-            "kl", "tv", "mass_type0", "mass_type1", "mass_type2")) + " |")
-    for name, runs in results["baselines"].items():
-        row = {k: _mean_spread([r[k] for r in runs]) for k in ("kl", "tv", "mass_type0", "mass_type1", "mass_type2")}
-        lines.append(f"| {name}, passive queries | " + " | ".join(_pm(row[k], one) for k in row) + " |")
-    floor, target = results["floor"], results["floor"]
-    lines.append(f"| Luce floor (uniform pairs) | {floor['kl']:.3f} | {floor['tv']:.3f} | {floor['mass_type0']:.3f} | "
-                 f"{floor['mass_type1']:.3f} | {floor['mass_type2']:.3f} |")
-    lines.append(f"| target p* | 0 | 0 | {target['target_mass_type0']:.3f} | {target['target_mass_type1']:.3f} | "
-                 f"{target['target_mass_type2']:.3f} |")
-    match = results.get("queries_to_match_passive", {})
-    if match:
-        lines += ["", f"Queries until the seed-mean KL first reaches passive's final {match['passive_final_kl']:.3f} "
-                  f"(passive: {match['passive_queries']:g} queries): "
-                  + ", ".join(f"{s} {f'{match[s]:g}' if match[s] is not None else 'never'}" for s in results["curves"])
-                  + "."]
-    spread = results.get("spread", {})
-    if spread:
-        groups = [g["group"] for g in next(iter(spread.values()))[0]["groups"]]
-        lines += ["", "Epinet posterior spread after training (std over indices of a response's centred utility; mean "
-                  "over responses and seeds; n = responses over all seeds), and of the untrained prior:", "",
-                  "| scheme | prior (before any query) | " + " | ".join(groups) + " |",
-                  "|---" * (len(groups) + 2) + "|"]
-        for scheme, runs in spread.items():
-            cells = []
-            for i in range(len(groups)):
-                values = [r["groups"][i]["mean_std"] for r in runs if r["groups"][i]["mean_std"] is not None]
-                n = sum(r["groups"][i]["n"] for r in runs)
-                cells.append(f"{statistics.fmean(values):.3f} (n={n})" if values else "– (n=0)")
-            prior = statistics.fmean(r.get("prior", float("nan")) for r in runs)
-            lines.append(f"| {scheme} | {prior:.3f} | " + " | ".join(cells) + " |")
-    return lines
+def luce_projection(task: PopulationTask, prompt: str, steps: int = 300) -> torch.Tensor:
+    """The Luce model closest to the population's *pairwise* choices under uniform pairs, ``[|Y|]``.
 
+    argmin_π Σ_{i≠j} P_pop(i ≻ j) · −log(π_i / (π_i + π_j)): where choice MLE on uniform pairwise queries
+    converges, so its distance to p* is the floor of any Luce model learning from such pairs.
+    """
+    u = task.utilities(prompt)  # [types, Y]
+    weights = torch.tensor(task.weights, dtype=torch.float64)[:, None, None]
+    prefer = (weights * torch.sigmoid(u[:, :, None] - u[:, None, :])).sum(0)  # P(i ≻ j), [Y, Y]
+    logits = task.target(prompt).log().clone().requires_grad_(True)
+    optimiser = torch.optim.LBFGS([logits], max_iter=steps, line_search_fn="strong_wolfe")
+    off_diagonal = 1 - torch.eye(len(task.responses), dtype=torch.float64)
 
-def write_joint_report(results: dict, run_dir: Path) -> Path:
-    lines = ["# preftune bench joint", "", *joint_tables(results), "", "![exploration](joint_exploration.png)", "",
-             "![uncertainty](joint_uncertainty.png)", "", "| run | seconds |", "|---|---|"]
-    lines += [f"| {k} | {v:.1f} |" for k, v in results["timings"].items()]
-    path = Path(run_dir) / "report.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    def closure():
+        optimiser.zero_grad()
+        loss = -(prefer * torch.nn.functional.logsigmoid(logits[:, None] - logits[None, :]) * off_diagonal).sum()
+        loss.backward()
+        return loss
+
+    optimiser.step(closure)
+    return logits.detach().softmax(-1)

@@ -24,18 +24,26 @@ import json
 import os
 import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from preftune.bench.trl_compare import LoopClock, _child_env, _proc_status_kb, _require_trl, timing_trainer_fit
+from benchmarks import study_settings
+from benchmarks.measure import (
+    LoopClock,
+    proc_status_kb,
+    require_trl,
+    run_measured_child,
+    timing_trainer_fit,
+    trl_loop_timer,
+)
 
 LIBRARIES = ("preftune", "trl")
 KINDS = ("generation", "lora-sft")
-TASK = "arithmetic-nl"
-LORA_R, LORA_ALPHA, LR, SEED = 16, 32, 2e-4, 0
+SETTINGS = study_settings("smollm2")  # what both libraries share: config/smollm2.yaml
+TASK = SETTINGS["task"]
+LORA_R, LORA_ALPHA, LR, SEED = SETTINGS["lora_r"], SETTINGS["lora_alpha"], SETTINGS["lr"], SETTINGS["seed"]
 
 
 def _generation(library: str, model, tokenizer, batch_size: int, max_new_tokens: int, batches: int) -> dict:
@@ -98,14 +106,6 @@ def _lora_sft(library: str, model, tokenizer, batch_size: int, steps: int, work_
         import datasets
         import trl
         from peft import LoraConfig
-        from transformers import TrainerCallback
-
-        class LoopTimer(TrainerCallback):
-            def on_train_begin(self, args, state, control, **kwargs):
-                clock.start()
-
-            def on_train_end(self, args, state, control, **kwargs):
-                clock.stop()
 
         if tokenizer.chat_template:  # conversational records: TRL applies the chat template as preftune does
             rows = [{"prompt": [{"role": "user", "content": d.prompt}],
@@ -121,7 +121,7 @@ def _lora_sft(library: str, model, tokenizer, batch_size: int, steps: int, work_
         peft_config = LoraConfig(r=LORA_R, lora_alpha=LORA_ALPHA, lora_dropout=0.0, target_modules="all-linear",
                                  task_type="CAUSAL_LM")
         trl.SFTTrainer(model, args=args, train_dataset=datasets.Dataset.from_list(rows), processing_class=tokenizer,
-                       peft_config=peft_config, callbacks=[LoopTimer()]).train()
+                       peft_config=peft_config, callbacks=[trl_loop_timer(clock)]).train()
     return {"tokens": counted[0], "seconds": clock.wall, "cpu_seconds": clock.cpu,
             "tokens_per_s": counted[0] / clock.wall, "tokens_per_cpu_s": counted[0] / clock.cpu}
 
@@ -139,14 +139,14 @@ def run_one(kind: str, library: str, model_dir: str, batch_size: int, steps: int
             out = _generation(library, model, tokenizer, batch_size, max_new_tokens, batches=steps)
         else:
             out = _lora_sft(library, model, tokenizer, batch_size, steps, work_dir)
-    return {"kind": kind, "library": library, "peak_mb": _proc_status_kb("VmHWM") / 1024, **out}
+    return {"kind": kind, "library": library, "peak_mb": proc_status_kb("VmHWM") / 1024, **out}
 
 
 def run_smollm2_throughput(model: str = "smollm2", batch_size: int = 8, steps: int = 4, generation_batch: int = 32,
                            generation_batches: int = 2, max_new_tokens: int = 17, repeats: int = 1,
                            threads: int = 1, output: Path | str = Path("runs/bench-smollm2.json")) -> dict:
     """Generation and LoRA-training throughput of preftune and TRL on one model; prints and saves the table."""
-    _require_trl()
+    require_trl()
     from preftune.models import resolve_model_path
 
     model_dir = resolve_model_path(model)  # converts a GGUF model once, before any timing
@@ -159,13 +159,8 @@ def run_smollm2_throughput(model: str = "smollm2", batch_size: int = 8, steps: i
         for kind, library in plan:
             progress.update(bar, description=f"bench smollm2: {kind} with {library}")
             batch, count = (generation_batch, generation_batches) if kind == "generation" else (batch_size, steps)
-            cmd = [sys.executable, "-m", "preftune.bench.smollm2_throughput", kind, library, model_dir,
-                   str(batch), str(count), str(max_new_tokens), str(threads)]
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=_child_env())
-            lines = proc.stdout.strip().splitlines()
-            if proc.returncode != 0 or not lines:
-                raise RuntimeError(f"{kind}/{library} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-            runs.append(json.loads(lines[-1]))
+            args = [kind, library, model_dir, str(batch), str(count), str(max_new_tokens), str(threads)]
+            runs.append(run_measured_child("benchmarks.smollm2_throughput", args, f"{kind}/{library}"))
             progress.advance(bar)
     summary = {}
     for kind in KINDS:

@@ -49,23 +49,33 @@ import os
 import random
 import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from benchmarks import study_settings
+from benchmarks.measure import (
+    LoopClock,
+    proc_status_kb,
+    require_trl,
+    run_measured_child,
+    timing_trainer_fit,
+    trl_loop_timer,
+)
+
 OFFLINE_METHODS = ("sft", "reward", "dpo")
 ONLINE_METHODS = ("rloo",)  # TRL 1.16 has no PPOTrainer (neither in trl nor in trl.experimental): no PPO row
 METHODS = OFFLINE_METHODS + ONLINE_METHODS
 LIBRARIES = ("preftune", "trl")
-TASK = "preference-language"
-MAX_LENGTH = 64  # examples are at most 20 + 29 characters + eos, so nothing is cut in either library
-WARMUP_RATIO = 0.05
-BETA = 0.1
-SEED = 0
-SAMPLES_PER_PROMPT = 4  # k, online methods
+SETTINGS = study_settings("trl")  # what both libraries share: config/trl.yaml
+TASK = SETTINGS["task"]
+MAX_LENGTH = SETTINGS["max_length"]
+WARMUP_RATIO = SETTINGS["warmup_ratio"]
+BETA = SETTINGS["beta"]
+SEED = SETTINGS["seed"]
+SAMPLES_PER_PROMPT = SETTINGS["samples_per_prompt"]
 
 
 def max_new_tokens() -> int:
@@ -79,20 +89,13 @@ def max_new_tokens() -> int:
 # One run (in a child process)
 
 
-def _proc_status_kb(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {field}")
-
-
 def _reset_peak_rss() -> tuple[float, bool]:
     """RSS in MB now, after resetting the kernel's peak-RSS counter to it (False if the reset is not allowed)."""
     try:
         Path("/proc/self/clear_refs").write_text("5")
-        return _proc_status_kb("VmRSS") / 1024, True
+        return proc_status_kb("VmRSS") / 1024, True
     except OSError:  # without the reset, the peak so far is the honest baseline
-        return _proc_status_kb("VmHWM") / 1024, False
+        return proc_status_kb("VmHWM") / 1024, False
 
 
 def _preftune_config(method: str, steps: int, batch_size: int, output_dir: str):
@@ -158,43 +161,6 @@ def _setup(method: str, library: str, steps: int, batch_size: int, model_dir: st
     return model, tokenizer, records
 
 
-class LoopClock:
-    """Wall and CPU seconds (`time.process_time`: this process, all its threads) of the training loop. CPU time is
-    the load-robust figure: other jobs on the machine stretch the wall time, much less the CPU time."""
-
-    def __init__(self):
-        self.wall = self.cpu = 0.0
-
-    def start(self) -> None:
-        self._wall, self._cpu = time.perf_counter(), time.process_time()
-
-    def stop(self) -> None:
-        self.wall += time.perf_counter() - self._wall
-        self.cpu += time.process_time() - self._cpu
-
-
-@contextlib.contextmanager
-def timing_trainer_fit(clock: LoopClock):
-    """While active, every `Trainer.fit` call runs inside ``clock`` (entry to exit, like TRL's ``on_train_begin``
-    to ``on_train_end``: it includes what happens between iterations, logging and progress)."""
-    from preftune.trainer import Trainer
-
-    fit = Trainer.fit
-
-    def timed_fit(self, *args, **kwargs):
-        clock.start()
-        try:
-            return fit(self, *args, **kwargs)
-        finally:
-            clock.stop()
-
-    Trainer.fit = timed_fit
-    try:
-        yield clock
-    finally:
-        Trainer.fit = fit
-
-
 def _train_preftune(method, model, tokenizer, data, steps: int, batch_size: int, work_dir: str) -> LoopClock:
     """Train with preftune; returns the training loop's clock: `Trainer.fit` from entry to exit (like TRL's
     `on_train_begin` to `on_train_end`, it includes what happens between iterations: logging, progress)."""
@@ -232,18 +198,9 @@ def _trl_oracle_reward():
 def _train_trl(method, model, tokenizer, data, steps: int, batch_size: int, work_dir: str) -> LoopClock:
     """Train with TRL; returns the training loop's clock (`on_train_begin` to `on_train_end`)."""
     import trl
-    from transformers import TrainerCallback
 
     clock = LoopClock()
-
-    class LoopTimer(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kwargs):
-            clock.start()
-
-        def on_train_end(self, args, state, control, **kwargs):
-            clock.stop()
-
-    timer = LoopTimer()
+    timer = trl_loop_timer(clock)
     if method == "rloo":
         pf = _preftune_config(method, steps, batch_size, work_dir)
         # TRL's batch counts completions: B prompts × k samples in one generation batch and one optimizer step
@@ -345,7 +302,7 @@ def run_one(method: str, library: str, steps: int, batch_size: int, model_dir: s
         start = time.perf_counter()
         clock = TRAIN[library](method, model, tokenizer, data, steps, batch_size, work_dir)
         seconds = time.perf_counter() - start
-        peak_mb = _proc_status_kb("VmHWM") / 1024
+        peak_mb = proc_status_kb("VmHWM") / 1024
     loop_seconds = clock.wall
     run = {"method": method, "library": library, "tokens": tokens[0], "loop_seconds": loop_seconds,
            "loop_cpu_seconds": clock.cpu, "seconds": seconds, "tokens_per_s": tokens[0] / loop_seconds,
@@ -365,27 +322,10 @@ def run_one(method: str, library: str, steps: int, batch_size: int, model_dir: s
 # The comparison (in the parent process)
 
 
-def _require_trl() -> None:
-    import importlib.util
-
-    if importlib.util.find_spec("trl") is None:
-        raise ImportError("`preftune bench trl` compares against TRL, which is not installed: "
-                          "pip install preftune[dev]")
-
-
-def _child_env() -> dict[str, str]:
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "TQDM_DISABLE": "1",
-            "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error"}
-
-
 def _run_child(method: str, library: str, steps: int, batch_size: int, model_dir: str, threads: int) -> dict:
-    cmd = [sys.executable, "-m", "preftune.bench.trl_compare", "--one", method, library, "--steps", str(steps),
-           "--batch-size", str(batch_size), "--model-dir", model_dir, "--threads", str(threads)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=_child_env())
-    lines = proc.stdout.strip().splitlines()
-    if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"{method}/{library} run failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-    return json.loads(lines[-1])  # libraries may print above; the measurement is the last line
+    return run_measured_child("benchmarks.trl_compare", ["--one", method, library, "--steps", str(steps),
+                                                         "--batch-size", str(batch_size), "--model-dir", model_dir,
+                                                         "--threads", str(threads)], f"{method}/{library} run")
 
 
 def _save_tiny_model(directory: Path) -> str:
@@ -557,7 +497,7 @@ def run_trl_comparison(steps: int = 30, batch_size: int = 16, output: Path | str
     two OpenMP threads on two cores of which one is busy wait at every barrier for a time slice, which slows small
     kernels tens of times and drowns any difference between the libraries.
     """
-    _require_trl()
+    require_trl()
     check_methods(methods)
     import torch
     import transformers

@@ -24,10 +24,10 @@ import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 
-from preftune.bench.report import write_report
 from preftune.evaluate import evaluate_policy, sample_policy
 from preftune.feedback import Annotator, label_pairs
 from preftune.methods.bon import best_of_n
@@ -49,70 +49,60 @@ from preftune.methods.sft import SFTConfig, train_sft
 from preftune.metrics import annotator_win_rate, mean_oracle_reward, win_rate
 from preftune.models import RewardModel, load_trained_causal_lm
 from preftune.rewards import oracle_reward, reward_model_reward
+from preftune.suite.report import write_report
+from preftune.suite.settings import CONFIGS, load_settings
+from preftune.suite.stages import stage_dir, stage_fields, stage_history
+from preftune.tiny import build_tiny_tokenizer
 from preftune.tasks import get_task
 from preftune.tiny import build_tiny_tokenizer
-
-# The learned reward model agrees with the annotator ~75% of the time; at the default β = 0.05 PPO climbs it to a
-# KL of ~29 nats while the oracle reward falls to an eighth of β = 0.2's (reward over-optimisation, Gao et al. 2023).
-# β = 0.2 keeps the policy within ~4 nats, where the reward model's gains are real (measured: docs/benchmarks.md).
-RM_KL_COEF = 0.2
-# DPO at the usual β = 0.1 on one epoch of 12.8k distinct pairs pushes probability onto tokens no response uses
-# (KL 49 nats, oracle reward −1.8: the likelihood-displacement failure); β = 0.3 keeps it near SFT (KL ~2) and
-# gains there. Measured side by side in docs/benchmarks.md.
-DPO_BETA = 0.3
-# IQLearn's TD weight in the suite: the best λ of the seed-0 exploration and of the 3-seed sweep on arithmetic and
-# summarise (docs/benchmarks.md, `preftune bench iqlearn`); λ ≥ 0.1 trades accuracy for diversity.
-IQLEARN_LAM = 0.01
-# The hidden reward is a sum over words, one of them conditional on the prompt ("is this word a prompt topic?").
-# Read at the last token, the tiny reward model ends 3.8 points below the annotator ceiling after 2,000 steps on 80k
-# labels; scoring every token and summing ends 1.6 below (docs/benchmarks.md, "Reward model").
-REWARD_POOLING = "sum"
-ARITHMETIC_GRPO_LR = 3e-4  # the verifiable reward is sparse (0/1) and noise-free: a larger step than the default
 
 
 @dataclass
 class SuiteSize:
-    """How big each stage is; ``quick`` shrinks everything to check a setup in about two minutes."""
+    """How big each stage is: `configs/default.yaml`, and `configs/quick.yaml` for a run that checks a setup."""
 
-    sft_steps: int = 800
-    reward_steps: int = 3000  # 4.8 epochs of 80k labels: within 3 points of the ceiling at seeds 0–2 (benchmarks.md)
-    reward_batch_size: int = 128
-    dpo_steps: int = 400
-    demos: int = 4000
-    pairs: int = 80000  # annotator labels: the reward model's data, and DPO's (the first steps × batch)
-    heldout_pairs: int = 2000
-    eval_prompts: int = 400
-    best_of: int = 16
-    imitation_steps: int = 800
-    online_steps: int = 100  # PPO and RLOO iterations of 32 prompts (RLOO: 4 samples each)
-    grpo_steps: int = 150
-    gridworld_queries: int = 12_800  # ZPG, ZBCPG, trajectory DPO, RM+PPO: human queries each, one seed
-    joint_rounds: int = 8  # population task: joint learning, passive vs double-TS (sample), rounds of 64 queries
-    joint_updates_per_round: int = 10
-    joint_baseline_steps: int = 100  # reward model and DPO on the passive run's queries
-    rlp_instructions: int = 300  # RLP-SPG: instructions sampled from the PPO policy (10 samples each)
-    rlp_retrain_steps: int = 50  # RLP-SPG: reward-model retraining steps on D ∪ D̂
-
-    @classmethod
-    def quick(cls) -> SuiteSize:
-        return cls(sft_steps=150, reward_steps=120, dpo_steps=80, demos=1000, pairs=15000, heldout_pairs=500,
-                   eval_prompts=100, best_of=8, imitation_steps=150, online_steps=30, grpo_steps=30,
-                   gridworld_queries=3_200, joint_rounds=3, joint_updates_per_round=4, joint_baseline_steps=15,
-                   rlp_instructions=100, rlp_retrain_steps=20)
+    sft_steps: int
+    reward_steps: int
+    reward_batch_size: int
+    dpo_steps: int
+    demos: int
+    pairs: int
+    heldout_pairs: int
+    eval_prompts: int
+    best_of: int
+    imitation_steps: int
+    online_steps: int
+    grpo_steps: int
+    gridworld_queries: int
+    joint_rounds: int
+    joint_updates_per_round: int
+    joint_baseline_steps: int
+    rlp_instructions: int
+    rlp_retrain_steps: int
 
 
-def _stage_dir(run_dir: Path, name: str) -> Path:
-    return run_dir / name
+@dataclass
+class SuiteTuning:
+    """Where the suite departs from the methods' defaults; why, in `configs/default.yaml`."""
+
+    rm_kl_coef: float
+    dpo_beta: float
+    iqlearn_lam: float
+    reward_pooling: Literal["last", "sum"]
+    arithmetic_grpo_lr: float
 
 
-def _history(stage_dir: Path) -> list[dict]:
-    path = stage_dir / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+def load_suite(quick: bool = False, config: Path | None = None) -> tuple[SuiteSize, SuiteTuning]:
+    """The sizes and tuned settings of `configs/default.yaml`, with `configs/quick.yaml` over them for ``quick`` and
+    a user's suite file ``config`` over both."""
+    files = [CONFIGS / "default.yaml", *([CONFIGS / "quick.yaml"] if quick else []), *([config] if config else [])]
+    size, tuning = load_settings((SuiteSize, SuiteTuning), files)
+    return size, tuning
 
 
 def _policy_stage(run_dir: Path, name: str, resume: bool, train):
     """Train a policy stage, or load it when ``resume`` and it already finished."""
-    final = _stage_dir(run_dir, name) / "final"
+    final = stage_dir(run_dir, name) / "final"
     if resume and final.exists():
         model, tokenizer = load_trained_causal_lm(final)
         return model, tokenizer, 0.0
@@ -121,21 +111,18 @@ def _policy_stage(run_dir: Path, name: str, resume: bool, train):
     return result.model, result.tokenizer, time.perf_counter() - t0
 
 
-def _common(run_dir: Path, name: str, seed: int, resume: bool, steps: int, log_every: int = 10) -> dict:
-    return dict(output_dir=str(_stage_dir(run_dir, name)), seed=seed, resume=resume, overwrite=not resume,
-                steps=steps, save_every=max(50, steps // 4), log_every=log_every)
-
-
 def _online(run_dir: Path, name: str, seed: int, resume: bool, steps: int, task) -> dict:
-    """Config fields of an online stage: `_common` plus a generation length that fits the task."""
-    return dict(**_common(run_dir, name, seed, resume, steps, log_every=5),
+    """Config fields of an online stage: `stage_fields` plus a generation length that fits the task."""
+    return dict(**stage_fields(run_dir, name, seed, resume, steps, log_every=5),
                 max_new_tokens=task.max_response_chars + 1)
 
 
-def run_suite(run_dir: Path, quick: bool = False, seed: int = 0, resume: bool = False,
-              size: SuiteSize | None = None) -> Path:
-    """Run every stage into ``run_dir`` and write the report; ``size`` overrides the full/quick sizes."""
-    size = size or (SuiteSize.quick() if quick else SuiteSize())
+def run_suite(run_dir: Path, quick: bool = False, seed: int = 0, resume: bool = False, size: SuiteSize | None = None,
+              tuning: SuiteTuning | None = None) -> Path:
+    """Run every stage into ``run_dir`` and write the report; ``size`` and ``tuning`` override the suite files'."""
+    if size is None or tuning is None:
+        loaded_size, loaded_tuning = load_suite(quick)
+        size, tuning = size or loaded_size, tuning or loaded_tuning
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     started = time.perf_counter()
@@ -143,10 +130,11 @@ def run_suite(run_dir: Path, quick: bool = False, seed: int = 0, resume: bool = 
                               "python": platform.python_version(), "threads": torch.get_num_threads()},
                      "tasks": {}, "timings": {}, "histories": {}}
     tokenizer = build_tiny_tokenizer()
-    results["tasks"]["preference-language"] = _preference_language(run_dir, size, seed, resume, tokenizer, results)
+    results["tasks"]["preference-language"] = _preference_language(run_dir, size, tuning, seed, resume, tokenizer,
+                                                                    results)
     for task_name in ("arithmetic", "summarise"):
-        results["tasks"][task_name] = _imitation(run_dir, task_name, size, seed, resume, tokenizer, results)
-    _iqlearn(run_dir, size, seed, resume, tokenizer, results)
+        results["tasks"][task_name] = _imitation(run_dir, task_name, size, tuning, seed, resume, tokenizer, results)
+    _iqlearn(run_dir, size, tuning, seed, resume, tokenizer, results)
     results["tasks"]["gridworld"] = _gridworld(size, seed, results)
     results["tasks"]["population"] = _population(run_dir, size, seed, results)
     results["timings"]["total"] = time.perf_counter() - started
@@ -155,7 +143,8 @@ def run_suite(run_dir: Path, quick: bool = False, seed: int = 0, resume: bool = 
     return run_dir
 
 
-def _preference_language(run_dir, size: SuiteSize, seed: int, resume: bool, tokenizer, results: dict) -> dict:
+def _preference_language(run_dir, size: SuiteSize, tuning: SuiteTuning, seed: int, resume: bool, tokenizer,
+                         results: dict) -> dict:
     task = get_task("preference-language")
     annotator = Annotator(task.reward)  # Bradley–Terry, temperature 1: the labels every method learns from
     judge = Annotator(task.reward, flip_prob=0.25)  # AlpacaFarm-style noisy judge for win rates
@@ -166,28 +155,28 @@ def _preference_language(run_dir, size: SuiteSize, seed: int, resume: bool, toke
     out: dict = {"labels": len(pairs), "heldout_labels": len(heldout), "methods": {}}
 
     sft_model, _, t = _policy_stage(run_dir, "pl-sft", resume, lambda: train_sft(
-        SFTConfig(**_common(run_dir, "pl-sft", seed, resume, size.sft_steps)),
+        SFTConfig(**stage_fields(run_dir, "pl-sft", seed, resume, size.sft_steps)),
         task.demonstrations("train", size.demos, seed), tokenizer=tokenizer,
         model=_fresh("tiny", tokenizer, seed)))
     results["timings"]["pl-sft"] = t
 
     t0 = time.perf_counter()
-    rm_dir = _stage_dir(run_dir, "pl-reward") / "final"
+    rm_dir = stage_dir(run_dir, "pl-reward") / "final"
     if resume and rm_dir.exists():
         reward_model = RewardModel.from_pretrained(rm_dir)
     else:
-        reward_model = train_reward(RewardConfig(**_common(run_dir, "pl-reward", seed, resume, size.reward_steps),
-                                                 batch_size=size.reward_batch_size, pooling=REWARD_POOLING),
-                                    pairs, model=copy.deepcopy(sft_model), tokenizer=tokenizer).model
+        config = RewardConfig(**stage_fields(run_dir, "pl-reward", seed, resume, size.reward_steps),
+                              batch_size=size.reward_batch_size, pooling=tuning.reward_pooling)
+        reward_model = train_reward(config, pairs, model=copy.deepcopy(sft_model), tokenizer=tokenizer).model
     results["timings"]["pl-reward"] = time.perf_counter() - t0
     out["reward_model"] = {
         **heldout_report(reward_model, tokenizer, task, heldout, 96),
         "train_accuracy": heldout_accuracy(reward_model, tokenizer, pairs[: size.heldout_pairs], 96),
-        "pooling": REWARD_POOLING,
+        "pooling": tuning.reward_pooling,
     }
 
     # DPO sees steps × batch pairs; giving it exactly those (one epoch) spares reference log-probs of the rest
-    dpo_config = DPOConfig(**_common(run_dir, "pl-dpo", seed, resume, size.dpo_steps), beta=DPO_BETA)
+    dpo_config = DPOConfig(**stage_fields(run_dir, "pl-dpo", seed, resume, size.dpo_steps), beta=tuning.dpo_beta)
     dpo_pairs = pairs[: dpo_config.steps * dpo_config.batch_size]
     out["dpo_labels"] = len(dpo_pairs)
     dpo_model, _, t = _policy_stage(run_dir, "pl-dpo", resume, lambda: train_dpo(
@@ -199,7 +188,7 @@ def _preference_language(run_dir, size: SuiteSize, seed: int, resume: bool, toke
     online = {}
     for stage, config_cls, train_fn in (("pl-ppo", PPOConfig, train_ppo), ("pl-rloo", RLOOConfig, train_rloo)):
         online[stage], _, t = _policy_stage(run_dir, stage, resume, lambda s=stage, c=config_cls, f=train_fn: f(
-            c(**_online(run_dir, s, seed, resume, size.online_steps, task), kl_coef=RM_KL_COEF), train_prompts,
+            c(**_online(run_dir, s, seed, resume, size.online_steps, task), kl_coef=tuning.rm_kl_coef), train_prompts,
             reward_model,
             model=copy.deepcopy(sft_model), tokenizer=tokenizer))
         results["timings"][stage] = t
@@ -226,31 +215,31 @@ def _preference_language(run_dir, size: SuiteSize, seed: int, resume: bool, toke
             "kl_to_reference": math.log(n) - (n - 1) / n,
         }
     results["timings"]["pl-eval"] = time.perf_counter() - t0
-    out["rlp"] = _rlp_spg(run_dir, size, seed, resume, tokenizer, task, sft_model, reward_model, online["pl-ppo"],
-                          pairs, train_prompts, kwargs, out, results)
+    out["rlp"] = _rlp_spg(run_dir, size, tuning, seed, resume, tokenizer, task, sft_model, reward_model,
+                          online["pl-ppo"], pairs, train_prompts, kwargs, out, results)
     for stage in ("pl-sft", "pl-reward", "pl-dpo", "pl-ppo", "pl-rloo", "pl-rlp-ppo"):
-        results["histories"][stage] = _history(_stage_dir(run_dir, stage))
+        results["histories"][stage] = stage_history(stage_dir(run_dir, stage))
     return out
 
 
-def _rlp_spg(run_dir, size: SuiteSize, seed: int, resume: bool, tokenizer, task, sft_model, reward_model, ppo_model,
-             pairs, train_prompts, eval_kwargs: dict, out: dict, results: dict) -> dict:
+def _rlp_spg(run_dir, size: SuiteSize, tuning: SuiteTuning, seed: int, resume: bool, tokenizer, task, sft_model,
+             reward_model, ppo_model, pairs, train_prompts, eval_kwargs: dict, out: dict, results: dict) -> dict:
     """RLP-SPG (issue 8) on the stages above: 10 samples per instruction from the PPO policy, synthetic pairs, the
     reward model retrained on D ∪ D̂, PPO again from SFT. γ = 0.2 as in `preftune bench rlp`, the paper's plain union
     (oversampling a D̂ of a few dozen pairs overfits them); RLP-UML and the seeds are in that bench."""
     t0 = time.perf_counter()
-    stage_dir = _stage_dir(run_dir, "pl-rlp-reward")
-    config = RLPConfig(**_common(run_dir, "pl-rlp-reward", seed, resume, size.rlp_retrain_steps), method="spg",
+    rlp_dir = stage_dir(run_dir, "pl-rlp-reward")
+    config = RLPConfig(**stage_fields(run_dir, "pl-rlp-reward", seed, resume, size.rlp_retrain_steps), method="spg",
                        confidence_threshold=0.2, synthetic_share=None, batch_size=size.reward_batch_size)
-    samples_path = _stage_dir(run_dir, "pl-rlp-samples.json")
+    samples_path = stage_dir(run_dir, "pl-rlp-samples.json")
     if resume and samples_path.exists():
         groups = json.loads(samples_path.read_text())
     else:
         instructions = task.prompts("train", size.rlp_instructions, seed + 3)
         groups = sample_groups(ppo_model, reward_model, tokenizer, instructions, config, samples_path)
     synthetic, stats = every_synthetic_pair_set(task, groups, config.confidence_threshold, seed)
-    if resume and (stage_dir / "final").exists():
-        retrained = RewardModel.from_pretrained(stage_dir / "final")
+    if resume and (rlp_dir / "final").exists():
+        retrained = RewardModel.from_pretrained(rlp_dir / "final")
     else:
         retrained = retrain_reward_model(config, copy.deepcopy(reward_model), tokenizer,
                                          mixed_pairs(pairs, synthetic["spg"], config.synthetic_share)).model
@@ -258,7 +247,7 @@ def _rlp_spg(run_dir, size: SuiteSize, seed: int, resume: bool, tokenizer, task,
     match_reward_scale(retrained, reward_model, tokenizer, *zip(*reference), 96)
     results["timings"]["pl-rlp-reward"] = time.perf_counter() - t0
     policy, _, t = _policy_stage(run_dir, "pl-rlp-ppo", resume, lambda: train_ppo(
-        PPOConfig(**_online(run_dir, "pl-rlp-ppo", seed, resume, size.online_steps, task), kl_coef=RM_KL_COEF),
+        PPOConfig(**_online(run_dir, "pl-rlp-ppo", seed, resume, size.online_steps, task), kl_coef=tuning.rm_kl_coef),
         train_prompts, retrained, model=copy.deepcopy(sft_model), tokenizer=tokenizer))
     results["timings"]["pl-rlp-ppo"] = t
     t0 = time.perf_counter()
@@ -272,14 +261,15 @@ def _rlp_spg(run_dir, size: SuiteSize, seed: int, resume: bool, tokenizer, task,
     return {"synthetic_pairs": stats, "reward_model_on_ppo_samples": on_policy}
 
 
-def _imitation(run_dir, task_name: str, size: SuiteSize, seed: int, resume: bool, tokenizer, results: dict) -> dict:
+def _imitation(run_dir, task_name: str, size: SuiteSize, tuning: SuiteTuning, seed: int, resume: bool, tokenizer,
+               results: dict) -> dict:
     task = get_task(task_name)
     stage = f"{task_name[:5]}-sft"
     model, _, t = _policy_stage(run_dir, stage, resume, lambda: train_sft(
-        SFTConfig(**_common(run_dir, stage, seed, resume, size.imitation_steps)),
+        SFTConfig(**stage_fields(run_dir, stage, seed, resume, size.imitation_steps)),
         task.demonstrations("train", size.demos, seed), model=_fresh("tiny", tokenizer, seed), tokenizer=tokenizer))
     results["timings"][stage] = t
-    results["histories"][stage] = _history(_stage_dir(run_dir, stage))
+    results["histories"][stage] = stage_history(stage_dir(run_dir, stage))
     methods = {"sft": evaluate_policy(task, model, tokenizer, num_prompts=size.eval_prompts, samples_per_prompt=4,
                                       seed=seed),
                "sft (greedy)": evaluate_policy(task, model, tokenizer, num_prompts=size.eval_prompts,
@@ -287,36 +277,36 @@ def _imitation(run_dir, task_name: str, size: SuiteSize, seed: int, resume: bool
     if task_name == "arithmetic":  # RL from verifiable rewards: GRPO with the exact oracle as the reward
         stage = "arith-grpo"
         grpo, _, t = _policy_stage(run_dir, stage, resume, lambda: train_grpo(
-            GRPOConfig(**_online(run_dir, stage, seed, resume, size.grpo_steps, task), lr=ARITHMETIC_GRPO_LR),
+            GRPOConfig(**_online(run_dir, stage, seed, resume, size.grpo_steps, task), lr=tuning.arithmetic_grpo_lr),
             task.prompts("train", 10_000, seed), oracle_reward(task), model=copy.deepcopy(model),
             tokenizer=tokenizer))
         results["timings"][stage] = t
-        results["histories"][stage] = _history(_stage_dir(run_dir, stage))
+        results["histories"][stage] = stage_history(stage_dir(run_dir, stage))
         methods["grpo (oracle reward)"] = evaluate_policy(task, grpo, tokenizer, reference=model,
                                                           num_prompts=size.eval_prompts, samples_per_prompt=4,
                                                           seed=seed)
     return {"methods": methods}
 
 
-def _iqlearn(run_dir, size: SuiteSize, seed: int, resume: bool, tokenizer, results: dict) -> None:
+def _iqlearn(run_dir, size: SuiteSize, tuning: SuiteTuning, seed: int, resume: bool, tokenizer, results: dict) -> None:
     """IQLearn (issue 5) against the suite's SFT on arithmetic and summarise: same demonstrations, steps, schedule and
     initialisation, only the TD term added; accuracy, diversity, and the extracted reward's Spearman correlation
     with the oracle for both (SFT's logits read as Q, i.e. λ = 0, is the paper's MLE baseline)."""
     for task_name in ("arithmetic", "summarise"):
         task, stage = get_task(task_name), f"{task_name[:5]}-iqlearn"
         model, _, t = _policy_stage(run_dir, stage, resume, lambda task=task, stage=stage: train_iqlearn(
-            IQLearnConfig(**_common(run_dir, stage, seed, resume, size.imitation_steps), lam=IQLEARN_LAM),
+            IQLearnConfig(**stage_fields(run_dir, stage, seed, resume, size.imitation_steps), lam=tuning.iqlearn_lam),
             task.demonstrations("train", size.demos, seed), model=_fresh("tiny", tokenizer, seed),
             tokenizer=tokenizer))
         results["timings"][stage] = t
-        results["histories"][stage] = _history(_stage_dir(run_dir, stage))
+        results["histories"][stage] = stage_history(stage_dir(run_dir, stage))
         out = results["tasks"][task_name]
-        name = f"iqlearn (λ = {IQLEARN_LAM:g})"
+        name = f"iqlearn (λ = {tuning.iqlearn_lam:g})"
         out["methods"][name] = evaluate_policy(task, model, tokenizer, num_prompts=size.eval_prompts,
                                                samples_per_prompt=4, seed=seed)
         out["methods"][f"{name} (greedy)"] = evaluate_policy(task, model, tokenizer, num_prompts=size.eval_prompts,
                                                              samples_per_prompt=1, temperature=0.0, seed=seed)
-        sft_model, _ = load_trained_causal_lm(_stage_dir(run_dir, f"{task_name[:5]}-sft") / "final")
+        sft_model, _ = load_trained_causal_lm(stage_dir(run_dir, f"{task_name[:5]}-sft") / "final")
         out["extracted_reward"] = {
             "sft": reward_correlation(task, sft_model, tokenizer, num_prompts=size.eval_prompts, seed=seed),
             name: reward_correlation(task, model, tokenizer, num_prompts=size.eval_prompts, seed=seed)}
@@ -325,7 +315,7 @@ def _iqlearn(run_dir, size: SuiteSize, seed: int, resume: bool, tokenizer, resul
 def _gridworld(size: SuiteSize, seed: int, results: dict) -> dict:
     """ZPG and ZBCPG against trajectory DPO and RM+PPO at the same number of human queries (exact returns by DP);
     the full study with several seeds is `preftune bench zpg`."""
-    from preftune.bench.zpg import gridworld_comparison
+    from preftune.suite.gridworld import gridworld_comparison
 
     t0 = time.perf_counter()
     out = gridworld_comparison(size.gridworld_queries, seeds=1, slip=0.2, points=8)
@@ -342,12 +332,12 @@ def _fresh(name: str, tokenizer, seed: int):
 def _population(run_dir: Path, size: SuiteSize, seed: int, results: dict) -> dict:
     """Joint learning from choices (issue 9): passive vs double Thompson sampling (sampling variant), DPO and the
     reward model's KL-regularised optimum on the passive queries; `preftune bench joint` is the full comparison."""
-    from preftune.bench.joint import JointBenchSize, run_joint_benchmark
+    from preftune.suite.joint_comparison import JointComparisonSize, run_joint_comparison
 
     t0 = time.perf_counter()
-    bench = JointBenchSize(seeds=1, rounds=size.joint_rounds, queries_per_round=64,
+    bench = JointComparisonSize(seeds=1, rounds=size.joint_rounds, queries_per_round=64,
                            updates_per_round=size.joint_updates_per_round, baseline_steps=size.joint_baseline_steps,
                            ppo_iterations=0, schemes=("passive", "double-ts (sample)"))
-    out = run_joint_benchmark(run_dir / "population", bench, seed)
+    out = run_joint_comparison(run_dir / "population", bench, seed)
     results["timings"]["population"] = time.perf_counter() - t0
     return out

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks import study_settings
 from preftune.data import collate_demos
 from preftune.evaluate import evaluate_policy
 from preftune.losses import iq_td_loss, sft_loss
@@ -35,11 +36,9 @@ from preftune.rollout import model_logits
 from preftune.tasks import get_task
 from preftune.tiny import build_tiny_model, build_tiny_tokenizer
 
-# per task: (steps, demonstrations) of the main setting, of the small-data setting, of the few-demo curve
-SETTINGS = {
-    "arithmetic": {"main": (800, 4000), "small": (800, 1000), "fewdemo": (800, 200)},
-    "summarise": {"main": (400, 2000), "small": (400, 300), "fewdemo": (600, 100)},
-}
+STUDY = study_settings("iqlearn")  # config/iqlearn.yaml
+SETTINGS = STUDY["tasks"]  # per task: [steps, demonstrations] of the main, small-data and few-demo settings
+TEMPERATURES = STUDY["temperatures"]  # the temperature part: MLE sampled at each
 
 
 def measure_cost(task_name: str = "arithmetic", batch_size: int = 32, blocks: int = 10, steps_per_block: int = 20,
@@ -384,7 +383,7 @@ def run_bench(output_dir: Path, parts: list[str], tasks: list[str], lams: list[f
         log(f"cost: MLE {c['mle_ms']:.1f} ms, IQLearn {c['iqlearn_ms']:.1f} ms per step, ratio {c['ratio']:.3f}")
     for part, fn, kwargs in (("sweep", run_sweep, dict(lams=lams, best_lam=best_lam, alpha=alpha, small=sweep_small,
                                                        gamma=sweep_gamma)),
-                             ("temperature", run_temperature, dict(temperatures=[1.0, 1.25, 1.5, 2.0])),
+                             ("temperature", run_temperature, dict(temperatures=TEMPERATURES)),
                              ("fewdemo", run_fewdemo, dict(lams=fewdemo_lams or list(dict.fromkeys([0.0, best_lam])),
                                                            eval_every=eval_every, demos=fewdemo_demos,
                                                            steps=fewdemo_steps, lr_schedule=fewdemo_lr_schedule))):

@@ -12,90 +12,23 @@ from __future__ import annotations
 
 import copy
 import json
-import statistics
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
+from benchmarks import study_settings
 from preftune.feedback import Annotator, preference_link, repeated_preference_shares
 from preftune.losses import zpg_gradient
-from preftune.methods.gridworld_baselines import (
-    RewardPPOConfig,
-    TrajectoryDPOConfig,
-    train_dpo_gridworld,
-    train_reward_ppo_gridworld,
-)
-from preftune.methods.zpg import ZPGConfig, train_zpg_gridworld
+from preftune.methods.zpg import ZPGConfig
+from preftune.suite.gridworld import gridworld_comparison, mean_sd
 from preftune.tasks.gridworld import GridWorld, return_utility
 
-# Tuned on seeds 0-4 at 51,200 queries (docs/benchmarks.md lists the sweep); DPO's β from {0.1, 0.5, 2}.
-ZPG_SETTINGS = dict(algorithm="zpg", mu=4.0, lr=0.1, batch_size=16, annotators_per_pair=4)
-ZBCPG_SETTINGS = dict(algorithm="zbcpg", mu=4.0, lr=1.0, batch_size=32, annotators_per_pair=2, block_size=4)
-DPO_SETTINGS = dict(beta=0.1, batch_size=512)
-RM_SETTINGS = dict(batch_size=512)
+STUDY = study_settings("zpg")  # config/zpg.yaml: the estimator grid and the LM run
 
 
-def _run_method(name: str, queries: int, seed: int, slip: float) -> list[dict]:
-    """One method's history (rows with ``queries`` and ``true_return``) at a query budget."""
-    env = GridWorld(slip=slip)
-    batch = {"zpg": ZPG_SETTINGS["batch_size"] * ZPG_SETTINGS["annotators_per_pair"],
-             "zbcpg": ZBCPG_SETTINGS["batch_size"] * ZBCPG_SETTINGS["annotators_per_pair"],
-             "dpo": DPO_SETTINGS["batch_size"]}.get(name, RM_SETTINGS["batch_size"])
-    if queries < batch:  # not one iteration fits the budget: the method never updates (configs need steps >= 1)
-        return []
-    if name in ("zpg", "zbcpg"):
-        settings = ZPG_SETTINGS if name == "zpg" else ZBCPG_SETTINGS
-        per_iteration = settings["batch_size"] * settings["annotators_per_pair"]
-        cfg = ZPGConfig(**settings, steps=queries // per_iteration, seed=seed, gridworld_slip=slip)
-        return train_zpg_gridworld(cfg, env).history
-    if name == "dpo":
-        cfg = TrajectoryDPOConfig(**DPO_SETTINGS, steps=queries // DPO_SETTINGS["batch_size"], seed=seed)
-        return train_dpo_gridworld(cfg, env).history
-    cfg = RewardPPOConfig(**RM_SETTINGS, steps=queries // RM_SETTINGS["batch_size"], seed=seed)
-    return train_reward_ppo_gridworld(cfg, env).history
-
-
-def _at(history: list[dict], budget: int) -> float:
-    """The true return after the last update that had used at most ``budget`` queries (the start if none)."""
-    done = [h for h in history if h["queries"] <= budget]
-    return done[-1]["true_return"] if done else float(GridWorld().value(torch.zeros(16, 4)))
-
-
-def _mean_sd(values: list[float]) -> dict:
-    return {"mean": statistics.mean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "values": values}
-
-
-def gridworld_comparison(queries: int, seeds: int, slip: float, methods=("zpg", "zbcpg", "dpo", "rm+ppo"),
-                         points: int = 16) -> dict:
-    budgets = [round(queries * (i + 1) / points) for i in range(points)]
-    out: dict = {"queries": queries, "seeds": seeds, "slip": slip, "budgets": budgets,
-                 "optimal_return": GridWorld(slip=slip).optimal_value(),
-                 "uniform_return": float(GridWorld(slip=slip).value(torch.zeros(16, 4))), "methods": {},
-                 "settings": {"zpg": ZPG_SETTINGS, "zbcpg": ZBCPG_SETTINGS, "dpo": DPO_SETTINGS,
-                              "rm+ppo": {**asdict(RewardPPOConfig()), **RM_SETTINGS}}}
-    for name in methods:
-        started = time.perf_counter()
-        histories = [_run_method(name, queries, seed, slip) for seed in range(seeds)]
-        curve = [_mean_sd([_at(h, b) for h in histories]) for b in budgets]
-        entry = {"curve": curve, "final": curve[-1], "seconds": time.perf_counter() - started}
-        if name == "zpg":  # convergence: the exact gradient norm over iterations, mean over seeds
-            steps = len(histories[0])
-            marks = sorted({0, *range(max(0, steps // 8 - 1), steps, max(1, steps // 8))})
-            entry["grad_norm"] = {"iterations": [m + 1 for m in marks],
-                                  "mean": [statistics.mean(h[m]["grad_norm"] for h in histories) for m in marks],
-                                  "min_so_far": [statistics.mean(min(r["grad_norm"] for r in h[:m + 1])
-                                                                 for h in histories) for m in marks]}
-        out["methods"][name] = entry
-        spread = f" ± {curve[-1]['sd']:.3f}" if seeds > 1 else ""  # one seed has no spread to show
-        print(f"  {name:7s} slip {slip}: return {curve[-1]['mean']:.3f}{spread} at {queries} "
-              f"queries ({entry['seconds']:.0f}s)", flush=True)
-    return out
-
-
-def estimator_cosine(pairs=(10, 100, 1000, 4000), labels=(1, 4, 16, 64), mu: float = 4.0, seeds: int = 3) -> dict:
+def estimator_cosine(pairs: list[int], labels: list[int], mu: float, seeds: int) -> dict:
     """Cosine of the ZPG estimate with the exact gradient at the uniform policy (where training starts), each
     estimate averaged over an orthonormal basis of d = 64 directions (each uniform on the sphere; the basis makes
     the average over v exact up to the sampling noise, which is what this measures). Row "exact": the value
@@ -122,17 +55,17 @@ def estimator_cosine(pairs=(10, 100, 1000, 4000), labels=(1, 4, 16, 64), mu: flo
                 shares = repeated_preference_shares(probs, m, g)
                 estimate = sum(zpg_gradient(shares[k], basis[:, k], mu) for k in range(64)) / 64
                 cos[(n, m)].append(float(torch.nn.functional.cosine_similarity(estimate, exact, dim=0)))
-    table["exact"] = _mean_sd(noise_free)
+    table["exact"] = mean_sd(noise_free)
     for (n, m), values in cos.items():
-        table["cosine"][f"N={n},M={m}"] = _mean_sd(values)
+        table["cosine"][f"N={n},M={m}"] = mean_sd(values)
     return table
 
 
-def lm_comparison(queries_per_iteration: tuple[int, int] = (32, 2), iterations: int = 600, sft_steps: int = 300,
-                  seed: int = 0, param_filter: str = r"(^|\.)(norm|ln_f)\.weight$", mu: float = 4.0, lr: float = 0.05,
-                  eval_prompts: int = 400, output_dir: Path = Path("runs/bench-zpg")) -> dict:
+def lm_comparison(iterations: int, seed: int, output_dir: Path, pairs_per_iteration: int, annotators_per_pair: int,
+                  sft_steps: int, sft_demos: int, param_filter: str, mu: float, lr: float, dpo_beta: float,
+                  eval_prompts: int) -> dict:
     """SFT on teacher demonstrations, then ZPG on the oracle-judged annotators' comparisons, and DPO on as many
-    annotator labels of teacher pairs; mean oracle reward on eval prompts."""
+    annotator labels of teacher pairs; mean oracle reward on eval prompts. The settings: config/zpg.yaml's ``lm``."""
     import random
 
     from preftune.evaluate import evaluate_policy
@@ -148,16 +81,16 @@ def lm_comparison(queries_per_iteration: tuple[int, int] = (32, 2), iterations: 
     common = dict(seed=seed, progress=False, save_every=0, overwrite=True, mixed_precision="no")
     started = time.perf_counter()
     sft = train_sft(SFTConfig(output_dir=str(output_dir / "lm-sft"), steps=sft_steps, **common),
-                    task.demonstrations("train", 4000, seed), model=build_tiny_model("tiny", tokenizer, seed=seed),
+                    task.demonstrations("train", sft_demos, seed), model=build_tiny_model("tiny", tokenizer, seed=seed),
                     tokenizer=tokenizer).model
-    n, m = queries_per_iteration
-    zpg_cfg = ZPGConfig(output_dir=str(output_dir / "lm-zpg"), steps=iterations, batch_size=n, annotators_per_pair=m,
-                        mu=mu, lr=lr, param_filter=param_filter, max_new_tokens=task.max_response_chars + 1, **common)
+    zpg_cfg = ZPGConfig(output_dir=str(output_dir / "lm-zpg"), steps=iterations, batch_size=pairs_per_iteration,
+                        annotators_per_pair=annotators_per_pair, mu=mu, lr=lr, param_filter=param_filter,
+                        max_new_tokens=task.max_response_chars + 1, **common)
     zpg = train_zpg_lm(zpg_cfg, task.prompts("train", 10_000, seed), task.reward, model=copy.deepcopy(sft),
                        tokenizer=tokenizer)
     budget = int(zpg.history[-1]["queries"])
     pairs = label_pairs(task.candidate_pairs("train", budget, seed), Annotator(task.reward), random.Random(seed))
-    dpo_cfg = DPOConfig(output_dir=str(output_dir / "lm-dpo"), steps=max(1, budget // 32), beta=0.3, **common)
+    dpo_cfg = DPOConfig(output_dir=str(output_dir / "lm-dpo"), steps=max(1, budget // 32), beta=dpo_beta, **common)
     dpo = train_dpo(dpo_cfg, pairs, model=copy.deepcopy(sft), tokenizer=tokenizer).model
     out = {"queries": budget, "labels_dpo": len(pairs), "zpg": asdict(zpg_cfg), "sft_steps": sft_steps,
            "perturbed_dim": zpg.history[-1]["perturbed_dim"], "methods": {}}
@@ -239,16 +172,15 @@ def run_zpg_bench(parts: tuple[str, ...], output: Path, queries: int = 51_200, s
         results["gridworld_deterministic"] = gridworld_comparison(queries // 2, max(2, seeds // 2 + 1), slip=0.0,
                                                                   methods=methods)
     if "cosine" in parts:
-        results["cosine"] = estimator_cosine()
+        results["cosine"] = estimator_cosine(**STUDY["cosine"])
         print("  cosine " + ", ".join(f"{k} {v['mean']:.2f}" for k, v in results["cosine"]["cosine"].items())
               + f"; exact differences {results['cosine']['exact']['mean']:.3f}", flush=True)
     if "lm" in parts:  # one seed per call; the summary is over every seed stored so far
         runs = results.setdefault("lm_runs", {})
         if "lm" in results and "0" not in runs:  # a single-seed result of an earlier version
             runs["0"] = results["lm"]
-        runs[str(lm_seed)] = lm_comparison(iterations=lm_iterations, seed=lm_seed,
-                                           output_dir=output / f"lm-seed{lm_seed}")
-        results["lm"] = {name: _mean_sd([r["methods"][name]["oracle_reward"] for r in runs.values()])
+        runs[str(lm_seed)] = lm_comparison(lm_iterations, lm_seed, output / f"lm-seed{lm_seed}", **STUDY["lm"])
+        results["lm"] = {name: mean_sd([r["methods"][name]["oracle_reward"] for r in runs.values()])
                          for name in ("sft", "zpg", "dpo")}
         print("  lm " + json.dumps(runs[str(lm_seed)]["methods"]), flush=True)
     path.write_text(json.dumps(results, indent=2))
@@ -256,5 +188,5 @@ def run_zpg_bench(parts: tuple[str, ...], output: Path, queries: int = 51_200, s
     return results
 
 
-if __name__ == "__main__":  # python -m preftune.bench.zpg
+if __name__ == "__main__":  # python -m benchmarks.zpg
     run_zpg_bench(("gridworld", "cosine", "lm"), Path("runs/bench-zpg"))

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
+from benchmarks import study_settings
 from preftune.config import apply_overrides
 from preftune.methods.rlp import RLPConfig, run_rlp
 
@@ -34,7 +35,7 @@ def _mean_std(values: Sequence[float | None]) -> str:
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
-THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5)
+THRESHOLDS = tuple(study_settings("rlp")["confidence_thresholds"])  # config/rlp.yaml
 
 
 def confidence_sweep(task_name: str, groups_by_seed: dict[int, list], thresholds=THRESHOLDS) -> dict:
