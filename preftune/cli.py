@@ -269,7 +269,7 @@ def run_command(
     if model is not None or suite == "smollm2":
         if resume:
             _fail("--resume is not supported by the smollm2 suite (its stages are short); run it again")
-        from preftune.bench.smollm2_suite import SmolSuiteSize, run_smollm2_suite, suite_size
+        from preftune.suite.smollm2 import load_smollm2_size, run_smollm2_suite
 
         try:
             size = load_smollm2_size(quick, config, parse_extra_flags(ctx.args))

@@ -163,9 +163,11 @@ def _sample_batch(model, prompt_ids, prompt_mask, max_new_tokens, eos_id, pad_id
             logp = None
         else:
             scaled = logits / temperature if temperature != 1.0 else logits
-            token = _sample_tokens(_filter_logits(scaled, top_k, top_p) if filtering else scaled)
-            # behaviour log-prob under softmax(logits / T), the distribution PPO's ratio is taken against
-            logp = scaled.log_softmax(-1).gather(-1, token[:, None]).squeeze(-1)
+            sampled_from = _filter_logits(scaled, top_k, top_p) if filtering else scaled
+            token = _sample_tokens(sampled_from)
+            # behaviour log-prob under the distribution the token was drawn from: softmax(logits / T), renormalised
+            # over what top-k / top-p kept, so the ratio π_θ / π_behaviour of PPO is the true importance weight
+            logp = sampled_from.log_softmax(-1).gather(-1, token[:, None]).squeeze(-1)
         tokens[:, step] = torch.where(alive, token, pad_id)
         if logp is not None:
             logps[:, step] = torch.where(alive, logp, 0.0)

@@ -56,3 +56,17 @@ def test_top_k_one_equals_greedy(tiny_model, tokenizer):
     torch.manual_seed(5)
     topk = generate(tiny_model, tokenizer, ["xy"], max_new_tokens=5, temperature=1.0, top_k=1)
     assert greedy.texts == topk.texts
+
+
+def test_behaviour_logprobs_are_those_of_the_filtered_distribution_sampled_from(tiny_model, tokenizer):
+    """With top-k / top-p the behaviour log-prob is the one of the distribution the token was drawn from: top-k = 1
+    draws with probability 1 (log-prob 0), and top-k = 3 puts at least the unfiltered probability on each token."""
+    torch.manual_seed(0)
+    one = generate(tiny_model, tokenizer, ["xy"] * 4, max_new_tokens=5, temperature=1.0, top_k=1)
+    assert torch.all(one.logprobs[one.labels_mask.bool()] == 0)
+    torch.manual_seed(1)
+    three = generate(tiny_model, tokenizer, ["xy"] * 4, max_new_tokens=5, temperature=1.0, top_k=3)
+    unfiltered = score_logprobs(tiny_model, three.input_ids, three.attention_mask, three.response_mask)
+    mask = three.labels_mask.bool()
+    assert torch.all(three.logprobs[mask] >= unfiltered[mask] - 1e-5)
+    assert torch.any(three.logprobs[mask] > unfiltered[mask] + 1e-3)  # renormalised over the kept tokens

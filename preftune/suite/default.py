@@ -52,7 +52,6 @@ from preftune.rewards import oracle_reward, reward_model_reward
 from preftune.suite.report import write_report
 from preftune.suite.settings import CONFIGS, load_settings
 from preftune.suite.stages import stage_dir, stage_fields, stage_history
-from preftune.tiny import build_tiny_tokenizer
 from preftune.tasks import get_task
 from preftune.tiny import build_tiny_tokenizer
 

@@ -43,8 +43,10 @@ def load_gridworld_settings(path: Path = CONFIGS / "gridworld.yaml") -> dict[str
 def _run_method(name: str, settings: dict, queries: int, seed: int, slip: float) -> list[dict]:
     """One method's history (rows with ``queries`` and ``true_return``) at a query budget."""
     env = GridWorld(slip=slip)
+    per_iteration = settings["batch_size"] * settings.get("annotators_per_pair", 1)  # human queries per iteration
+    if queries < per_iteration:  # not one iteration fits the budget: the method never updates (configs need >= 1)
+        return []
     if name in ("zpg", "zbcpg"):
-        per_iteration = settings["batch_size"] * settings["annotators_per_pair"]
         cfg = ZPGConfig(**settings, steps=queries // per_iteration, seed=seed, gridworld_slip=slip)
         return train_zpg_gridworld(cfg, env).history
     if name == "dpo":

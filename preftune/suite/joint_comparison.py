@@ -23,7 +23,7 @@ from torch import nn
 
 from preftune.data import Pair
 from preftune.epistemic import set_feature_scaling
-from preftune.methods.joint import EXPLORATION_SCHEMES, JointConfig, JointResult, build_joint_model, train_joint
+from preftune.methods.joint import EXPLORATION_SCHEMES, JointConfig, build_joint_model, train_joint
 from preftune.suite.joint_report import mean_and_sd, write_joint_plots
 from preftune.tasks.population import (
     PopulationTask,
@@ -32,6 +32,7 @@ from preftune.tasks.population import (
     response_space_ids,
 )
 from preftune.tiny import build_population_policy, build_population_tokenizer
+from preftune.trainer import TrainResult
 
 
 @dataclass
@@ -212,10 +213,10 @@ def posterior_spread(head: nn.Module, features: torch.Tensor, samples: int = 64,
 
 
 @torch.no_grad()
-def head_features_of(result: JointResult, ids: torch.Tensor) -> torch.Tensor:
+def head_features_of(result: TrainResult, ids: torch.Tensor) -> torch.Tensor:
     """The features ``[P, Y, H]`` the result's head reads: the starting LM's or the trained LM's."""
-    if result.head_features is not None:
-        return result.head_features
+    if result.extra["head_features"] is not None:
+        return result.extra["head_features"]
     return result.model(ids.flatten(0, 1))[1].view(ids.shape[0], ids.shape[1], -1)
 
 
