@@ -1,6 +1,6 @@
 """`preftune bench rlp`: the RLP pipeline (Lang et al. 2024) for several seeds and methods, summarised in tables.
 
-For each seed, ``run_rlp`` runs SFT → reward model → PPO → policy samples once (into ``<output>/seed<k>/``) and then,
+For each seed, ``train_rlp`` runs SFT → reward model → PPO → policy samples once (into ``<output>/seed<k>/``) and then,
 for each method, the retraining and the second PPO; finished stages are reused, so an interrupted bench resumes
 where it stopped. The summary (``rlp-bench.json``, ``rlp-bench.md``) holds:
 
@@ -20,7 +20,9 @@ from pathlib import Path
 
 from benchmarks import study_settings
 from preftune.config import apply_overrides
-from preftune.methods.rlp import RLPConfig, run_rlp
+from preftune.methods.rlp import RLPConfig
+from preftune.methods.rlp_pipeline import train_rlp
+from preftune.suite.rlp_eval import evaluate_rlp
 
 WIN_RATE_COLUMNS = (("annotator_win_rate", "win rate vs SFT (judge, p = 0.25)"), ("win_rate", "win rate (oracle)"),
                     ("oracle_reward", "oracle reward"), ("kl_to_reference", "KL to SFT"))
@@ -41,7 +43,7 @@ THRESHOLDS = tuple(study_settings("rlp")["confidence_thresholds"])  # config/rlp
 def confidence_sweep(task_name: str, groups_by_seed: dict[int, list], thresholds=THRESHOLDS) -> dict:
     """SPG's pairs and their oracle accuracy at several confidence thresholds γ, from each seed's policy samples
     (no training): does a larger largest cluster mean a more reliable pair?"""
-    from preftune.methods.rlp import every_synthetic_pair_set
+    from preftune.methods.rlp_pipeline import every_synthetic_pair_set
     from preftune.tasks import get_task
 
     task = get_task(task_name)
@@ -119,7 +121,7 @@ def run_rlp_bench(output_dir: Path, seeds: Sequence[int], methods: Sequence[str]
             cfg = apply_overrides(RLPConfig(), {**(overrides or {}), "output_dir": str(output_dir / f"seed{seed}"),
                                                 "method": method, "seed": seed, "resume": True,
                                                 "progress": progress})
-            runs.setdefault(seed, {})[method] = _cached(cfg) or run_rlp(cfg)
+            runs.setdefault(seed, {})[method] = _cached(cfg) or evaluate_rlp(cfg, train_rlp(cfg))
     groups = {seed: json.loads((output_dir / f"seed{seed}" / "policy_samples.json").read_text()) for seed in seeds}
     task_name = runs[seeds[0]][methods[0]]["config"]["task"]
     sweep = confidence_sweep(task_name, groups)

@@ -170,8 +170,6 @@ def _register(method) -> None:
             result = train_from_inputs(method, cfg, task, **options)
         except _expected_errors() as e:
             _fail(str(e))
-        if "results" in result.extra:  # the RLP pipeline's evaluation
-            _print_methods(result.extra["results"]["methods"])
         last = result.history[-1] if result.history else {}
         shown = ", ".join(f"{k} {last[k]:.4g}" for k in method.shows if k in last)
         console.print(f"[green]done[/]: {method.name}{' (' + shown + ')' if shown else ''} -> {result.path}")
@@ -183,14 +181,6 @@ def _register(method) -> None:
                       epilog="Config fields (YAML keys or flags):\n\n" + describe_fields(method.config).replace(
                           "\n", "\n\n"),
                       context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(command)
-
-
-def _print_methods(methods: dict) -> None:
-    table = Table("method", "win rate vs SFT (judge)", "win rate (oracle)", "oracle reward", "KL to SFT")
-    for name, m in methods.items():
-        table.add_row(name, *(f"{m[k]:.3f}" for k in ("annotator_win_rate", "win_rate", "oracle_reward",
-                                                      "kl_to_reference")))
-    console.print(table)
 
 
 def _register_methods() -> None:

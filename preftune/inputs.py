@@ -155,8 +155,5 @@ def train_from_inputs(method, config, task=None, data: Path | None = None, num_e
                               f"{getattr(task, 'name', None)!r}")
         return method.train(config, task)
     if kind == "pipeline":
-        from preftune.trainer import TrainResult
-
-        results = method.train(config)
-        return TrainResult(None, None, [], Path(config.output_dir), {"results": results})
+        return method.train(config)
     raise ValueError(f"unknown input kind {kind!r}")

@@ -14,7 +14,7 @@ from benchmarks.rlp import THRESHOLDS, confidence_sweep, summarise
 from preftune.cli import app
 from preftune.config import ConfigError, apply_overrides
 from preftune.losses import diagonal_gaussian_kl, jensen_shannon_mi_bound, mib_loss, symmetric_gaussian_kl
-from preftune.methods import rlp
+from preftune.methods import rlp, rlp_pipeline
 from preftune.methods.rlp import (
     RLPConfig,
     UMLModel,
@@ -28,6 +28,7 @@ from preftune.methods.rlp import (
     task_equivalence,
 )
 from preftune.models import RewardModel
+from preftune.suite.rlp_eval import evaluate_rlp
 from preftune.tasks import get_task
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -220,14 +221,17 @@ def test_pipeline_resumes_after_an_interruption_without_retraining_finished_stag
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(rlp, "retrain_reward_model", interrupted)
+    monkeypatch.setattr(rlp_pipeline, "retrain_reward_model", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        rlp.run_rlp(cfg, model=tiny_model, tokenizer=tokenizer)
+        rlp_pipeline.train_rlp(cfg, model=tiny_model, tokenizer=tokenizer)
     monkeypatch.undo()
     finished = {s: (tmp_path / s / "final" / "config.json").stat().st_mtime_ns for s in ("sft", "ppo")}
     samples = (tmp_path / "policy_samples.json").read_text()
 
-    results = rlp.run_rlp(apply_overrides(cfg, {"resume": True}), model=tiny_model, tokenizer=tokenizer)
+    resumed = apply_overrides(cfg, {"resume": True})
+    result = rlp_pipeline.train_rlp(resumed, model=tiny_model, tokenizer=tokenizer)
+    assert result.path == tmp_path / "ppo-spg" / "final" and (result.path / "model.safetensors").exists()
+    results = evaluate_rlp(resumed, result)
     status = {stage: v["status"] for stage, v in results["stages"].items()}
     assert status == {"sft": "loaded", "reward": "loaded", "ppo": "loaded", "samples": "loaded",
                       "reward-spg": "trained", "ppo-spg": "trained", "eval": "run"}
@@ -247,8 +251,10 @@ def test_pipeline_resumes_after_an_interruption_without_retraining_finished_stag
     out = CliRunner().invoke(app, ["train", "rlp", "--method", "uml", "--output-dir", str(tmp_path), "--resume",
                                    *[f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]])
     assert out.exit_code == 0, out.output
-    uml = json.loads((tmp_path / "results-uml.json").read_text())
-    assert uml["stages"]["ppo"]["status"] == "loaded" and uml["stages"]["reward-uml"]["status"] == "trained"
+    stages = json.loads((tmp_path / "stages-uml.json").read_text())["stages"]
+    assert stages["ppo"]["status"] == "loaded" and stages["reward-uml"]["status"] == "trained"
+    uml_config = apply_overrides(resumed, {"method": "uml"})
+    uml = evaluate_rlp(uml_config, rlp_pipeline.train_rlp(uml_config, model=tiny_model, tokenizer=tokenizer))
     logged = json.loads((tmp_path / "reward-uml" / "metrics.jsonl").read_text().splitlines()[-1])
     assert {"bt_loss", "uml_loss", "mi_js", "skl"} <= set(logged)
 

@@ -18,7 +18,8 @@ from preftune.methods.joint import JointConfig, train_joint
 from preftune.methods.ppo import PPOConfig, train_ppo
 from preftune.methods.reward import RewardConfig, train_reward
 from preftune.methods.rloo import GRPOConfig, RLOOConfig, train_grpo, train_rloo
-from preftune.methods.rlp import RLPConfig, run_rlp
+from preftune.methods.rlp import RLPConfig
+from preftune.methods.rlp_pipeline import train_rlp
 from preftune.methods.sft import SFTConfig, train_sft
 from preftune.methods.zpg import ZPGConfig, train_zpg_lm
 
@@ -74,8 +75,9 @@ METHODS = {m.name: m for m in (
            "Joint learning from choices on the population task: the LM is the choice model (Luce on its own "
            "probabilities), an epinet or ensemble gives its posterior, --explore picks which candidates to show.",
            shows=("queries", "kl", "tv")),
-    Method("rlp", RLPConfig, "pipeline", run_rlp,
+    Method("rlp", RLPConfig, "pipeline", train_rlp,
            "Reward Learning on Policy: SFT -> reward model -> PPO -> n policy samples per instruction -> retrain the "
            "reward model (--method uml|spg, or the baselines select-all|rlaif) -> PPO again. Every stage is saved "
-           "under --output-dir; --resume reuses finished stages (also another method's)."),
+           "under --output-dir (stages-<method>.json says which were trained or loaded); --resume reuses finished "
+           "stages (also another method's). `preftune eval` or `preftune bench rlp` measures the policies."),
 )}

@@ -15,21 +15,14 @@ RLP retrains the reward model on samples *from the policy*, without new human la
 - Baselines at the same samples and labels: **Select-All** (every largest-cluster × other-cluster pair, no filter)
   and **RLAIF** (the current reward model labels a random pair of samples).
 
-`run_rlp` runs the whole pipeline; every stage is written under ``output_dir`` and, with ``resume``, a finished
-stage is loaded instead of retrained (an interrupted one continues from its last checkpoint). The stages up to the
-policy samples do not depend on ``method``, so several methods share them in one ``output_dir``.
+`preftune.methods.rlp_pipeline.train_rlp` runs the whole pipeline on these pieces.
 """
 
 from __future__ import annotations
 
-import copy
-import json
-import math
 import random
-import time
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -38,7 +31,7 @@ from torch import nn
 from preftune.config import ConfigError, TrainConfig, doc
 from preftune.data import Demo, Pair, collate_demos, collate_pairs
 from preftune.losses import bt_loss, mib_loss
-from preftune.models import RewardModel, load_policy, load_trained_causal_lm
+from preftune.models import RewardModel
 from preftune.trainer import GradientStep, Trainer, TrainResult
 
 METHODS = ("uml", "spg", "select-all", "rlaif")
@@ -325,182 +318,3 @@ def mixed_pairs(human: Sequence[Pair], synthetic: Sequence[Pair], share: float |
         return list(human) + list(synthetic)
     repeats = max(1, round(share / (1 - share) * len(human) / len(synthetic)))
     return list(human) + list(synthetic) * repeats
-
-
-# ----------------------------------------------------------------------------------------------
-# The pipeline
-
-
-def _stage(name: str, final: Path, resume: bool, load: Callable, train: Callable, log: dict):
-    """Load a finished stage when resuming, else train it (continuing from its checkpoints when resuming)."""
-    t0 = time.perf_counter()
-    if resume and final.exists():
-        out, status = load(final), "loaded"
-    else:
-        out, status = train(), "trained"
-    log[name] = {"status": status, "seconds": time.perf_counter() - t0}
-    return out
-
-
-def _stage_fields(cfg: RLPConfig, name: str, steps: int) -> dict:
-    return dict(output_dir=str(Path(cfg.output_dir) / name), seed=cfg.seed, resume=cfg.resume,
-                overwrite=cfg.overwrite, steps=steps, save_every=max(20, steps // 4), progress=cfg.progress,
-                max_length=cfg.max_length, mixed_precision=cfg.mixed_precision)
-
-
-def policy_pair_accuracy(reward_models: dict, tokenizer, task, prompts: Sequence[str], responses: Sequence[str],
-                         max_length: int) -> dict:
-    """Accuracy of reward models on pairs of policy samples (consecutive responses of one prompt) that the oracle
-    strictly ranks; oracle ties are left out. Returns {name: accuracy} and the number of pairs."""
-    from preftune.methods.reward import heldout_accuracy
-
-    pairs = []
-    for k in range(0, len(responses) - 1, 2):
-        prompt, a, b = prompts[k], responses[k], responses[k + 1]
-        ra, rb = task.reward(prompt, a), task.reward(prompt, b)
-        if ra != rb:
-            pairs.append(Pair(prompt, a, b) if ra > rb else Pair(prompt, b, a))
-    out = {name: heldout_accuracy(rm, tokenizer, pairs, max_length) for name, rm in reward_models.items()}
-    return {"pairs": len(pairs), **out}
-
-
-def sample_groups(policy, reward_model, tokenizer, prompts: Sequence[str], config: RLPConfig, path: Path) -> list:
-    """n samples per instruction from ``policy``, with the current reward model's scores, saved to ``path`` (whole
-    or not at all): ``[[prompt, responses, scores], ...]``."""
-    from preftune.rewards import reward_model_reward
-    from preftune.rollout import generate
-    from preftune.tasks import get_task
-
-    torch.manual_seed(config.seed + 3)
-    n = config.samples_per_instruction
-    rollout = generate(policy, tokenizer, prompts, get_task(config.task).max_response_chars + 1, samples_per_prompt=n,
-                       temperature=config.sample_temperature)
-    scores = reward_model_reward(reward_model, tokenizer, config.max_length)(rollout.row_prompts(), rollout.texts)
-    groups = [[p, rollout.texts[i * n:(i + 1) * n], list(scores[i * n:(i + 1) * n])] for i, p in enumerate(prompts)]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(groups))
-    tmp.rename(path)
-    return groups
-
-
-def every_synthetic_pair_set(task, groups, threshold: float, seed: int) -> tuple[dict, dict]:
-    """The pairs of SPG, Select-All and RLAIF from the same samples, and how often the oracle agrees with each
-    (cheap: no training, so every run reports all three)."""
-    from preftune.metrics import reward_model_accuracy
-
-    synthetic, stats = {}, {}
-    for name in ("spg", "select-all", "rlaif"):
-        synthetic[name], stats[name] = synthetic_pairs(name, groups, task_equivalence(task), threshold, seed)
-        chosen = [task.reward(p.prompt, p.chosen) for p in synthetic[name]]
-        rejected = [task.reward(p.prompt, p.rejected) for p in synthetic[name]]
-        stats[name]["oracle_accuracy"] = reward_model_accuracy(chosen, rejected) if chosen else None
-        ranked = [(c, r) for c, r in zip(chosen, rejected) if c != r]  # pairs the oracle strictly orders
-        stats[name]["oracle_ranked_pairs"] = len(ranked)
-        stats[name]["oracle_ranked_accuracy"] = sum(c > r for c, r in ranked) / len(ranked) if ranked else None
-    return synthetic, stats
-
-
-def run_rlp(config: RLPConfig, model=None, tokenizer=None) -> dict:
-    """The pipeline of the module docstring; returns (and writes to ``results-<method>.json``) its results."""
-    from preftune.evaluate import evaluate_policy, sample_policy
-    from preftune.feedback import Annotator, label_pairs
-    from preftune.methods.bon import best_of_n
-    from preftune.methods.ppo import PPOConfig, train_ppo
-    from preftune.methods.reward import RewardConfig, heldout_accuracy, heldout_labels, train_reward
-    from preftune.methods.sft import SFTConfig, train_sft
-    from preftune.metrics import annotator_win_rate, mean_oracle_reward, win_rate
-    from preftune.rewards import reward_model_reward
-    from preftune.rollout import generate
-    from preftune.tasks import get_task
-
-    cfg, out_dir, log = config, Path(config.output_dir), {}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    task = get_task(cfg.task)
-    base, tokenizer = load_policy(cfg, model, tokenizer)
-    human = label_pairs(task.candidate_pairs("train", cfg.human_pairs, cfg.seed), Annotator(task.reward),
-                        random.Random(cfg.seed))
-    heldout = heldout_labels(task, 2000, cfg.seed)
-    train_prompts = task.prompts("train", 10_000, cfg.seed)
-    max_new = task.max_response_chars + 1
-    load_policy_dir = lambda d: load_trained_causal_lm(d)[0]  # noqa: E731
-
-    # 1. SFT, 2. reward model on D, 3. PPO against it — shared by every method
-    sft = _stage("sft", out_dir / "sft" / "final", cfg.resume, load_policy_dir, lambda: train_sft(
-        SFTConfig(**_stage_fields(cfg, "sft", cfg.sft_steps)), task.demonstrations("train", cfg.demos, cfg.seed),
-        model=base, tokenizer=tokenizer).model, log)
-    rm = _stage("reward", out_dir / "reward" / "final", cfg.resume, RewardModel.from_pretrained, lambda: train_reward(
-        RewardConfig(**_stage_fields(cfg, "reward", cfg.reward_steps), batch_size=cfg.batch_size), human,
-        model=copy.deepcopy(sft), tokenizer=tokenizer).model, log)
-    ppo_config = lambda name: PPOConfig(**_stage_fields(cfg, name, cfg.ppo_steps), kl_coef=cfg.ppo_kl_coef,  # noqa: E731
-                                        max_new_tokens=max_new, log_every=5)
-    ppo = _stage("ppo", out_dir / "ppo" / "final", cfg.resume, load_policy_dir, lambda: train_ppo(
-        ppo_config("ppo"), train_prompts, rm, model=copy.deepcopy(sft), tokenizer=tokenizer).model, log)
-
-    # 4. n samples per instruction from the PPO policy, scored by the current reward model
-    samples_path = out_dir / "policy_samples.json"
-
-    groups = _stage("samples", samples_path, cfg.resume, lambda p: json.loads(p.read_text()), lambda: sample_groups(
-        ppo, rm, tokenizer, task.prompts("train", cfg.policy_instructions, cfg.seed + 3), cfg, samples_path), log)
-    synthetic, synthetic_stats = every_synthetic_pair_set(task, groups, cfg.confidence_threshold, cfg.seed)
-
-    # 5. retrain the reward model on policy samples, 6. PPO again from SFT against it
-    stage = f"reward-{cfg.method}"
-    retrain_config = RLPConfig(**{**asdict(cfg), **_stage_fields(cfg, stage, cfg.steps)})
-    if cfg.method == "uml":
-        retrain = lambda: retrain_reward_model(retrain_config, copy.deepcopy(rm), tokenizer, human,  # noqa: E731
-                                               [(p, r) for p, r, _ in groups]).model
-    else:
-        train_pairs = mixed_pairs(human, synthetic[cfg.method], cfg.synthetic_share)
-        retrain = lambda: retrain_reward_model(retrain_config, copy.deepcopy(rm), tokenizer,  # noqa: E731
-                                               train_pairs).model
-    rm_rlp = _stage(stage, out_dir / stage / "final", cfg.resume, RewardModel.from_pretrained, retrain, log)
-    scale = 1.0
-    if cfg.match_reward_scale:
-        reference = [(p, r) for p, responses, _ in groups[:200] for r in responses]
-        scale = match_reward_scale(rm_rlp, rm, tokenizer, *zip(*reference), cfg.max_length)
-    ppo_rlp = _stage(f"ppo-{cfg.method}", out_dir / f"ppo-{cfg.method}" / "final", cfg.resume, load_policy_dir,
-                     lambda: train_ppo(ppo_config(f"ppo-{cfg.method}"), train_prompts, rm_rlp,
-                                       model=copy.deepcopy(sft), tokenizer=tokenizer).model, log)
-
-    # 7. evaluate: reward models on human and on policy pairs; policies against SFT
-    t0 = time.perf_counter()
-    reward_models = {"before": rm, "after": rm_rlp}
-    results: dict = {"method": cfg.method, "config": asdict(cfg), "stages": log, "synthetic_pairs": synthetic_stats,
-                     "reward_model": {"human_heldout": {k: heldout_accuracy(m, tokenizer, heldout, cfg.max_length)
-                                                        for k, m in reward_models.items()}, "scale_factor": scale}}
-    for split in ("train", "eval"):  # fresh PPO-policy samples: instructions seen in training, and held-out ones
-        prompts = task.prompts(split, cfg.policy_eval_pairs, cfg.seed + 4)
-        torch.manual_seed(cfg.seed + 4)
-        rollout = generate(ppo, tokenizer, prompts, max_new, samples_per_prompt=2, temperature=1.0)
-        results["reward_model"][f"ppo_samples_{split}"] = policy_pair_accuracy(
-            reward_models, tokenizer, task, rollout.row_prompts(), rollout.texts, cfg.max_length)
-    judge = Annotator(task.reward, flip_prob=cfg.judge_flip_prob)
-    prompts = task.prompts("eval", cfg.eval_prompts, cfg.seed)
-    torch.manual_seed(cfg.seed + 1)
-    reference = sample_policy(task, sft, tokenizer, prompts)
-    kwargs = dict(reference=sft, num_prompts=cfg.eval_prompts, seed=cfg.seed, annotator=judge,
-                  reference_rollout=reference)
-    methods = {"sft": evaluate_policy(task, sft, tokenizer, **kwargs)}
-    torch.manual_seed(cfg.seed + 2)
-    chosen, _ = best_of_n(sft, tokenizer, prompts, cfg.best_of, reward_model_reward(rm, tokenizer, cfg.max_length),
-                       max_new)
-    methods[f"best-of-{cfg.best_of} (rm)"] = {
-        "oracle_reward": mean_oracle_reward(task, prompts, chosen),
-        "win_rate": win_rate(task, prompts, chosen, reference.texts),
-        "annotator_win_rate": annotator_win_rate(judge, prompts, chosen, reference.texts, random.Random(cfg.seed)),
-        "kl_to_reference": math.log(cfg.best_of) - (cfg.best_of - 1) / cfg.best_of,  # Beirami et al. 2024 bound
-    }
-    methods["ppo"] = evaluate_policy(task, ppo, tokenizer, **kwargs)
-    methods[f"rlp-{cfg.method}"] = evaluate_policy(task, ppo_rlp, tokenizer, **kwargs)
-    results["methods"] = methods
-    # how each reward model scores its own PPO policy vs the oracle: over-optimisation shows as a gap
-    results["policy_scores"] = {}
-    for name, policy, scorer_rm in (("ppo", ppo, rm), (f"rlp-{cfg.method}", ppo_rlp, rm_rlp)):
-        torch.manual_seed(cfg.seed + 5)
-        texts = sample_policy(task, policy, tokenizer, prompts).texts
-        scores = reward_model_reward(scorer_rm, tokenizer, cfg.max_length)(prompts, texts)
-        results["policy_scores"][name] = {"reward_model": sum(scores) / len(scores),
-                                          "oracle": mean_oracle_reward(task, prompts, texts)}
-    log["eval"] = {"status": "run", "seconds": time.perf_counter() - t0}
-    (out_dir / f"results-{cfg.method}.json").write_text(json.dumps(results, indent=2))
-    return results

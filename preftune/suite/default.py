@@ -36,20 +36,14 @@ from preftune.methods.iqlearn import IQLearnConfig, reward_correlation, train_iq
 from preftune.methods.ppo import PPOConfig, train_ppo
 from preftune.methods.reward import RewardConfig, heldout_accuracy, heldout_labels, heldout_report, train_reward
 from preftune.methods.rloo import GRPOConfig, RLOOConfig, train_grpo, train_rloo
-from preftune.methods.rlp import (
-    RLPConfig,
-    every_synthetic_pair_set,
-    match_reward_scale,
-    mixed_pairs,
-    policy_pair_accuracy,
-    retrain_reward_model,
-    sample_groups,
-)
+from preftune.methods.rlp import RLPConfig, match_reward_scale, mixed_pairs, retrain_reward_model
+from preftune.methods.rlp_pipeline import every_synthetic_pair_set, sample_groups
 from preftune.methods.sft import SFTConfig, train_sft
 from preftune.metrics import annotator_win_rate, mean_oracle_reward, win_rate
 from preftune.models import RewardModel, load_trained_causal_lm
 from preftune.rewards import oracle_reward, reward_model_reward
 from preftune.suite.report import write_report
+from preftune.suite.rlp_eval import policy_pair_accuracy
 from preftune.suite.settings import CONFIGS, load_settings
 from preftune.suite.stages import stage_dir, stage_fields, stage_history
 from preftune.tasks import get_task
