@@ -182,7 +182,7 @@ def bench_rlp_command(
 ):
     quiet_libraries()
     from benchmarks.rlp import run_rlp_bench
-    from preftune.cli import parse_extra_flags
+    from preftune.config import parse_extra_flags
     from preftune.methods.rlp import METHODS
 
     try:

@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from preftune.config import ConfigError, apply_overrides, describe_fields, load_yaml
+from preftune.config import ConfigError, build_config, describe_fields, load_yaml, parse_extra_flags
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Fine-tune language models from human feedback, measured against exact oracles.")
@@ -93,39 +93,6 @@ def _expected_errors() -> tuple[type[Exception], ...]:
     from preftune.trainer import TrainingError
 
     return ConfigError, ValueError, BudgetExceeded, TrainingError
-
-
-def parse_extra_flags(args: list[str]) -> dict[str, object]:
-    """``--name value``, ``--name=value`` and bare ``--flag`` (= true) into a dict of overrides."""
-    out: dict[str, object] = {}
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        if not arg.startswith("--"):
-            raise ConfigError(f"unexpected argument {arg!r}; config fields are given as --field value")
-        name = arg[2:]
-        if "=" in name:
-            name, value = name.split("=", 1)
-            i += 1
-        elif i + 1 < len(args) and not args[i + 1].startswith("--"):
-            value = args[i + 1]
-            i += 2
-        else:
-            value = "true"
-            i += 1
-        out[name.replace("-", "_")] = value
-    return out
-
-
-def build_config(config_cls, config_file: Path | None, extra: list[str], defaults: dict | None = None, **fixed):
-    """The class defaults, then ``defaults`` (e.g. a task's), the YAML file, ``fixed``, and ``--field value``
-    flags, each layer winning over the ones before; every value validated."""
-    overrides: dict[str, object] = dict(defaults or {})
-    if config_file is not None:
-        overrides.update(load_yaml(config_file))
-    overrides.update({k: v for k, v in fixed.items() if v is not None})
-    overrides.update(parse_extra_flags(extra))
-    return apply_overrides(config_cls(), overrides)
 
 
 # ----------------------------------------------------------------------------------------------

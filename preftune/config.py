@@ -235,3 +235,36 @@ def describe_fields(cls: type) -> str:
         allowed = f" {{{','.join(map(str, typing.get_args(tp)))}}}" if typing.get_origin(tp) is Literal else ""
         lines.append(f"--{f.name.replace('_', '-')}{allowed} (default {f.default!r}): {f.metadata.get('help', '')}")
     return "\n".join(lines)
+
+
+def parse_extra_flags(args: list[str]) -> dict[str, object]:
+    """``--name value``, ``--name=value`` and bare ``--flag`` (= true) into a dict of overrides."""
+    out: dict[str, object] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--"):
+            raise ConfigError(f"unexpected argument {arg!r}; config fields are given as --field value")
+        name = arg[2:]
+        if "=" in name:
+            name, value = name.split("=", 1)
+            i += 1
+        elif i + 1 < len(args) and not args[i + 1].startswith("--"):
+            value = args[i + 1]
+            i += 2
+        else:
+            value = "true"
+            i += 1
+        out[name.replace("-", "_")] = value
+    return out
+
+
+def build_config(config_cls, config_file: Path | None, extra: list[str], defaults: dict | None = None, **fixed):
+    """The class defaults, then ``defaults`` (e.g. a task's), the YAML file, ``fixed``, and ``--field value``
+    flags, each layer winning over the ones before; every value validated."""
+    overrides: dict[str, object] = dict(defaults or {})
+    if config_file is not None:
+        overrides.update(load_yaml(config_file))
+    overrides.update({k: v for k, v in fixed.items() if v is not None})
+    overrides.update(parse_extra_flags(extra))
+    return apply_overrides(config_cls(), overrides)

@@ -3,8 +3,8 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from preftune.cli import app, parse_extra_flags
-from preftune.config import ConfigError, apply_overrides
+from preftune.cli import app
+from preftune.config import ConfigError, apply_overrides, parse_extra_flags
 from preftune.methods.dpo import DPOConfig
 
 runner = CliRunner()
@@ -38,7 +38,7 @@ def test_values_are_checked(field, value, words):
 
 
 def test_yaml_config_and_flags(tmp_path):
-    from preftune.cli import build_config
+    from preftune.config import build_config
 
     path = tmp_path / "c.yaml"
     path.write_text("beta: 0.3\nsteps: 7\n")
@@ -137,7 +137,7 @@ def test_report_needs_results(tmp_path):
 
 
 def test_task_defaults_yield_to_yaml_and_flags(tmp_path):
-    from preftune.cli import build_config
+    from preftune.config import build_config
     from preftune.methods.rloo import RLOOConfig
 
     task_defaults = {"max_new_tokens": 9}
@@ -199,7 +199,7 @@ def test_a_changed_default_keeps_the_shared_help_text():
 
 
 def test_yaml_keys_are_normalised_and_must_be_field_names(tmp_path):
-    from preftune.cli import build_config
+    from preftune.config import build_config
     from preftune.methods.zpg import ZPGConfig
 
     path = tmp_path / "z.yaml"
