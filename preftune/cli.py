@@ -47,30 +47,6 @@ def _mount_benchmarks() -> None:
 _mount_benchmarks()
 
 
-def _mount_benchmarks() -> None:
-    """`preftune bench STUDY`: the studies of a source checkout's benchmarks/ folder, beside the preftune package
-    (not installed with it; `python -m benchmarks` from the repository root runs the same app)."""
-    import preftune
-
-    root = Path(preftune.__file__).resolve().parent.parent
-    if (root / "benchmarks" / "cli.py").is_file():
-        if str(root) not in sys.path:
-            sys.path.insert(0, str(root))
-        from benchmarks.cli import app as benchmarks_app
-
-        app.add_typer(benchmarks_app, name="bench")
-        return
-
-    @app.command("bench", help="The studies behind docs/benchmarks.md (a source checkout's benchmarks/ folder).",
-                 add_help_option=False, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-    def bench_missing():
-        _fail("the benchmark studies live in the source repository's benchmarks/ folder "
-              "(`python -m benchmarks STUDY` there); this installation does not include them")
-
-
-_mount_benchmarks()
-
-
 def _quiet_libraries() -> None:
     """Keep the terminal for preftune's own progress bars: silence HF's per-file bars and info logs."""
     import logging
