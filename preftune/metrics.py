@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
 from scipy import stats
 
 if TYPE_CHECKING:
@@ -178,3 +179,17 @@ def annotator_agreement_with_oracle(pairs: list, oracle: Callable[[str, str], fl
     chosen = [oracle(pair.prompt, pair.chosen) for pair in pairs]
     rejected = [oracle(pair.prompt, pair.rejected) for pair in pairs]
     return reward_model_accuracy(chosen, rejected)
+
+
+def distribution_metrics(policy_probs: torch.Tensor, target_probs: torch.Tensor,
+                         favourites: Sequence[Sequence[int]]) -> dict:
+    """KL(p* ‖ π), KL(π ‖ p*), total variation (means over prompts) and the mass π and p* put on each type's
+    favourite (type 0 is the majority)."""
+    out = {"kl": kl_divergence(target_probs, policy_probs), "reverse_kl": kl_divergence(policy_probs, target_probs),
+           "tv": total_variation(policy_probs, target_probs)}
+    for j in range(len(favourites[0])):
+        rows = torch.arange(len(favourites))
+        cols = torch.tensor([f[j] for f in favourites])
+        out[f"mass_type{j}"] = float(policy_probs[rows, cols].mean())
+        out[f"target_mass_type{j}"] = float(target_probs[rows, cols].mean())
+    return out

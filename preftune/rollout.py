@@ -275,3 +275,16 @@ def score_rewards(reward_model, input_ids: torch.Tensor, attention_mask: torch.T
            for s in range(0, input_ids.shape[0], batch_size)]
     reward_model.train(was_training)
     return torch.cat(out)
+
+
+@torch.no_grad()
+def policy_distribution(policy, ids: torch.Tensor) -> torch.Tensor:
+    """π(y|x) for every prompt and response, ``[P, |Y|]``, exactly: exp of the summed token log-probs.
+
+    Not renormalised: the rows sum to 1 because the policy's support is exactly Y (a test checks it).
+    """
+    from preftune.tasks.population import response_mask_of
+
+    flat = ids.flatten(0, 1)
+    logps = score_logprobs(policy, flat, torch.ones_like(flat), response_mask_of(flat), batch_size=512)
+    return logps.sum(-1).double().exp().view(ids.shape[0], ids.shape[1])

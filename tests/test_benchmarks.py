@@ -59,3 +59,22 @@ def test_no_module_imports_another_modules_private_names():
                  and (node.module or "").split(".")[0] in ("preftune", "benchmarks")
                  for alias in node.names if alias.name.startswith("_")]
     assert not offenders
+
+
+# docs/architecture.md: a module imports only from its own layer or the layers before it
+LAYERS = [("data",), ("tasks", "feedback"), ("models", "tiny", "gguf"),
+          ("rollout", "losses", "metrics", "epistemic", "rewards"), ("config", "trainer"), ("methods",),
+          ("inputs", "evaluate"), ("suite",), ("cli", "__main__", "__init__")]
+
+
+def test_the_library_layers_import_one_way():
+    rank = {name: i for i, layer in enumerate(LAYERS) for name in layer}
+
+    def layer_of(module: str) -> str:
+        return module.split(".")[1] if "." in module else "__init__"
+
+    upward = [(str(p.relative_to(ROOT)), node.lineno, node.module) for p in _python_files("preftune")
+              for node in ast.walk(ast.parse(p.read_text())) if isinstance(node, ast.ImportFrom)
+              and (node.module or "").startswith("preftune.")
+              and rank[layer_of(node.module)] > rank[layer_of(".".join(p.relative_to(ROOT).with_suffix("").parts))]]
+    assert not upward

@@ -10,14 +10,10 @@ import torch
 
 from preftune.feedback import Annotator, Population
 from preftune.losses import bt_loss, choice_loss
-from preftune.metrics import kl_divergence, total_variation
+from preftune.metrics import distribution_metrics, kl_divergence, total_variation
+from preftune.rollout import policy_distribution
 from preftune.suite.joint_comparison import luce_projection
-from preftune.tasks.population import (
-    PopulationTask,
-    distribution_metrics,
-    policy_distribution,
-    response_space_ids,
-)
+from preftune.tasks.population import PopulationTask, response_space_ids
 from preftune.tiny import build_population_policy, build_population_tokenizer
 
 

@@ -32,7 +32,8 @@ from preftune.config import ConfigError, LRSchedule, TrainConfig, doc, override
 from preftune.epistemic import build_epistemic_head, learnable_l2, set_feature_scaling
 from preftune.feedback import QueryLedger
 from preftune.losses import choice_loss, sequence_logprobs
-from preftune.tasks.population import PopulationTask, distribution_metrics, response_mask_of, response_space_ids
+from preftune.metrics import distribution_metrics
+from preftune.tasks.population import PopulationTask, response_mask_of, response_space_ids
 from preftune.tiny import build_population_policy, build_population_tokenizer
 from preftune.trainer import GradientStep, Trainer, TrainResult
 
@@ -299,7 +300,7 @@ def save_joint_model(model: JointModel, tokenizer, directory: str | Path) -> Pat
 
 @torch.no_grad()
 def policy_distribution_of(model: JointModel, ids: torch.Tensor) -> torch.Tensor:
-    """π(y|x) ``[P, Y]`` of the joint model's policy, exactly (see `tasks.population.policy_distribution`)."""
-    from preftune.tasks.population import policy_distribution
+    """π(y|x) ``[P, Y]`` of the joint model's policy, exactly (see `rollout.policy_distribution`)."""
+    from preftune.rollout import policy_distribution
 
     return policy_distribution(model.policy, ids)

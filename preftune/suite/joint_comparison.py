@@ -24,13 +24,10 @@ from torch import nn
 from preftune.data import Pair
 from preftune.epistemic import set_feature_scaling
 from preftune.methods.joint import EXPLORATION_SCHEMES, JointConfig, build_joint_model, train_joint
+from preftune.metrics import distribution_metrics
+from preftune.rollout import policy_distribution
 from preftune.suite.joint_report import mean_and_sd, write_joint_plots
-from preftune.tasks.population import (
-    PopulationTask,
-    distribution_metrics,
-    policy_distribution,
-    response_space_ids,
-)
+from preftune.tasks.population import PopulationTask, response_space_ids
 from preftune.tiny import build_population_policy, build_population_tokenizer
 from preftune.trainer import TrainResult
 

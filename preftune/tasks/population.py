@@ -183,32 +183,3 @@ def response_mask_of(ids: torch.Tensor, prompt_length: int = 2) -> torch.Tensor:
     mask = torch.zeros_like(ids)
     mask[..., prompt_length:] = 1
     return mask
-
-
-@torch.no_grad()
-def policy_distribution(policy, ids: torch.Tensor) -> torch.Tensor:
-    """π(y|x) for every prompt and response, ``[P, |Y|]``, exactly: exp of the summed token log-probs.
-
-    Not renormalised: the rows sum to 1 because the policy's support is exactly Y (a test checks it).
-    """
-    from preftune.rollout import score_logprobs
-
-    flat = ids.flatten(0, 1)
-    logps = score_logprobs(policy, flat, torch.ones_like(flat), response_mask_of(flat), batch_size=512)
-    return logps.sum(-1).double().exp().view(ids.shape[0], ids.shape[1])
-
-
-def distribution_metrics(policy_probs: torch.Tensor, target_probs: torch.Tensor,
-                         favourites: Sequence[Sequence[int]]) -> dict:
-    """KL(p* ‖ π), KL(π ‖ p*), total variation (means over prompts) and the mass π and p* put on each type's
-    favourite (type 0 is the majority)."""
-    from preftune.metrics import kl_divergence, total_variation
-
-    out = {"kl": kl_divergence(target_probs, policy_probs), "reverse_kl": kl_divergence(policy_probs, target_probs),
-           "tv": total_variation(policy_probs, target_probs)}
-    for j in range(len(favourites[0])):
-        rows = torch.arange(len(favourites))
-        cols = torch.tensor([f[j] for f in favourites])
-        out[f"mass_type{j}"] = float(policy_probs[rows, cols].mean())
-        out[f"target_mass_type{j}"] = float(target_probs[rows, cols].mean())
-    return out
