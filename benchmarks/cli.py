@@ -65,7 +65,7 @@ def bench_trl_command(
                        methods=chosen, threads=threads or None)
 
 
-@app.command("iqlearn", help="IQLearn against MLE (issue 5): step cost side by side, a λ sweep (accuracy, "
+@app.command("iqlearn", help="IQLearn against MLE: step cost side by side, a λ sweep (accuracy, "
                               "Self-BLEU, extracted-reward Spearman; trade-off plot) and few-demonstration "
                               "overfitting curves.")
 def bench_iqlearn_command(

@@ -1,4 +1,4 @@
-"""`preftune bench iqlearn`: IQLearn against MLE on arithmetic and summarise (Wulfmeier et al. 2024, issue 5).
+"""`preftune bench iqlearn`: IQLearn against MLE on arithmetic and summarise (Wulfmeier et al. 2024).
 
 Parts (``--parts``, comma-separated):
 - ``cost``: one optimizer step of MLE and of IQLearn on the same batch and model, timed side by side in

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -63,6 +64,17 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
+def _unexpected(error: Exception) -> None:
+    """A failure preftune did not foresee: one line, and the traceback in a file (for a bug report)."""
+    import tempfile
+    import traceback
+
+    path = Path(tempfile.gettempdir()) / f"preftune-error-{os.getpid()}.txt"
+    path.write_text("".join(traceback.format_exception(error)))
+    err.print(f"[bold red]error:[/] unexpected {type(error).__name__}: {error}\n(the full traceback is in {path})")
+    raise typer.Exit(1)
+
+
 def _expected_errors() -> tuple[type[Exception], ...]:
     """Failures that are the user's input or the run's state, reported in one line (no traceback)."""
     from preftune.feedback import BudgetExceeded
@@ -113,6 +125,8 @@ def _register(method) -> None:
             result = train_from_inputs(method, cfg, task, **options)
         except _expected_errors() as e:
             _fail(str(e))
+        except Exception as e:  # noqa: BLE001 - the one boundary for what nothing above expected
+            _unexpected(e)
         last = result.history[-1] if result.history else {}
         shown = ", ".join(f"{k} {last[k]:.4g}" for k in method.shows if k in last)
         console.print(f"[green]done[/]: {method.name}{' (' + shown + ')' if shown else ''} -> {result.path}")
@@ -171,6 +185,8 @@ def eval_command(
                                  num_pairs=num_pairs)
     except _expected_errors() as e:
         _fail(str(e))
+    except Exception as e:  # noqa: BLE001
+        _unexpected(e)
     if output:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps(metrics, indent=2))

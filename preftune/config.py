@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,9 +26,10 @@ class ConfigError(ValueError):
     """A configuration value is not allowed; the message names the field and the allowed values."""
 
 
-def doc(help: str, *, ge: float | None = None, gt: float | None = None, le: float | None = None) -> dict:
+def doc(help: str, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
+        allow_inf: bool = False) -> dict:
     """Field metadata: the help text shown by ``--help`` and numeric bounds checked on load."""
-    return {"help": help, "ge": ge, "gt": gt, "le": le}
+    return {"help": help, "ge": ge, "gt": gt, "le": le, "allow_inf": allow_inf}
 
 
 @dataclass
@@ -147,7 +149,7 @@ def _coerce(cls: type, name: str, value: Any) -> Any:
             converted = tp(value)
             if tp is int and isinstance(value, float) and value != int(value):
                 raise ValueError
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise ConfigError(f"config field {name!r} must be {'an integer' if tp is int else 'a number'}, "
                               f"got {value!r}") from None
         return converted
@@ -163,6 +165,8 @@ def _check_bounds(cfg) -> None:
         value, meta = getattr(cfg, f.name), f.metadata
         if not isinstance(value, int | float) or isinstance(value, bool):
             continue
+        if isinstance(value, float) and not math.isfinite(value) and not (math.isinf(value) and meta.get("allow_inf")):
+            raise ConfigError(f"config field {f.name!r} must be a finite number, got {value!r}")
         for key, ok, words in (("ge", lambda v, b: v >= b, ">="), ("gt", lambda v, b: v > b, ">"),
                                ("le", lambda v, b: v <= b, "<=")):
             bound = meta.get(key)
@@ -204,8 +208,8 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     import yaml
 
     path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"{path}: no such config file")
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file" if not path.exists() else f"{path}: not a file")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:

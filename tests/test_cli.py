@@ -209,3 +209,33 @@ def test_yaml_keys_are_normalised_and_must_be_field_names(tmp_path):
     path.write_text("1: 2\n")
     with pytest.raises(ConfigError, match="config keys must be field names"):
         build_config(ZPGConfig, path, [])
+
+
+def test_non_finite_and_overflowing_values_name_the_field(tmp_path):
+    from preftune.methods.online import OnlineConfig
+    from preftune.methods.sft import SFTConfig
+
+    with pytest.raises(ConfigError, match="'lr' must be a finite number"):
+        SFTConfig(lr=float("inf"))
+    assert OnlineConfig(kl_stop=float("inf")).kl_stop == float("inf")  # documented: inf = never
+    path = tmp_path / "c.yaml"
+    path.write_text("steps: .inf\n")
+    r = runner.invoke(app, ["train", "sft", "--task", "arithmetic", "--config", str(path), "--output-dir",
+                            str(tmp_path / "out")])
+    assert r.exit_code == 2 and "'steps' must be an integer" in r.output
+    r = runner.invoke(app, ["train", "sft", "--task", "arithmetic", "--config", str(tmp_path), "--output-dir",
+                            str(tmp_path / "out")])
+    assert r.exit_code == 2 and "not a file" in r.output
+
+
+def test_an_unexpected_failure_is_one_line_and_a_traceback_file(tmp_path, monkeypatch):
+    import preftune.inputs
+
+    def broken(*args, **kwargs):
+        raise KeyError("something nobody foresaw")
+
+    monkeypatch.setattr(preftune.inputs, "train_from_inputs", broken)
+    r = runner.invoke(app, ["train", "sft", "--task", "arithmetic", "--output-dir", str(tmp_path)])
+    assert r.exit_code == 1 and "unexpected KeyError" in r.output and "Traceback" not in r.output
+    written = r.output.split("traceback is in ")[1].split(")")[0].strip()
+    assert "something nobody foresaw" in open(written).read()

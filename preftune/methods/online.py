@@ -65,7 +65,7 @@ class OnlineConfig(TrainConfig):
     kl_horizon: int = field(default=10000, metadata=doc(
         "Adaptive controller horizon in samples: β moves by at most 20% × samples/horizon per iteration.", ge=1))
     kl_stop: float = field(default=50.0, metadata=doc(
-        "Stop when the mean sequence KL to the reference exceeds this many nats (inf = never).", gt=0))
+        "Stop when the mean sequence KL to the reference exceeds this many nats (inf = never).", gt=0, allow_inf=True))
 
     def check(self) -> None:
         super().check()

@@ -217,7 +217,7 @@ def _preference_language(run_dir, size: SuiteSize, tuning: SuiteTuning, seed: in
 
 def _rlp_spg(run_dir, size: SuiteSize, tuning: SuiteTuning, seed: int, resume: bool, tokenizer, task, sft_model,
              reward_model, ppo_model, pairs, train_prompts, eval_kwargs: dict, out: dict, results: dict) -> dict:
-    """RLP-SPG (issue 8) on the stages above: 10 samples per instruction from the PPO policy, synthetic pairs, the
+    """RLP-SPG on the stages above: 10 samples per instruction from the PPO policy, synthetic pairs, the
     reward model retrained on D ∪ D̂, PPO again from SFT. γ = 0.2 as in `preftune bench rlp`, the paper's plain union
     (oversampling a D̂ of a few dozen pairs overfits them); RLP-UML and the seeds are in that bench."""
     t0 = time.perf_counter()
@@ -282,7 +282,7 @@ def _imitation(run_dir, task_name: str, size: SuiteSize, tuning: SuiteTuning, se
 
 
 def _iqlearn(run_dir, size: SuiteSize, tuning: SuiteTuning, seed: int, resume: bool, tokenizer, results: dict) -> None:
-    """IQLearn (issue 5) against the suite's SFT on arithmetic and summarise: same demonstrations, steps, schedule and
+    """IQLearn against the suite's SFT on arithmetic and summarise: same demonstrations, steps, schedule and
     initialisation, only the TD term added; accuracy, diversity, and the extracted reward's Spearman correlation
     with the oracle for both (SFT's logits read as Q, i.e. λ = 0, is the paper's MLE baseline)."""
     for task_name in ("arithmetic", "summarise"):
@@ -323,7 +323,7 @@ def _fresh(name: str, tokenizer, seed: int):
 
 
 def _population(run_dir: Path, size: SuiteSize, seed: int, results: dict) -> dict:
-    """Joint learning from choices (issue 9): passive vs double Thompson sampling (sampling variant), DPO and the
+    """Joint learning from choices: passive vs double Thompson sampling (sampling variant), DPO and the
     reward model's KL-regularised optimum on the passive queries; `preftune bench joint` is the full comparison."""
     from preftune.suite.joint_comparison import JointComparisonSize, run_joint_comparison
 

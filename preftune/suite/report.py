@@ -131,7 +131,7 @@ def write_report(run_dir: Path) -> Path:
         t = results["tasks"].get(task_name)
         if t:
             lines += [f"## {task_name}", "", method_table(t["methods"]), ""]
-            if t.get("extracted_reward"):  # IQLearn's reward extraction (issue 5)
+            if t.get("extracted_reward"):  # IQLearn's reward extraction (Wulfmeier et al. 2024, §5.4)
                 lines += ["Extracted reward Σ_t Q(s_t, a_t) − γV(s_{t+1}) on held-out candidate responses, against the "
                           "oracle:", "", "| model | Spearman | n | pair accuracy | pairs |", "|---|---|---|---|---|"]
                 lines += [f"| {m} | {c['spearman']:.3f} | {c['n']} | {_fmt(c['pair_accuracy'])} | {c['pairs']} |"
