@@ -189,6 +189,11 @@ class Trainer:
         directory) -> Path`` defaults to `preftune.models.save_causal_lm`."""
         from preftune.models import save_causal_lm
 
+        step = self.gradient_step
+        if step is not None and step.updates and step.skipped_steps == step.updates:
+            raise TrainingError(f"{self.name}: every one of the {step.updates} steps had a NaN/inf loss or gradient "
+                                f"and was skipped, so the model is untrained and was not saved. Lower the learning "
+                                f"rate (lr={self.config.lr}), check the data and the method's coefficients.")
         model = self.unwrapped_model() if model is None else model
         path = (save or save_causal_lm)(model, tokenizer, self.output_dir / "final") if self.is_main else None
         self.accelerator.wait_for_everyone()

@@ -138,3 +138,14 @@ def test_a_checkpoint_of_another_kind_of_run_is_refused(tmp_path, tiny_model, to
     GradientStep(trainer)
     with pytest.raises(TrainingError, match="other state"):
         trainer.fit(lambda it: {}, 4)
+
+
+def test_a_run_whose_every_step_was_skipped_fails_instead_of_saving(tmp_path, tiny_model):
+    cfg = TrainConfig(output_dir=str(tmp_path), steps=3, progress=False, save_every=0, max_bad_steps=10)
+    trainer = Trainer(cfg, tiny_model)
+    step = GradientStep(trainer)
+    x = torch.tensor([[5, 6, 7]])
+    trainer.fit_dataset(4, step, lambda _: (trainer.model(input_ids=x).logits.sum() * float("nan"), {}))
+    with pytest.raises(TrainingError, match="every one of the 3 steps"):
+        trainer.finish()
+    assert not (tmp_path / "final").exists()
