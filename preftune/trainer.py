@@ -288,8 +288,9 @@ class Trainer:
         path.write_text("".join(r + "\n" for r in kept))
 
     def _log(self, path: Path, metrics: dict) -> None:
+        row = {k: _json_number(v) for k, v in metrics.items() if _jsonable(v)}
         with path.open("a") as f:
-            f.write(json.dumps({k: v for k, v in metrics.items() if _jsonable(v)}) + "\n")
+            f.write(json.dumps(row, allow_nan=False) + "\n")
         if self._tb is not None:
             for k, v in metrics.items():
                 if isinstance(v, float):
@@ -440,6 +441,11 @@ def _tensors_in(state, tensors: dict[str, torch.Tensor]):
     if isinstance(state, list):
         return [_tensors_in(v, tensors) for v in state]
     return state
+
+
+def _json_number(v):
+    """JSON has no NaN or infinity: a non-finite metric is logged as the string "nan", "inf" or "-inf"."""
+    return str(v) if isinstance(v, float) and not math.isfinite(v) else v
 
 
 def _jsonable(v) -> bool:

@@ -149,3 +149,17 @@ def test_a_run_whose_every_step_was_skipped_fails_instead_of_saving(tmp_path, ti
     with pytest.raises(TrainingError, match="every one of the 3 steps"):
         trainer.finish()
     assert not (tmp_path / "final").exists()
+
+
+def test_metrics_jsonl_is_strict_json_even_with_non_finite_values(tmp_path, tiny_model):
+    cfg = TrainConfig(output_dir=str(tmp_path), steps=2, progress=False, save_every=0, log_every=1)
+    trainer = Trainer(cfg, tiny_model)
+    step = GradientStep(trainer)
+    x = torch.tensor([[5, 6, 7]])
+    trainer.fit_dataset(4, step, lambda _: (trainer.model(input_ids=x).logits.sum() * float("nan"), {}))
+
+    def refuse(constant):
+        raise ValueError(f"bare {constant} in metrics.jsonl")
+
+    rows = [json.loads(line, parse_constant=refuse) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in rows] == ["nan", "nan"] and rows[-1]["skipped_steps"] == 2
