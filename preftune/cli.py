@@ -131,9 +131,10 @@ def _register(method) -> None:
         shown = ", ".join(f"{k} {last[k]:.4g}" for k in method.shows if k in last)
         console.print(f"[green]done[/]: {method.name}{' (' + shown + ')' if shown else ''} -> {result.path}")
 
+    options = [p.replace(default=typer.Option(method.option_defaults[p.name], help=p.default.help))
+               if p.name in method.option_defaults else p for p in OPTIONS[method.inputs]]
     command.__signature__ = inspect.Signature([
-        inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context),
-        *OPTIONS[method.inputs]])
+        inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context), *options])
     train_app.command(method.name, help=method.summary,
                       epilog="Config fields (YAML keys or flags):\n\n" + describe_fields(method.config).replace(
                           "\n", "\n\n"),

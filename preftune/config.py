@@ -264,11 +264,14 @@ def parse_extra_flags(args: list[str]) -> dict[str, object]:
 
 
 def build_config(config_cls, config_file: Path | None, extra: list[str], defaults: dict | None = None, **fixed):
-    """The class defaults, then ``defaults`` (e.g. a task's), the YAML file, ``fixed``, and ``--field value``
-    flags, each layer winning over the ones before; every value validated."""
+    """The class defaults, then ``defaults`` (e.g. a task's), the YAML file and ``--field value`` flags, each layer
+    winning over the ones before; ``fixed`` fields cannot be changed by either. Every value validated."""
     overrides: dict[str, object] = dict(defaults or {})
     if config_file is not None:
         overrides.update(load_yaml(config_file))
-    overrides.update({k: v for k, v in fixed.items() if v is not None})
     overrides.update(parse_extra_flags(extra))
+    for name, value in fixed.items():  # what the command itself means (train zbcpg: algorithm=zbcpg)
+        if name in overrides and overrides[name] != value:
+            raise ConfigError(f"config field {name!r} is {value!r} for this command, got {overrides[name]!r}")
+        overrides[name] = value
     return apply_overrides(config_cls(), overrides)

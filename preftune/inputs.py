@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from preftune.config import ConfigError
 from preftune.data import Demo, Pair, load_records
-
-RewardFn = Callable[[list[str], list[str]], Sequence[float]]  # (prompts, responses) -> scores
+from preftune.rewards import RewardFn
 
 
 def get_task_or_none(name: str | None):
@@ -133,7 +132,8 @@ def train_from_inputs(method, config, task=None, data: Path | None = None, num_e
         if method.name == "bon":  # answers held-out prompts
             prompts = task.prompts("eval", num_prompts, seed) if data is None and task is not None else \
                 prompts_with_references(task, data, num_prompts, seed)[0]
-            references = task.demonstrations("eval", num_prompts, seed) if task is not None else None
+            references = load_records(data, Demo) if data is not None else \
+                task.demonstrations("eval", num_prompts, seed) if task is not None else None
             scorer = make_reward(reward, task, references, seed, link, label_noise, config.max_length)
             from preftune.rewards import oracle_reward
 

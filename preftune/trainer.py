@@ -19,6 +19,7 @@ the step counters are state objects of the `GradientStep`). The data for iterati
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -37,6 +38,8 @@ from preftune.config import TrainConfig, save_yaml
 CHECKPOINT_PREFIX = "checkpoint-"
 STATE_FILE = "trainer_state.json"
 STATE_TENSORS_FILE = "trainer_state.safetensors"  # the tensors of the state objects (RNG states, tabular policies)
+# config fields a resumed run may change: they do not change what is computed (a run folder may be moved)
+RESUME_MAY_CHANGE = {"resume", "overwrite", "progress", "log_every", "save_every", "keep_checkpoints", "output_dir"}
 LossFn = Callable[[Any], tuple[torch.Tensor, dict]]  # micro-batch -> (mean loss, metrics)
 
 
@@ -76,6 +79,11 @@ def batch_indices(num_examples: int, batch_size: int, seed: int, iteration: int)
     return out
 
 
+def micro_batches(items: Sequence, grad_accum: int) -> list[list]:
+    """``items`` (this process's share of a step) in ``grad_accum`` strided micro-batches, the empty ones dropped."""
+    return [m for m in (list(items[i::grad_accum]) for i in range(grad_accum)) if m]
+
+
 def _mixed_precision(choice: str) -> str:
     if choice != "auto":
         return choice
@@ -102,8 +110,9 @@ class Trainer:
         cpu_multiprocess = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
         self.accelerator = Accelerator(mixed_precision=_mixed_precision(config.mixed_precision), cpu=cpu_multiprocess)
         set_seed(config.seed)
-        # a model with nothing to train (a tabular policy moved by hand) stays where the method put it
-        self.model = self.accelerator.prepare(model) if any(p.requires_grad for p in model.parameters()) else model
+        # prepared with its optimizer by `GradientStep` (FSDP and DeepSpeed need both in one `prepare` call), or at the
+        # start of `fit` when there is none
+        self.model = model
         self.state_objects: dict[str, object] = {}
         for i, obj in enumerate(state_objects):
             self.register(f"{type(obj).__name__.lower()}_{i}", obj)
@@ -143,8 +152,17 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
     def fit(self, iteration_fn: Callable[[int], dict], iterations: int, description: str | None = None) -> list[dict]:
         """Run ``iteration_fn(i)`` for i in [start, iterations), with logging and checkpoints."""
+        if self.gradient_step is None and "model" not in self.state_objects \
+                and any(p.requires_grad for p in self.model.parameters()):
+            # no optimizer (ZPG moves the weights itself): no DDP wrapper, whose gradient buckets would go unused;
+            # the weights are checkpointed as a state object. A model with nothing to train (a tabular policy, its
+            # own state object) stays where the method put it.
+            self.model = self.model.to(self.device)
+            self.register("model", self.model)
         self._prepare_output_dir()
         start = self._maybe_resume()
+        if self.is_main:  # the settings of the run, once it is known to start (resume: checked against the saved)
+            save_yaml(self.config, self.output_dir / "config.yaml")
         metrics_path = self.output_dir / "metrics.jsonl"
         self._truncate_metrics(metrics_path, start)
         self._open_tensorboard()
@@ -178,8 +196,8 @@ class Trainer:
             raise TrainingError(f"{self.name}: no training examples")
 
         def iteration(it: int) -> dict:
-            mine = self.shard(batch_indices(num_examples, cfg.batch_size, cfg.seed, it))
-            return step([m for m in (mine[i::cfg.grad_accum] for i in range(cfg.grad_accum)) if m], loss_fn)
+            return step(micro_batches(self.shard(batch_indices(num_examples, cfg.batch_size, cfg.seed, it)),
+                                      cfg.grad_accum), loss_fn)
 
         return self.fit(iteration, cfg.steps, description)
 
@@ -218,8 +236,6 @@ class Trainer:
                 (self.output_dir / "metrics.jsonl").unlink(missing_ok=True)
             self.accelerator.wait_for_everyone()
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        if self.is_main:  # the settings of the run, once it is known to start (resume: the resumed run's)
-            save_yaml(self.config, self.output_dir / "config.yaml")
 
     def save_checkpoint(self) -> Path:
         """Write ``checkpoint-<iteration>`` atomically: into a temporary folder, renamed when complete."""
@@ -232,7 +248,8 @@ class Trainer:
         if self.is_main:
             tensors: dict[str, torch.Tensor] = {}
             objects = {k: _tensors_out(obj.state_dict(), k, tensors) for k, obj in self.state_objects.items()}
-            (tmp / STATE_FILE).write_text(json.dumps({"iteration": self.iteration, "state_objects": objects}))
+            state = {"iteration": self.iteration, "config": dataclasses.asdict(self.config), "state_objects": objects}
+            (tmp / STATE_FILE).write_text(json.dumps(state))
             if tensors:
                 save_file(tensors, str(tmp / STATE_TENSORS_FILE))
             if final.exists():
@@ -252,7 +269,21 @@ class Trainer:
             return 0
         latest = existing[-1]
         state = json.loads((latest / STATE_FILE).read_text())
-        saved = state.get("state_objects", {})
+        if "state_objects" not in state:
+            raise TrainingError(f"{latest} was written by an older preftune, whose checkpoints held pickled state; "
+                                f"start the run again with --overwrite")
+        # more (or fewer) iterations change nothing already done when no schedule depends on their number
+        scheduled = getattr(self.config, "lr_schedule", "constant") != "constant" \
+            or getattr(self.config, "warmup_ratio", 0.0) > 0
+        may_change = RESUME_MAY_CHANGE | (set() if scheduled else {"steps"})
+        changed = {k: (v, getattr(self.config, k)) for k, v in state.get("config", {}).items()
+                   if k not in may_change and hasattr(self.config, k) and getattr(self.config, k) != v}
+        if changed:
+            listed = ", ".join(f"{k} (checkpoint {old!r}, now {new!r})" for k, (old, new) in sorted(changed.items()))
+            raise TrainingError(f"--resume with other settings than the run in {self.output_dir} would not give that "
+                                f"run's result: {listed}. Resume with its settings (its config.yaml), or start "
+                                f"again with --overwrite")
+        saved = state["state_objects"]
         if set(saved) != set(self.state_objects):
             raise TrainingError(f"{latest} was written by a run with other state ({sorted(saved)}, this run has "
                                 f"{sorted(self.state_objects)}); resume it with the same method and settings")
@@ -329,6 +360,8 @@ class GradientStep:
                   for m, lr in (lr_overrides or {}).items()]
         special = {id(p) for g in groups for p in g["params"]}
         groups.insert(0, {"params": [p for p in params if id(p) not in special]})
+        if trainer.gradient_step is not None:
+            raise ValueError(f"{trainer.name}: a trainer takes one GradientStep")
         optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
         total = total_updates or config.steps
         # The scheduler is not prepared: Accelerate would step it once per process, but our global batch is
@@ -336,14 +369,13 @@ class GradientStep:
         self.scheduler = get_scheduler(
             config.lr_schedule if config.lr_schedule != "constant" else "constant_with_warmup", optimizer,
             num_warmup_steps=int(config.warmup_ratio * total), num_training_steps=total)
-        self.optimizer = trainer.accelerator.prepare(optimizer)
+        # one call: FSDP and DeepSpeed wrap the model and its optimizer together
+        trainer.model, self.optimizer = trainer.accelerator.prepare(trainer.model, optimizer)
         self.params = [p for p in trainer.model.parameters() if p.requires_grad]
         self._raw_optimizer = self._plain_optimizer()
         self.updates = 0
         self.skipped_steps = 0
         self.bad_steps_in_a_row = 0
-        if trainer.gradient_step is not None:
-            raise ValueError(f"{trainer.name}: a trainer takes one GradientStep")
         trainer.gradient_step = self
         trainer.register("gradient_step", self)
 
@@ -423,7 +455,7 @@ def _tensors_out(state, key: str, tensors: dict[str, torch.Tensor]):
     """A state dict with its tensors moved into ``tensors`` (saved as safetensors) and named in their place, so
     the rest is JSON."""
     if isinstance(state, torch.Tensor):
-        tensors[key] = state.detach().cpu().contiguous()
+        tensors[key] = state.detach().cpu().clone()  # a copy: tied weights share memory, which safetensors refuses
         return {"__tensor__": key}
     if isinstance(state, dict):
         return {k: _tensors_out(v, f"{key}.{k}", tensors) for k, v in state.items()}

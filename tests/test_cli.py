@@ -239,3 +239,16 @@ def test_an_unexpected_failure_is_one_line_and_a_traceback_file(tmp_path, monkey
     assert r.exit_code == 1 and "unexpected KeyError" in r.output and "Traceback" not in r.output
     written = r.output.split("traceback is in ")[1].split(")")[0].strip()
     assert "something nobody foresaw" in open(written).read()
+
+
+def test_a_command_fixed_field_cannot_be_overridden(tmp_path):
+    r = runner.invoke(app, ["train", "zbcpg", "--task", "gridworld", "--algorithm", "zpg", "--output-dir",
+                            str(tmp_path)])
+    assert r.exit_code == 2 and "'algorithm' is 'zbcpg' for this command" in " ".join(r.output.split())
+
+
+def test_rlp_config_keeps_the_shared_checks():
+    from preftune.methods.rlp import RLPConfig
+
+    with pytest.raises(ConfigError, match="divisible by 'grad_accum'"):
+        RLPConfig(batch_size=128, grad_accum=3)

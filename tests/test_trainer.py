@@ -134,7 +134,7 @@ def test_a_checkpoint_of_another_kind_of_run_is_refused(tmp_path, tiny_model, to
     from preftune.feedback import QueryLedger
 
     train_sft(_small(tmp_path, save_every=2, steps=4), DEMOS, copy.deepcopy(tiny_model), tokenizer)
-    trainer = Trainer(_small(tmp_path, resume=True), copy.deepcopy(tiny_model), state_objects=[QueryLedger()])
+    trainer = Trainer(_small(tmp_path, steps=4, resume=True), copy.deepcopy(tiny_model), state_objects=[QueryLedger()])
     GradientStep(trainer)
     with pytest.raises(TrainingError, match="other state"):
         trainer.fit(lambda it: {}, 4)
@@ -163,3 +163,24 @@ def test_metrics_jsonl_is_strict_json_even_with_non_finite_values(tmp_path, tiny
 
     rows = [json.loads(line, parse_constant=refuse) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["loss"] for r in rows] == ["nan", "nan"] and rows[-1]["skipped_steps"] == 2
+
+
+def test_resume_with_other_settings_is_refused_and_leaves_the_run_alone(tmp_path, tiny_model, tokenizer):
+    import copy
+
+    train_sft(_small(tmp_path, save_every=2, steps=4), DEMOS, copy.deepcopy(tiny_model), tokenizer)
+    before = (tmp_path / "config.yaml").read_text()
+    with pytest.raises(TrainingError, match=r"lr \(checkpoint 0.001, now 0.5\)"):
+        train_sft(_small(tmp_path, save_every=2, steps=4, lr=0.5, resume=True), DEMOS, copy.deepcopy(tiny_model),
+                  tokenizer)
+    assert (tmp_path / "config.yaml").read_text() == before
+    # what does not change the result may change
+    train_sft(_small(tmp_path, save_every=2, steps=4, log_every=1, resume=True), DEMOS, copy.deepcopy(tiny_model),
+              tokenizer)
+
+
+def test_a_checkpoint_from_an_older_preftune_is_refused_with_what_to_do(tmp_path, tiny_model, tokenizer):
+    (tmp_path / "checkpoint-2").mkdir(parents=True)
+    (tmp_path / "checkpoint-2" / "trainer_state.json").write_text(json.dumps({"iteration": 2, "updates": 2}))
+    with pytest.raises(TrainingError, match="older preftune.*--overwrite"):
+        train_sft(_small(tmp_path, resume=True), DEMOS, tiny_model, tokenizer)

@@ -156,8 +156,9 @@ def test_directions_are_unit_and_zbcpg_touches_one_block():
     assert 0 < changed.numel() <= 4 and len(set((changed // 4).tolist())) == 1
 
 
-def test_gridworld_zpg_counts_n_m_queries_per_iteration_and_improves_the_true_return():
-    cfg = ZPGConfig(steps=300, batch_size=16, annotators_per_pair=4, mu=4.0, lr=0.1, seed=0)
+def test_gridworld_zpg_counts_n_m_queries_per_iteration_and_improves_the_true_return(tmp_path):
+    cfg = ZPGConfig(steps=300, batch_size=16, annotators_per_pair=4, mu=4.0, lr=0.1, seed=0, output_dir=str(tmp_path),
+                    progress=False)
     run = train_zpg_gridworld(cfg)
     assert [h["queries"] for h in run.history] == [16 * 4 * (i + 1) for i in range(300)]
     assert run.extra["ledger"].by_tag() == {"zpg": 300 * 64}
@@ -168,9 +169,10 @@ def test_gridworld_zpg_counts_n_m_queries_per_iteration_and_improves_the_true_re
     assert run.history[-1]["grad_norm"] < run.history[0]["grad_norm"]
 
 
-def test_query_budget_stops_the_run():
+def test_query_budget_stops_the_run(tmp_path):
     with pytest.raises(Exception, match="budget"):
-        train_zpg_gridworld(ZPGConfig(steps=10, batch_size=8, annotators_per_pair=2, query_budget=40))
+        train_zpg_gridworld(ZPGConfig(steps=10, batch_size=8, annotators_per_pair=2, query_budget=40,
+                                      output_dir=str(tmp_path), progress=False))
 
 
 def _sft_like_model(tokenizer):
@@ -281,3 +283,28 @@ def test_gridworld_comparison_runs_at_a_budget_of_fewer_than_eight_iterations():
     out = gridworld_comparison(256, seeds=1, slip=0.2, points=2)  # ZPG: 4 iterations of 64 queries
     assert set(out["methods"]) == {"zpg", "zbcpg", "dpo", "rm+ppo"}
     assert out["methods"]["zpg"]["grad_norm"]["iterations"][0] == 1
+
+
+def test_lm_zpg_resumes_from_a_checkpoint_to_the_same_weights(tmp_path, tokenizer):
+    """ZPG has no optimizer, so its checkpoint holds the LM's weights as a state object; a resumed run ends where an
+    uninterrupted one does."""
+    import shutil
+
+    from preftune.tasks import get_task
+
+    task = get_task("preference-language")
+    prompts = task.prompts("train", 20)
+
+    def run(out, **kw):
+        cfg = ZPGConfig(output_dir=str(out), steps=4, save_every=2, batch_size=4, annotators_per_pair=2,
+                        max_new_tokens=6, param_filter=r"layers\.0\.mlp\.down_proj", lr=1e-2, mu=0.5,
+                        progress=False, mixed_precision="no", **kw)
+        return train_zpg_lm(cfg, prompts, task.reward, model=_sft_like_model(tokenizer), tokenizer=tokenizer)
+
+    full = run(tmp_path / "full", keep_checkpoints=3)
+    (tmp_path / "cut").mkdir()
+    shutil.copytree(tmp_path / "full" / "checkpoint-2", tmp_path / "cut" / "checkpoint-2")
+    resumed = run(tmp_path / "cut", resume=True)
+    for (name, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert resumed.extra["ledger"].total == full.extra["ledger"].total == 4 * 8

@@ -41,6 +41,7 @@ class Method:
     summary: str
     fixed: dict = field(default_factory=dict)  # config fields the command sets (zbcpg: algorithm)
     shows: tuple[str, ...] = ()  # metrics of the last iteration the command prints when done
+    option_defaults: dict = field(default_factory=dict)  # the command's input options with another default
 
 
 METHODS = {m.name: m for m in (
@@ -63,14 +64,15 @@ METHODS = {m.name: m for m in (
            "arithmetic, RL from verifiable rewards.", shows=("score", "kl")),
     Method("bon", BoNConfig, "prompts", run_bon,
            "Best-of-N: sample N responses per prompt (the task's eval prompts or --data), keep the best by --reward; "
-           "writes responses.jsonl and metrics.json.", shows=("score", "oracle_reward")),
+           "writes responses.jsonl and metrics.json.", shows=("score", "oracle_reward"),
+           option_defaults={"num_prompts": 200}),
     Method("zpg", ZPGConfig, "comparisons", train_zpg_lm,
            "ZPG: zeroth-order policy gradient straight from human comparisons of trajectory pairs (no reward "
            "model); --task gridworld (tabular policy, exact return) or a text task such as preference-language (an "
-           "LM).", fixed={"algorithm": "zpg"}, shows=("queries", "true_return")),
+           "LM).", fixed={"algorithm": "zpg"}, shows=("queries", "score", "true_return")),
     Method("zbcpg", ZPGConfig, "comparisons", train_zpg_lm,
            "ZBCPG: ZPG perturbing one random block of coordinates per iteration; --task gridworld or a text task.",
-           fixed={"algorithm": "zbcpg"}, shows=("queries", "true_return")),
+           fixed={"algorithm": "zbcpg"}, shows=("queries", "score", "true_return")),
     Method("joint", JointConfig, "choices", train_joint,
            "Joint learning from choices on the population task: the LM is the choice model (Luce on its own "
            "probabilities), an epinet or ensemble gives its posterior, --explore picks which candidates to show.",

@@ -7,6 +7,7 @@ Nothing is trained; `run_bon` writes the chosen responses (``responses.jsonl``) 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,8 @@ from preftune.trainer import TrainResult
 class BoNConfig(ModelConfig):
     method_name = "bon"
     n: int = field(default=16, metadata=doc("Samples per prompt; the best by the reward is kept.", ge=1))
-    temperature: float = field(default=1.0, metadata=doc("Sampling temperature.", gt=0))
+    temperature: float = field(default=1.0, metadata=doc("Sampling temperature (0 = greedy: every sample alike).",
+                                                         ge=0))
     max_new_tokens: int = field(default=32, metadata=doc(
         "Longest sampled response in tokens (the CLI defaults it to the task's max_response_chars + 1).", ge=1))
     generation_batch_size: int = field(default=256, metadata=doc("Sequences decoded together.", ge=1))
@@ -52,9 +54,10 @@ def run_bon(config: BoNConfig, prompts: Sequence[str], reward: RewardFn, model=N
     responses, scores = best_of_n(policy, tokenizer, prompts, config.n, reward, config.max_new_tokens,
                                   config.temperature, config.generation_batch_size)
     out = Path(config.output_dir)
-    write_jsonl(out / "responses.jsonl", [Demo(p, r) for p, r in zip(prompts, responses)])
     metrics = {"n": config.n, "num_prompts": len(prompts), "score": sum(scores) / len(scores)}
     if oracle is not None:
         metrics["oracle_reward"] = sum(oracle(list(prompts), responses)) / len(responses)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every process answers; one writes
+        write_jsonl(out / "responses.jsonl", [Demo(p, r) for p, r in zip(prompts, responses)])
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return TrainResult(policy, tokenizer, [metrics], out, {"responses": responses, "scores": scores})

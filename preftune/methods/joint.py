@@ -35,7 +35,7 @@ from preftune.losses import choice_loss, sequence_logprobs
 from preftune.metrics import distribution_metrics
 from preftune.tasks.population import PopulationTask, response_mask_of, response_space_ids
 from preftune.tiny import build_population_policy, build_population_tokenizer
-from preftune.trainer import GradientStep, Trainer, TrainResult
+from preftune.trainer import GradientStep, Trainer, TrainResult, micro_batches
 
 EXPLORATION_SCHEMES = ("passive", "boltzmann", "infomax", "ts", "double-ts")
 
@@ -255,10 +255,9 @@ def train_joint(config: JointConfig, task: PopulationTask | None = None, model: 
             chosen = task.population.choose(prompts[p], [task.responses[i] for i in shown], people)
             records.rows.append((p, shown, chosen))
 
-        def loss_fn(rows: list[tuple[int, list[int], int]]):  # 4. E_z choice NLL + the head's L2
+        def loss_fn(rows: list[tuple[int, list[int], int]], index: torch.Tensor):  # 4. E_z choice NLL + head's L2
             batch_ids = torch.stack([ids[p, shown] for p, shown, _ in rows]).flatten(0, 1).to(trainer.device)
             chosen = torch.tensor([c for _, _, c in rows], device=trainer.device)
-            index = joint_head.sample_index(config.index_samples, generator).to(trainer.device)
             head_inputs = None
             if config.head_features == "initial":
                 head_inputs = torch.cat([initial_features[p, shown] for p, shown, _ in rows]).to(trainer.device)
@@ -274,8 +273,10 @@ def train_joint(config: JointConfig, task: PopulationTask | None = None, model: 
         metrics: dict = {}
         for _ in range(config.updates_per_round):
             draw = torch.randint(len(records.rows), (config.batch_size,), generator=generator).tolist()
+            # one set of epistemic indices per step, shared by its micro-batches (so grad_accum keeps the step)
+            index = joint_head.sample_index(config.index_samples, generator).to(trainer.device)
             mine = [records.rows[i] for i in trainer.shard(draw)]
-            metrics = step([m for m in (mine[i::config.grad_accum] for i in range(config.grad_accum)) if m], loss_fn)
+            metrics = step(micro_batches(mine, config.grad_accum), lambda rows, index=index: loss_fn(rows, index))
         policy_probs = policy_distribution_of(trainer.unwrapped_model(), ids)  # 5. exact distances
         train_rows = slice(0, len(prompts))
         metrics.update(distribution_metrics(policy_probs[train_rows], targets[train_rows], favourites[train_rows]),

@@ -29,7 +29,7 @@ from preftune.config import ConfigError, LRSchedule, TrainConfig, doc, override
 from preftune.losses import kl_k1
 from preftune.rewards import RewardFn, reward_model_reward
 from preftune.rollout import Rollout, generate, score_logprobs
-from preftune.trainer import GradientStep, Trainer, TrainingError, TrainResult, batch_indices
+from preftune.trainer import GradientStep, Trainer, TrainingError, TrainResult, batch_indices, micro_batches
 
 
 @dataclass
@@ -265,8 +265,7 @@ class OnlineRun:
             order = torch.randperm(num_rows, generator=g).tolist()
             for m in range(cfg.num_minibatches):
                 rows = order[m::cfg.num_minibatches]
-                micro = [rows[i::cfg.grad_accum] for i in range(cfg.grad_accum)]
-                out = self.step([mb for mb in micro if mb], loss_fn)
+                out = self.step(micro_batches(rows, cfg.grad_accum), loss_fn)
                 for k, v in out.items():
                     sums[k] = sums.get(k, 0.0) + float(v)
                 steps += 1

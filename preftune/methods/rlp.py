@@ -89,6 +89,7 @@ class RLPConfig(TrainConfig):
         ge=1))
 
     def check(self) -> None:
+        super().check()
         from preftune.tasks import TASKS
 
         if self.task not in TASKS:

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import statistics
+import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -47,8 +48,10 @@ def _run_method(name: str, settings: dict, queries: int, seed: int, slip: float)
     if queries < per_iteration:  # not one iteration fits the budget: the method never updates (configs need >= 1)
         return []
     if name in ("zpg", "zbcpg"):
-        cfg = ZPGConfig(**settings, steps=queries // per_iteration, seed=seed, gridworld_slip=slip)
-        return train_zpg_gridworld(cfg, env).history
+        with tempfile.TemporaryDirectory() as scratch:  # a run of the shared loop writes a folder; keep none
+            cfg = ZPGConfig(**settings, steps=queries // per_iteration, seed=seed, gridworld_slip=slip,
+                            output_dir=scratch, progress=False)
+            return train_zpg_gridworld(cfg, env).history
     if name == "dpo":
         cfg = TrajectoryDPOConfig(**settings, steps=queries // settings["batch_size"], seed=seed)
         return train_dpo_gridworld(cfg, env).history
@@ -83,7 +86,7 @@ def gridworld_comparison(queries: int, seeds: int, slip: float, methods=("zpg", 
         histories = [_run_method(name, settings[name], queries, seed, slip) for seed in range(seeds)]
         curve = [mean_sd([_at(h, b) for h in histories]) for b in budgets]
         entry = {"curve": curve, "final": curve[-1], "seconds": time.perf_counter() - started}
-        if name == "zpg":  # convergence: the exact gradient norm over iterations, mean over seeds
+        if name == "zpg" and histories[0]:  # convergence: the exact gradient norm over iterations, mean over seeds
             steps = len(histories[0])
             marks = sorted({0, *range(max(0, steps // 8 - 1), steps, max(1, steps // 8))})
             entry["grad_norm"] = {"iterations": [m + 1 for m in marks],
