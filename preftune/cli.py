@@ -100,12 +100,17 @@ NUM_EXAMPLES = _option("num_examples", 2000, "Examples to generate from --task."
 NUM_PROMPTS = _option("num_prompts", 2000, "Prompts to draw from --task.")
 LABEL_NOISE = _option("label_noise", 0.0, "Label-flip probability of the simulated annotator.")
 LINK = _option("link", "bradley-terry", "Simulated annotator's link: bradley-terry, thurstone or weibull.")
-REWARD = _option("reward", "oracle", "'oracle' (the task's exact reward), 'annotator' (a simulated annotator's 0/1 "
-                                     "preference over the reference response), or a reward-model directory from "
-                                     "`preftune train reward`.")
+REWARD = _option("reward", None, "'oracle' (the task's exact reward; the default without --reward-fn), "
+                                 "'annotator' (a simulated annotator's 0/1 preference over the reference response), "
+                                 "or a reward-model directory from `preftune train reward`.")
+REWARD_FN = inspect.Parameter("reward_fn", inspect.Parameter.KEYWORD_ONLY, annotation=list[str], default=typer.Option(
+    None, help="Your reward function as module:function or file.py:function, with TRL's signature "
+               "fn(prompts, completions, **kwargs) -> list[float | None]; repeat for several (summed)."))
+REWARD_WEIGHTS = _option("reward_weights", None, "Comma-separated weights of --reward (first, when given) and each "
+                                                 "--reward-fn; default 1 each.")
 OPTIONS = {"demos": [TASK, DATA, CONFIG, NUM_EXAMPLES],
            "pairs": [TASK, DATA, CONFIG, NUM_EXAMPLES, LABEL_NOISE, LINK],
-           "prompts": [TASK, DATA, CONFIG, NUM_PROMPTS, REWARD, LABEL_NOISE, LINK],
+           "prompts": [TASK, DATA, CONFIG, NUM_PROMPTS, REWARD, REWARD_FN, REWARD_WEIGHTS, LABEL_NOISE, LINK],
            "comparisons": [TASK, CONFIG, NUM_PROMPTS],
            "choices": [TASK.replace(default=typer.Option("population", help="The task: 'population'.")), CONFIG],
            "pipeline": [CONFIG]}

@@ -1,8 +1,11 @@
 """Records, file IO and batching.
 
-Two record kinds, with TRL's column names so the same files work in both libraries:
-- `Demo`: a demonstration, ``{"prompt", "response"}``.
-- `Pair`: a preference, ``{"prompt", "chosen", "rejected"}``.
+Two record kinds, read from TRL's standard dataset formats so the same files work in both libraries:
+- `Demo`: a demonstration, prompt-completion ``{"prompt", "completion"}`` (``response`` is accepted for
+  ``completion``).
+- `Pair`: a preference, ``{"prompt", "chosen", "rejected"}``, or implicit-prompt ``{"chosen", "rejected"}``.
+Online methods read prompt-only rows ``{"prompt"}`` (`load_prompts`). Files are JSONL, JSON, CSV or Parquet, or a
+dataset folder saved with ``save_to_disk``.
 
 Token layout used everywhere in preftune: ``input_ids = prompt_ids + response_ids + [eos]``, with a
 ``response_mask`` that is 1 exactly on the response tokens (and the eos), 0 on the prompt and padding.
@@ -42,69 +45,128 @@ class Pair:
     rejected: str
 
 
-RECORD_FIELDS = {Demo: ("prompt", "response"), Pair: ("prompt", "chosen", "rejected")}
+RECORD_FIELDS = {Demo: ("prompt", "completion"), Pair: ("prompt", "chosen", "rejected")}
+TABULAR_SUFFIXES = {".json": "json", ".csv": "csv", ".parquet": "parquet"}  # read by `datasets`
+
+
+def implicit_prompt(chosen: str, rejected: str) -> tuple[str, str, str]:
+    """TRL's implicit-prompt preference rows hold two full texts that share their prompt: split at the first
+    character where they differ, and when that follows a space, give the space to the responses (as TRL's
+    ``extract_prompt`` does, so the same file means the same pairs in both libraries)."""
+    n = 0
+    while n < min(len(chosen), len(rejected)) and chosen[n] == rejected[n]:
+        n += 1
+    if 0 < n < min(len(chosen), len(rejected)) and chosen[n - 1] == " ":
+        n -= 1
+    return chosen[:n], chosen[n:], rejected[n:]
+
+
+def _strings(row: dict, names: Sequence[str], where: str) -> None:
+    bad = [f for f in names if not isinstance(row[f], str)]
+    if bad:
+        raise DataError(f"{where}: field(s) {bad} must be strings")
 
 
 def _record_from_dict(kind: type, row: object, where: str):
+    """One row in TRL's standard formats: prompt-completion (``response`` accepted for ``completion``) for `Demo`,
+    preference with an explicit or implicit prompt for `Pair`."""
     fields = RECORD_FIELDS[kind]
     if not isinstance(row, dict):
-        raise DataError(f"{where}: expected a JSON object with fields {list(fields)}, got {type(row).__name__}")
-    missing = [f for f in fields if f not in row]
+        raise DataError(f"{where}: expected an object with fields {list(fields)}, got {type(row).__name__}")
+    if "messages" in row or (kind is Demo and "text" in row and "prompt" not in row):
+        raise DataError(f"{where}: conversational and language-modelling rows (messages / text) are not supported "
+                        f"yet; give {list(fields)}")
+    if kind is Demo:
+        completion = "completion" if "completion" in row else "response"
+        missing = [f for f in ("prompt", completion) if f not in row]
+        if missing:
+            raise DataError(f"{where}: missing field(s) {missing}; a demonstration needs {list(fields)} "
+                            f"(or 'response' for 'completion')")
+        _strings(row, ("prompt", completion), where)
+        return Demo(row["prompt"], row[completion])
+    missing = [f for f in ("chosen", "rejected") if f not in row]
     if missing:
-        raise DataError(f"{where}: missing field(s) {missing}; a {kind.__name__} needs {list(fields)}")
-    bad = [f for f in fields if not isinstance(row[f], str)]
-    if bad:
-        raise DataError(f"{where}: field(s) {bad} must be strings")
-    return kind(**{f: row[f] for f in fields})
+        raise DataError(f"{where}: missing field(s) {missing}; a preference pair needs {list(fields)} (or chosen and "
+                        f"rejected alone, which share their prompt)")
+    if "prompt" not in row:
+        _strings(row, ("chosen", "rejected"), where)
+        return Pair(*implicit_prompt(row["chosen"], row["rejected"]))
+    _strings(row, fields, where)
+    return Pair(row["prompt"], row["chosen"], row["rejected"])
 
 
-def read_jsonl(path: str | Path, kind: type) -> list:
-    """Read `Demo` or `Pair` records from a JSONL file. Every problem names the file and line."""
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: no such file")
-    records = []
+def _jsonl_rows(path: Path) -> Iterable[tuple[str, object]]:
     with path.open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                yield f"{path}:{lineno}", json.loads(line)
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
-            records.append(_record_from_dict(kind, row, f"{path}:{lineno}"))
-    if not records:
-        raise DataError(f"{path}: the file holds no records")
-    return records
+
+
+def read_rows(source: str | Path, split: str = "train") -> list[tuple[str, object]]:
+    """Every row of a data source with where it came from (``file:line`` or ``source row i``): a JSONL file, a
+    JSON / CSV / Parquet file (read by `datasets`), or a dataset folder saved with ``save_to_disk``."""
+    source = Path(source)
+    if source.is_file() and source.suffix in TABULAR_SUFFIXES:
+        import datasets
+
+        try:
+            ds = datasets.load_dataset(TABULAR_SUFFIXES[source.suffix], data_files=str(source), split="train")
+        except Exception as e:  # noqa: BLE001 - datasets raises many kinds; the user needs the file and the reason
+            raise DataError(f"{source}: not a readable {source.suffix[1:]} file ({type(e).__name__}: {e})") from None
+        rows = [(f"{source} row {i + 1}", row) for i, row in enumerate(ds)]
+    elif source.is_file():
+        rows = list(_jsonl_rows(source))
+    elif source.is_dir():
+        import datasets
+
+        try:
+            ds = datasets.load_from_disk(str(source))
+        except FileNotFoundError:
+            raise DataError(f"{source}: a folder that is not a dataset saved with save_to_disk") from None
+        if isinstance(ds, datasets.DatasetDict):
+            if split not in ds:
+                raise DataError(f"{source}: dataset has splits {list(ds)}, not {split!r}")
+            ds = ds[split]
+        rows = [(f"{source} row {i}", row) for i, row in enumerate(ds)]
+    else:
+        raise DataError(f"{source}: no such file or dataset directory")
+    if not rows:
+        raise DataError(f"{source}: the file holds no records")
+    return rows
+
+
+def read_jsonl(path: str | Path, kind: type) -> list:
+    """Read `Demo` or `Pair` records from a JSONL file. Every problem names the file and line."""
+    return load_records(path, kind)
 
 
 def write_jsonl(path: str | Path, records: Iterable) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(asdict(r)) + "\n")
+        for r in records:  # TRL's column names: a demonstration's response is its "completion"
+            row = {"prompt": r.prompt, "completion": r.response} if isinstance(r, Demo) else asdict(r)
+            f.write(json.dumps(row) + "\n")
     return path
 
 
 def load_records(source: str | Path, kind: type, split: str = "train") -> list:
-    """Records from a ``.jsonl`` file or a Hugging Face dataset saved with ``save_to_disk``."""
-    source = Path(source)
-    if source.is_file():
-        return read_jsonl(source, kind)
-    if source.is_dir():
-        import datasets
+    """`Demo` or `Pair` records from any `read_rows` source, every row checked as it is read."""
+    return [_record_from_dict(kind, row, where) for where, row in read_rows(source, split)]
 
-        ds = datasets.load_from_disk(str(source))
-        if isinstance(ds, datasets.DatasetDict):
-            if split not in ds:
-                raise DataError(f"{source}: dataset has splits {list(ds)}, not {split!r}")
-            ds = ds[split]
-        records = [_record_from_dict(kind, row, f"{source} row {i}") for i, row in enumerate(ds)]
-        if not records:
-            raise DataError(f"{source}: the dataset holds no records")
-        return records
-    raise DataError(f"{source}: no such file or dataset directory")
+
+def load_prompts(source: str | Path, split: str = "train") -> list[str]:
+    """The prompts of a prompt-only dataset (TRL's format for online methods), or of any rows with a ``prompt``."""
+    prompts = []
+    for where, row in read_rows(source, split):
+        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
+            raise DataError(f"{where}: a prompt row needs a string field 'prompt'")
+        prompts.append(row["prompt"])
+    return prompts
 
 
 # ----------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from preftune.config import ConfigError
-from preftune.data import Demo, Pair, load_records
+from preftune.data import Demo, Pair, load_prompts, load_records
 from preftune.rewards import RewardFn
 
 
@@ -50,12 +50,17 @@ def preference_pairs(task, data: Path | None, num_examples: int, seed: int, labe
     return label_pairs(task.candidate_pairs("train", num_examples, seed), annotator, random.Random(seed))
 
 
-def prompts_with_references(task, data: Path | None, num_prompts: int, seed: int) -> tuple[list[str], list[Demo]]:
+def prompts_with_references(task, data: Path | None, num_prompts: int, seed: int, need_references: bool = True,
+                            ) -> tuple[list[str], list[Demo]]:
     """Training prompts (unique, in order) and the demonstrations they came from (the reference responses of
-    ``--reward annotator``)."""
-    references = demonstrations(task, data, num_prompts, seed) if data is not None or task is not None else None
-    if references is None:
+    ``--reward annotator``). A data file may be prompt-only (TRL's format for online methods) unless references
+    are needed."""
+    if data is not None:
+        prompts = list(dict.fromkeys(load_prompts(data)))
+        return prompts, load_records(data, Demo) if need_references else []
+    if task is None:
         raise ConfigError("give --task NAME (see `preftune tasks`) or --data FILE.jsonl of prompts")
+    references = task.demonstrations("train", num_prompts, seed)
     return list(dict.fromkeys(r.prompt for r in references)), references
 
 
@@ -111,9 +116,32 @@ def zpg_lm_defaults(max_new_tokens: int, chosen: set[str]) -> dict:
     return defaults
 
 
+def rewards_from_inputs(reward: str | None, reward_fn: Sequence[str] | None, reward_weights: str | None, task,
+                        references, seed: int, link: str, label_noise: float, max_length: int) -> RewardFn:
+    """The reward ``--reward`` (a built-in or a reward-model folder; ``oracle`` when nothing is given) and the user's
+    ``--reward-fn module:function`` (TRL's signature), summed with ``--reward-weights``."""
+    from preftune.rewards import CombinedReward, load_function, trl_style
+
+    if not reward_fn:
+        return make_reward(reward or "oracle", task, references, seed, link, label_noise, max_length)
+    functions = {}
+    if reward is not None:
+        functions[reward] = trl_style(make_reward(reward, task, references, seed, link, label_noise, max_length))
+    for spec in reward_fn:
+        functions[spec.rpartition(":")[2]] = load_function(spec)
+    weights = None
+    if reward_weights:
+        try:
+            weights = [float(w) for w in reward_weights.split(",")]
+        except ValueError:
+            raise ConfigError(f"--reward-weights must be comma-separated numbers, got {reward_weights!r}") from None
+    return CombinedReward(functions, weights)
+
+
 def train_from_inputs(method, config, task=None, data: Path | None = None, num_examples: int = 2000,
-                      num_prompts: int = 2000, reward: str = "oracle", label_noise: float = 0.0,
-                      link: str = "bradley-terry"):
+                      num_prompts: int = 2000, reward: str | None = None, label_noise: float = 0.0,
+                      link: str = "bradley-terry", reward_fn: Sequence[str] | None = None,
+                      reward_weights: str | None = None):
     """Build ``method``'s input from a built-in task or a data file and train it: what `preftune train` runs."""
     kind, seed = method.inputs, config.seed
     if task is not None and kind not in task.inputs:
@@ -129,18 +157,21 @@ def train_from_inputs(method, config, task=None, data: Path | None = None, num_e
     if kind == "pairs":
         return method.train(config, preference_pairs(task, data, num_examples, seed, label_noise, link))
     if kind == "prompts":
+        need_references = reward == "annotator"
         if method.name == "bon":  # answers held-out prompts
-            prompts = task.prompts("eval", num_prompts, seed) if data is None and task is not None else \
-                prompts_with_references(task, data, num_prompts, seed)[0]
-            references = load_records(data, Demo) if data is not None else \
-                task.demonstrations("eval", num_prompts, seed) if task is not None else None
-            scorer = make_reward(reward, task, references, seed, link, label_noise, config.max_length)
+            if data is None and task is not None:
+                prompts, references = task.prompts("eval", num_prompts, seed), task.demonstrations("eval", num_prompts,
+                                                                                                     seed)
+            else:
+                prompts, references = prompts_with_references(task, data, num_prompts, seed, need_references)
+            scorer = rewards_from_inputs(reward, reward_fn, reward_weights, task, references, seed, link, label_noise,
+                                         config.max_length)
             from preftune.rewards import oracle_reward
 
             return method.train(config, prompts, scorer, oracle=oracle_reward(task) if task is not None else None)
-        prompts, references = prompts_with_references(task, data, num_prompts, seed)
-        return method.train(config, prompts, make_reward(reward, task, references, seed, link, label_noise,
-                                                         config.max_length))
+        prompts, references = prompts_with_references(task, data, num_prompts, seed, need_references)
+        return method.train(config, prompts, rewards_from_inputs(reward, reward_fn, reward_weights, task, references,
+                                                                 seed, link, label_noise, config.max_length))
     if kind == "comparisons":
         if task is None:
             raise ConfigError(f"train {method.name} needs --task: gridworld, or a text task (see `preftune tasks`)")

@@ -64,3 +64,94 @@ class AnnotatorReward:
         self.ledger.load_state_dict(state["ledger"])
         version, internal, gauss = state["rng"]
         self.rng.setstate((version, tuple(internal), gauss))
+
+
+def load_function(spec: str) -> Callable:
+    """``module:function`` (a module importable from the working directory, as ``python -c`` would find it) or
+    ``path/to/file.py:function``: the user's reward function or feedback source."""
+    import importlib
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    module_name, sep, function_name = spec.rpartition(":")
+    if not sep or not module_name or not function_name:
+        raise ValueError(f"{spec!r} is not module:function (e.g. my_rewards:length_penalty)")
+    try:
+        if module_name.endswith(".py"):
+            path = Path(module_name)
+            if not path.is_file():
+                raise ValueError(f"{spec!r}: no such file {module_name}")
+            module_spec = importlib.util.spec_from_file_location(path.stem, path)
+            module = importlib.util.module_from_spec(module_spec)
+            module_spec.loader.exec_module(module)
+        else:
+            if "" not in sys.path and str(Path.cwd()) not in sys.path:
+                sys.path.insert(0, str(Path.cwd()))
+            module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ValueError(f"{spec!r}: cannot import {module_name} ({e})") from None
+    function = getattr(module, function_name, None)
+    if not callable(function):
+        raise ValueError(f"{spec!r}: {module_name} has no function {function_name!r}")
+    return function
+
+
+class CombinedReward:
+    """A weighted sum of reward functions with TRL's signature ``fn(prompts=..., completions=..., **kwargs) ->
+    list[float | None]`` (the built-in rewards are called the same way). A ``None`` score means "this function does
+    not apply to this sample" and is left out of the sum, as TRL does; a sample no function scores is an error.
+    ``last_metrics`` holds each function's mean and standard deviation on the last batch (TRL's
+    ``rewards/<name>/mean``, ``/std``), which online methods log."""
+
+    def __init__(self, functions: dict[str, Callable], weights: Sequence[float] | None = None):
+        if not functions:
+            raise ValueError("no reward function given")
+        weights = list(weights) if weights else [1.0] * len(functions)
+        if len(weights) != len(functions):
+            raise ValueError(f"--reward-weights has {len(weights)} value(s) for {len(functions)} reward function(s)")
+        self.functions, self.weights = dict(functions), weights
+        self.last_metrics: dict[str, float] = {}
+
+    def __call__(self, prompts: list[str], responses: list[str]) -> list[float]:
+        import math
+
+        totals = [0.0] * len(responses)
+        scored = [False] * len(responses)
+        self.last_metrics = {}
+        for (name, function), weight in zip(self.functions.items(), self.weights):
+            scores = list(function(prompts=list(prompts), completions=list(responses)))
+            if len(scores) != len(responses):
+                raise ValueError(f"reward function {name} returned {len(scores)} scores for {len(responses)} "
+                                 f"completions")
+            given = []
+            for i, score in enumerate(scores):
+                if score is None:
+                    continue
+                if not isinstance(score, int | float) or not math.isfinite(score):
+                    raise ValueError(f"reward function {name} returned {score!r} for completion {i}; scores must be "
+                                     f"finite numbers or None")
+                totals[i] += weight * float(score)
+                scored[i] = True
+                given.append(float(score))
+            if given:
+                mean = sum(given) / len(given)
+                self.last_metrics[f"rewards/{name}/mean"] = mean
+                self.last_metrics[f"rewards/{name}/std"] = (sum((g - mean) ** 2 for g in given) / len(given)) ** 0.5
+        missing = [i for i, ok in enumerate(scored) if not ok]
+        if missing:
+            raise ValueError(f"no reward function scored completion {missing[0]} (every one returned None), e.g. "
+                             f"prompt {prompts[missing[0]]!r}")
+        return totals
+
+    def state_dict(self) -> dict:  # a built-in annotator among the functions keeps its ledger across resumes
+        return {name: f.state_dict() for name, f in self.functions.items() if hasattr(f, "state_dict")}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name, s in state.items():
+            self.functions[name].load_state_dict(s)
+
+
+def trl_style(reward: RewardFn) -> Callable:
+    """A preftune reward ``(prompts, responses)`` called with TRL's keywords ``(prompts=..., completions=...)``."""
+    return lambda prompts, completions, **kwargs: reward(prompts, completions)

@@ -252,3 +252,45 @@ def test_rlp_config_keeps_the_shared_checks():
 
     with pytest.raises(ConfigError, match="divisible by 'grad_accum'"):
         RLPConfig(batch_size=128, grad_accum=3)
+
+
+def test_grpo_on_your_prompt_file_with_your_reward_function(tmp_path, monkeypatch, tokenizer):
+    """issue 16's first path: `train grpo --data prompts.jsonl --reward-fn mymod:reward --model PATH` from a user's
+    folder, TRL's prompt-only rows and TRL's reward signature, each function's mean logged under TRL's name."""
+    from preftune.models import save_causal_lm
+    from preftune.tiny import TinySpec, build_tiny_model
+
+    model_dir = save_causal_lm(build_tiny_model("tiny", tokenizer, TinySpec(hidden_size=32, num_layers=1,
+                                                                            num_heads=2)), tokenizer, tmp_path / "m")
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"prompt": f"{a}+{a}="}) + "\n" for a in range(8)))
+    (tmp_path / "user_rewards_grpo.py").write_text(
+        "def short(prompts, completions, **kwargs):\n"
+        "    return [-float(len(c)) for c in completions]\n"
+        "def digits(prompts, completions, **kwargs):\n"
+        "    return [None if not c else float(sum(ch.isdigit() for ch in c)) for c in completions]\n")
+    monkeypatch.chdir(tmp_path)
+    r = runner.invoke(app, ["train", "grpo", "--data", "prompts.jsonl", "--reward-fn", "user_rewards_grpo:short",
+                            "--reward-fn", "user_rewards_grpo:digits", "--reward-weights", "0.1,1",
+                            "--model", str(model_dir), "--steps", "2", "--batch-size", "4", "--max-new-tokens", "4",
+                            "--progress", "false", "--output-dir", "out"])
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert {"rewards/short/mean", "rewards/short/std", "rewards/digits/mean", "reward_std"} <= set(rows[-1])
+    assert rows[-1]["rewards/short/mean"] <= 0
+    r = runner.invoke(app, ["train", "grpo", "--data", "prompts.jsonl", "--reward-fn", "user_rewards_grpo:nothing",
+                            "--model", str(model_dir), "--output-dir", "out2"])
+    assert r.exit_code == 2 and "has no function 'nothing'" in r.output
+
+
+def test_combined_rewards_skip_none_and_refuse_a_sample_nobody_scores():
+    from preftune.rewards import CombinedReward
+
+    both = CombinedReward({"a": lambda prompts, completions: [1.0, None], "b": lambda prompts, completions: [2.0, 3.0]},
+                          [1.0, 0.5])
+    assert both(["p", "q"], ["x", "y"]) == [2.0, 1.5]
+    assert both.last_metrics["rewards/a/mean"] == 1.0 and both.last_metrics["rewards/b/std"] == 0.5
+    nobody = CombinedReward({"a": lambda prompts, completions: [None]})
+    with pytest.raises(ValueError, match="no reward function scored completion 0"):
+        nobody(["p"], ["x"])
+    with pytest.raises(ValueError, match="2 value"):
+        CombinedReward({"a": print}, [1.0, 2.0])

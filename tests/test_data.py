@@ -61,3 +61,61 @@ def test_pairs_stack_chosen_then_rejected(tokenizer):
     assert len(batch) == 2
     assert tokenizer.decode(batch.input_ids[0][batch.response_mask[0].bool()], skip_special_tokens=True) == "good"
     assert tokenizer.decode(batch.input_ids[1][batch.response_mask[1].bool()], skip_special_tokens=True) == "bad"
+
+
+# TRL's standard dataset formats (https://huggingface.co/docs/trl/dataset_formats), in the shapes its docs show
+
+def test_prompt_completion_is_trls_name_and_response_stays_accepted(tmp_path):
+    path = tmp_path / "sft.jsonl"
+    path.write_text(json.dumps({"prompt": "The sky is", "completion": " blue."}) + "\n"
+                    + json.dumps({"prompt": "2+2=", "response": "4"}) + "\n")
+    assert load_records(path, Demo) == [Demo("The sky is", " blue."), Demo("2+2=", "4")]
+    written = write_jsonl(tmp_path / "out.jsonl", [Demo("a", "b")]).read_text()
+    assert json.loads(written) == {"prompt": "a", "completion": "b"}  # written as TRL reads it
+
+
+def test_implicit_prompt_preferences_split_off_the_shared_prompt(tmp_path):
+    path = tmp_path / "pref.jsonl"
+    path.write_text(json.dumps({"chosen": "The sky is blue.", "rejected": "The sky is green."}) + "\n")
+    assert load_records(path, Pair) == [Pair("The sky is", " blue.", " green.")]
+
+
+@pytest.mark.parametrize("suffix", [".json", ".csv", ".parquet"])
+def test_json_csv_and_parquet_files_are_read_through_datasets(tmp_path, suffix):
+    import datasets
+
+    rows = [{"prompt": "The sky is", "chosen": " blue.", "rejected": " green."}] * 3
+    path = tmp_path / f"pairs{suffix}"
+    ds = datasets.Dataset.from_list(rows)
+    {".json": ds.to_json, ".csv": ds.to_csv, ".parquet": ds.to_parquet}[suffix](str(path))
+    assert load_records(path, Pair) == [Pair("The sky is", " blue.", " green.")] * 3
+
+
+def test_prompt_only_rows_for_online_methods(tmp_path):
+    from preftune.data import load_prompts
+
+    path = tmp_path / "prompts.jsonl"
+    path.write_text(json.dumps({"prompt": "What is 2+2?"}) + "\n" + json.dumps({"question": "x"}) + "\n")
+    with pytest.raises(DataError, match=r"prompts\.jsonl:2: a prompt row needs a string field 'prompt'"):
+        load_prompts(path)
+    path.write_text(json.dumps({"prompt": "What is 2+2?", "answer": "4"}) + "\n")
+    assert load_prompts(path) == ["What is 2+2?"]
+
+
+def test_formats_not_supported_yet_say_so_with_file_and_line(tmp_path):
+    path = tmp_path / "chat.jsonl"
+    path.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n")
+    with pytest.raises(DataError, match=r"chat\.jsonl:1: conversational and language-modelling rows"):
+        load_records(path, Demo)
+    with pytest.raises(DataError, match="not a dataset saved with save_to_disk"):
+        load_records(tmp_path, Demo)
+
+
+def test_the_same_files_load_in_trl(tmp_path):
+    """The prompt-completion and preference files preftune reads are TRL's: its own prompt extraction agrees."""
+    trl_utils = pytest.importorskip("trl.data_utils")
+    chosen, rejected = "The sky is blue.", "The sky is green."
+    extracted = trl_utils.extract_prompt({"chosen": chosen, "rejected": rejected})
+    ours = Pair(*__import__("preftune.data", fromlist=["implicit_prompt"]).implicit_prompt(chosen, rejected))
+    assert (extracted["prompt"], extracted["chosen"], extracted["rejected"]) == (ours.prompt, ours.chosen,
+                                                                                ours.rejected)

@@ -281,7 +281,8 @@ class OnlineRun:
         """
         kl = batch.kl_sequences()
         beta = self.kl_coef
-        metrics = {
+        metrics = {**getattr(self.reward_fn, "last_metrics", {}),  # each reward function's mean and std (TRL's names)
+                   "reward_std": batch.scores.std().item() if len(batch) > 1 else 0.0,
             "score": batch.scores.mean().item(),
             "kl": kl.mean().item(),
             "reward": (batch.scores - beta * kl).mean().item(),
