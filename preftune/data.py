@@ -159,6 +159,24 @@ def load_records(source: str | Path, kind: type, split: str = "train") -> list:
     return [_record_from_dict(kind, row, where) for where, row in read_rows(source, split)]
 
 
+def as_records(data, kind: type) -> list:
+    """The Python API's data as records: `Demo`/`Pair` objects as they are, or rows in TRL's formats — a
+    ``datasets.Dataset`` or a list of dicts — checked row by row."""
+    rows = list(data)
+    return [r if isinstance(r, kind) else _record_from_dict(kind, r, f"row {i}") for i, r in enumerate(rows)]
+
+
+def as_prompts(data) -> list[str]:
+    """Prompts from strings, or from rows (a ``datasets.Dataset`` or dicts) with a ``prompt`` field."""
+    out = []
+    for i, row in enumerate(data):
+        prompt = row if isinstance(row, str) else row.get("prompt") if isinstance(row, dict) else None
+        if not isinstance(prompt, str):
+            raise DataError(f"row {i}: a prompt must be a string or a row with a string field 'prompt'")
+        out.append(prompt)
+    return out
+
+
 def load_prompts(source: str | Path, split: str = "train") -> list[str]:
     """The prompts of a prompt-only dataset (TRL's format for online methods), or of any rows with a ``prompt``."""
     prompts = []

@@ -155,3 +155,22 @@ class CombinedReward:
 def trl_style(reward: RewardFn) -> Callable:
     """A preftune reward ``(prompts, responses)`` called with TRL's keywords ``(prompts=..., completions=...)``."""
     return lambda prompts, completions, **kwargs: reward(prompts, completions)
+
+
+def as_reward(reward) -> RewardFn:
+    """What the Python API accepts as a reward, as one ``(prompts, responses) -> scores``: a preftune reward, a
+    TRL-style function ``fn(prompts=..., completions=..., **kwargs)`` (called with keywords, as TRL calls it, so
+    ``def f(completions, **kwargs)`` works), or a list of such functions (summed, `CombinedReward`)."""
+    import inspect
+
+    if isinstance(reward, list | tuple):
+        return CombinedReward({getattr(f, "__name__", f"reward_{i}"): f for i, f in enumerate(reward)})
+    if not callable(reward) or isinstance(reward, CombinedReward | AnnotatorReward):
+        return reward
+    try:
+        parameters = inspect.signature(reward).parameters
+    except (TypeError, ValueError):
+        return reward
+    if "completions" in parameters:
+        return CombinedReward({getattr(reward, "__name__", "reward"): reward})
+    return reward

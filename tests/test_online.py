@@ -389,3 +389,35 @@ def test_killed_rloo_run_resumes_to_bitwise_identical_weights(tmp_path, tokenize
     for key in ("score", "kl", "kl_coef", "loss"):  # same samples, same labels, same β at every iteration
         assert [r[key] for r in resumed_rows] == [r[key] for r in full_rows], key
     assert full_rows[-1]["kl_coef"] != 0.05, "the adaptive controller should have moved β"
+
+
+def test_python_api_takes_datasets_and_trl_style_reward_functions(tmp_path, tiny_model, tokenizer):
+    """train_* take a `datasets.Dataset` (or dicts) in TRL's formats and TRL's reward functions, alone or a list."""
+    import datasets
+
+    from preftune.methods.dpo import DPOConfig, train_dpo
+    from preftune.methods.sft import SFTConfig, train_sft
+
+    common = dict(steps=2, batch_size=4, progress=False, save_every=0)
+    sft_rows = datasets.Dataset.from_list([{"prompt": f"{a}+1=", "completion": str(a + 1)} for a in range(8)])
+    sft = train_sft(SFTConfig(output_dir=str(tmp_path / "sft"), **common), sft_rows, copy.deepcopy(tiny_model),
+                    tokenizer)
+    assert len(sft.history) == 2
+    pairs = [{"prompt": "1+1=", "chosen": "2", "rejected": "3"}] * 4
+    assert len(train_dpo(DPOConfig(output_dir=str(tmp_path / "dpo"), **common), pairs, copy.deepcopy(tiny_model),
+                         tokenizer).history) == 2
+
+    def length(completions, **kwargs):  # TRL's documented shape: no prompts argument
+        return [float(len(c)) for c in completions]
+
+    def has_one(prompts, completions, **kwargs):
+        return [1.0 if "1" in c else None for c in completions]
+
+    prompts = datasets.Dataset.from_list([{"prompt": f"{a}+1="} for a in range(4)])
+    cfg = GRPOConfig(output_dir=str(tmp_path / "grpo"), steps=1, batch_size=2, max_new_tokens=3, progress=False,
+                     save_every=0)
+    result = train_grpo(cfg, prompts, [length, has_one], copy.deepcopy(tiny_model), tokenizer)
+    assert "rewards/length/mean" in result.history[0] and result.history[0]["score"] >= 0
+    alone = train_grpo(apply_overrides(cfg, {"output_dir": str(tmp_path / "grpo2")}), prompts, length,
+                       copy.deepcopy(tiny_model), tokenizer)
+    assert alone.history[0]["score"] == alone.history[0]["rewards/length/mean"]

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 from preftune.config import TrainConfig, doc, override
-from preftune.data import Pair, collate_pairs
+from preftune.data import Pair, as_records, collate_pairs
 from preftune.losses import dpo_loss
 from preftune.models import load_policy
 from preftune.rollout import response_token_logprobs, score_logprobs
@@ -41,6 +41,8 @@ def reference_logprobs(model, tokenizer, pairs: Sequence[Pair], max_length: int,
 
 
 def train_dpo(config: DPOConfig, pairs: Sequence[Pair], model=None, tokenizer=None) -> TrainResult:
+    """DPO on `Pair` records or TRL preference rows (a ``datasets.Dataset`` or dicts)."""
+    pairs = as_records(pairs, Pair)
     model, tokenizer = load_policy(config, model, tokenizer)
     ref = reference_logprobs(model, tokenizer, pairs, config.max_length)
     trainer = Trainer(config, model, name="dpo")

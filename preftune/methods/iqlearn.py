@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from preftune.config import ConfigError, doc
-from preftune.data import Demo, collate_demos
+from preftune.data import Demo, as_records, collate_demos
 from preftune.losses import iq_online_loss, iq_sequence_rewards, iq_td_loss
 from preftune.methods.sft import SFTConfig
 from preftune.metrics import reward_model_accuracy, spearman
@@ -76,7 +76,9 @@ def _demo_labels(tokenizer, demos: Sequence[Demo], max_length: int, device):
 def train_iqlearn(config: IQLearnConfig, demos: Sequence[Demo], model=None, tokenizer=None,
                   callback: Callable[[int, torch.nn.Module], None] | None = None) -> TrainResult:
     """Offline (``alpha`` = 0) or online IQLearn on demonstrations. ``callback(step, model)`` runs after every
-    step (e.g. a held-out evaluation); it must leave the model's weights alone."""
+    step (e.g. a held-out evaluation); it must leave the model's weights alone. ``demos``: `Demo` records or TRL
+    prompt-completion rows."""
+    demos = as_records(demos, Demo)
     model, tokenizer = load_policy(config, model, tokenizer)
     trainer = Trainer(config, model, name="iqlearn")
     step = GradientStep(trainer)

@@ -26,8 +26,9 @@ from dataclasses import dataclass, field
 import torch
 
 from preftune.config import ConfigError, LRSchedule, TrainConfig, doc, override
+from preftune.data import as_prompts
 from preftune.losses import kl_k1
-from preftune.rewards import RewardFn, reward_model_reward
+from preftune.rewards import RewardFn, as_reward, reward_model_reward
 from preftune.rollout import Rollout, generate, score_logprobs
 from preftune.trainer import GradientStep, Trainer, TrainingError, TrainResult, batch_indices, micro_batches
 
@@ -204,9 +205,10 @@ class OnlineRun:
 
     def __init__(self, name: str, config: OnlineConfig, prompts: Sequence[str], reward, policy, tokenizer,
                  trained: torch.nn.Module | None = None):
+        prompts = as_prompts(prompts)  # strings, or TRL prompt-only rows
         if not prompts:
             raise TrainingError(f"{name}: no training prompts")
-        self.name, self.config, self.prompts = name, config, list(prompts)
+        self.name, self.config, self.prompts = name, config, prompts
         self.policy, self.tokenizer = policy, tokenizer
         self.reference = ReferencePolicy(policy)  # before any update: π_ref is the starting policy
         self.kl_controller = KLController(config.kl_coef, config.kl_target, config.kl_horizon)
@@ -215,6 +217,7 @@ class OnlineRun:
             reward = reward_model_reward(reward, tokenizer, config.max_length)
         else:
             self.reward_model = None
+            reward = as_reward(reward)  # a TRL-style function or a list of them
         self.reward_fn = reward
         # a stateful reward (AnnotatorReward: ledger + annotator RNG) is checkpointed with the run
         stateful = [reward] if hasattr(reward, "state_dict") and hasattr(reward, "load_state_dict") else []

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from preftune.config import TrainConfig, doc
-from preftune.data import Pair, collate_pairs
+from preftune.data import Pair, as_records, collate_pairs
 from preftune.feedback import Annotator, label_pairs
 from preftune.losses import bt_loss
 from preftune.metrics import annotator_agreement_with_oracle, reward_model_accuracy
@@ -57,7 +57,9 @@ def heldout_report(reward_model, tokenizer, task, pairs: Sequence[Pair], max_len
 
 
 def train_reward(config: RewardConfig, pairs: Sequence[Pair], model=None, tokenizer=None) -> TrainResult:
-    """Start from a causal LM (usually the SFT policy) and fit a new head and the body on ``pairs``."""
+    """Start from a causal LM (usually the SFT policy) and fit a new head and the body on ``pairs`` (`Pair` records or
+    TRL preference rows)."""
+    pairs = as_records(pairs, Pair)
     base, tokenizer = load_policy(config, model, tokenizer)
     reward_model = RewardModel.from_causal_lm(base, num_heads=config.num_heads, seed=config.seed,
                                                pooling=config.pooling)

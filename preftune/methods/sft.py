@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from preftune.config import TrainConfig
-from preftune.data import Demo, collate_demos
+from preftune.data import Demo, as_records, collate_demos
 from preftune.losses import sft_loss
 from preftune.models import load_policy
 from preftune.rollout import model_logits
@@ -19,6 +19,8 @@ class SFTConfig(TrainConfig):
 
 
 def train_sft(config: SFTConfig, demos: Sequence[Demo], model=None, tokenizer=None) -> TrainResult:
+    """SFT on `Demo` records or TRL prompt-completion rows (a ``datasets.Dataset`` or dicts)."""
+    demos = as_records(demos, Demo)
     model, tokenizer = load_policy(config, model, tokenizer)
     trainer = Trainer(config, model, name="sft")
     step = GradientStep(trainer)
