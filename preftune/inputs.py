@@ -28,20 +28,20 @@ def response_length_default(task) -> dict:
     return {} if task is None else {"max_new_tokens": task.max_response_chars + 1}
 
 
-def demonstrations(task, data: Path | None, num_examples: int, seed: int) -> list[Demo]:
-    """Demonstrations from a JSONL file / saved dataset, or drawn from a built-in task."""
+def demonstrations(task, data: Path | None, num_examples: int, seed: int, split: str = "train") -> list[Demo]:
+    """Demonstrations from a data file / saved dataset, or drawn from a built-in task."""
     if data is not None:
-        return load_records(data, Demo)
+        return load_records(data, Demo, split)
     if task is None:
         raise ConfigError("give --task NAME (see `preftune tasks`) or --data FILE.jsonl")
     return task.demonstrations("train", num_examples, seed)
 
 
 def preference_pairs(task, data: Path | None, num_examples: int, seed: int, label_noise: float = 0.0,
-                     link: str = "bradley-terry") -> list[Pair]:
+                     link: str = "bradley-terry", split: str = "train") -> list[Pair]:
     """Preference pairs from a file, or a task's candidate pairs labelled by a simulated annotator."""
     if data is not None:
-        return load_records(data, Pair)
+        return load_records(data, Pair, split)
     if task is None:
         raise ConfigError("give --task NAME (see `preftune tasks`) or --data FILE.jsonl")
     from preftune.feedback import Annotator, label_pairs
@@ -51,13 +51,13 @@ def preference_pairs(task, data: Path | None, num_examples: int, seed: int, labe
 
 
 def prompts_with_references(task, data: Path | None, num_prompts: int, seed: int, need_references: bool = True,
-                            ) -> tuple[list[str], list[Demo]]:
+                            split: str = "train") -> tuple[list[str], list[Demo]]:
     """Training prompts (unique, in order) and the demonstrations they came from (the reference responses of
     ``--reward annotator``). A data file may be prompt-only (TRL's format for online methods) unless references
     are needed."""
     if data is not None:
-        prompts = list(dict.fromkeys(load_prompts(data)))
-        return prompts, load_records(data, Demo) if need_references else []
+        prompts = list(dict.fromkeys(load_prompts(data, split)))
+        return prompts, load_records(data, Demo, split) if need_references else []
     if task is None:
         raise ConfigError("give --task NAME (see `preftune tasks`) or --data FILE.jsonl of prompts")
     references = task.demonstrations("train", num_prompts, seed)
@@ -141,7 +141,7 @@ def rewards_from_inputs(reward: str | None, reward_fn: Sequence[str] | None, rew
 def train_from_inputs(method, config, task=None, data: Path | None = None, num_examples: int = 2000,
                       num_prompts: int = 2000, reward: str | None = None, label_noise: float = 0.0,
                       link: str = "bradley-terry", reward_fn: Sequence[str] | None = None,
-                      reward_weights: str | None = None):
+                      reward_weights: str | None = None, split: str = "train"):
     """Build ``method``'s input from a built-in task or a data file and train it: what `preftune train` runs."""
     kind, seed = method.inputs, config.seed
     if task is not None and kind not in task.inputs:
@@ -153,9 +153,9 @@ def train_from_inputs(method, config, task=None, data: Path | None = None, num_e
         raise ConfigError(f"train {method.name} cannot use --task {task.name}; its tasks: {', '.join(tasks)} "
                           f"(--task {task.name} is for {', '.join(methods)})")
     if kind == "demos":
-        return method.train(config, demonstrations(task, data, num_examples, seed))
+        return method.train(config, demonstrations(task, data, num_examples, seed, split))
     if kind == "pairs":
-        return method.train(config, preference_pairs(task, data, num_examples, seed, label_noise, link))
+        return method.train(config, preference_pairs(task, data, num_examples, seed, label_noise, link, split))
     if kind == "prompts":
         need_references = reward == "annotator"
         if method.name == "bon":  # answers held-out prompts
@@ -163,13 +163,13 @@ def train_from_inputs(method, config, task=None, data: Path | None = None, num_e
                 prompts, references = task.prompts("eval", num_prompts, seed), task.demonstrations("eval", num_prompts,
                                                                                                      seed)
             else:
-                prompts, references = prompts_with_references(task, data, num_prompts, seed, need_references)
+                prompts, references = prompts_with_references(task, data, num_prompts, seed, need_references, split)
             scorer = rewards_from_inputs(reward, reward_fn, reward_weights, task, references, seed, link, label_noise,
                                          config.max_length)
             from preftune.rewards import oracle_reward
 
             return method.train(config, prompts, scorer, oracle=oracle_reward(task) if task is not None else None)
-        prompts, references = prompts_with_references(task, data, num_prompts, seed, need_references)
+        prompts, references = prompts_with_references(task, data, num_prompts, seed, need_references, split)
         return method.train(config, prompts, rewards_from_inputs(reward, reward_fn, reward_weights, task, references,
                                                                  seed, link, label_noise, config.max_length))
     if kind == "comparisons":

@@ -119,3 +119,18 @@ def test_the_same_files_load_in_trl(tmp_path):
     ours = Pair(*__import__("preftune.data", fromlist=["implicit_prompt"]).implicit_prompt(chosen, rejected))
     assert (extracted["prompt"], extracted["chosen"], extracted["rejected"]) == (ours.prompt, ours.chosen,
                                                                                 ours.rejected)
+
+
+def test_a_saved_dataset_dict_split_is_chosen_from_the_cli(tmp_path):
+    import datasets
+    from typer.testing import CliRunner
+
+    from preftune.cli import app
+
+    datasets.DatasetDict({"train": datasets.Dataset.from_list([{"prompt": "a", "completion": "b"}]),
+                          "test": datasets.Dataset.from_list([{"prompt": "c", "completion": "d"}])}
+                         ).save_to_disk(str(tmp_path / "ds"))
+    assert load_records(tmp_path / "ds", Demo, "test") == [Demo("c", "d")]
+    r = CliRunner().invoke(app, ["train", "sft", "--data", str(tmp_path / "ds"), "--split", "validation",
+                                 "--output-dir", str(tmp_path / "out")])
+    assert r.exit_code == 2 and "not 'validation'" in r.output
