@@ -178,11 +178,56 @@ def field_names(cls: type) -> list[str]:
     return [f.name for f in dataclasses.fields(cls)]
 
 
+# Hugging Face / TRL argument names (TrainingArguments, SFTConfig, DPOConfig, GRPOConfig) and preftune's own, so a
+# TRL YAML's common keys run unchanged; a value maps to the field unchanged unless said here.
+HF_ALIASES = {"learning_rate": "lr", "gradient_accumulation_steps": "grad_accum", "max_steps": "steps",
+              "logging_steps": "log_every", "save_steps": "save_every", "model_name_or_path": "model",
+              "lr_scheduler_type": "lr_schedule", "save_total_limit": "keep_checkpoints", "max_len": "max_length"}
+HF_NOT_YET = {"num_train_epochs": "steps", "warmup_steps": "warmup_ratio", "report_to": None,
+              "gradient_checkpointing": None}
+
+
+def _from_hf_names(overrides: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """``overrides`` with Hugging Face argument names turned into preftune's: the aliases above, ``bf16`` /
+    ``fp16: true`` as ``mixed_precision``, and ``per_device_train_batch_size`` in its per-device meaning (the
+    global batch is it × ``grad_accum`` × the number of processes)."""
+    import os
+
+    out: dict[str, Any] = {}
+    for raw, value in overrides.items():
+        name = raw.replace("-", "_")
+        if name in names:
+            out[name] = value
+        elif name in HF_ALIASES and HF_ALIASES[name] in names:
+            out[HF_ALIASES[name]] = value
+        elif name in ("bf16", "fp16") and "mixed_precision" in names:
+            if _coerce_bool(name, value):
+                out["mixed_precision"] = name
+        elif name in HF_NOT_YET:
+            use = f"; give {HF_NOT_YET[name]!r} instead" if HF_NOT_YET[name] else ""
+            raise ConfigError(f"config field {raw!r} (a Hugging Face argument) is not supported yet{use}")
+        elif name != "per_device_train_batch_size":
+            out[raw] = value  # unknown: apply_overrides names it
+    if "per_device_train_batch_size" in overrides and "batch_size" in names:
+        per_device = int(overrides["per_device_train_batch_size"])
+        out["batch_size"] = per_device * int(out.get("grad_accum", 1)) * int(os.environ.get("WORLD_SIZE", "1"))
+    return out
+
+
+def _coerce_bool(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+        return value.lower() in ("true", "1", "yes", "on")
+    raise ConfigError(f"config field {name!r} must be true or false, got {value!r}")
+
+
 def apply_overrides(cfg, overrides: dict[str, Any]):
-    """A copy of ``cfg`` with ``overrides`` applied and validated (names accept ``-`` for ``_``)."""
+    """A copy of ``cfg`` with ``overrides`` applied and validated (names accept ``-`` for ``_``, and the Hugging
+    Face names of `HF_ALIASES`)."""
     names = field_names(type(cfg))
     changes = {}
-    for raw_name, value in overrides.items():
+    for raw_name, value in _from_hf_names(overrides, names).items():
         name = raw_name.replace("-", "_")
         if name not in names:
             close = difflib.get_close_matches(name, names, n=3)

@@ -294,3 +294,20 @@ def test_combined_rewards_skip_none_and_refuse_a_sample_nobody_scores():
         nobody(["p"], ["x"])
     with pytest.raises(ValueError, match="2 value"):
         CombinedReward({"a": print}, [1.0, 2.0])
+
+
+def test_a_trl_yaml_runs_with_hugging_face_argument_names(tmp_path, monkeypatch):
+    from preftune.config import build_config
+
+    path = tmp_path / "trl.yaml"
+    path.write_text("model_name_or_path: tiny\nlearning_rate: 5.0e-5\nper_device_train_batch_size: 4\n"
+                    "gradient_accumulation_steps: 2\nmax_steps: 7\nlogging_steps: 5\nsave_steps: 50\n"
+                    "lr_scheduler_type: linear\nbf16: false\nbeta: 0.2\n")
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    cfg = build_config(DPOConfig, path, [])
+    assert (cfg.model, cfg.lr, cfg.batch_size, cfg.grad_accum, cfg.steps, cfg.log_every, cfg.save_every,
+            cfg.lr_schedule, cfg.mixed_precision, cfg.beta) == ("tiny", 5e-5, 8, 2, 7, 5, 50, "linear", "auto", 0.2)
+    assert build_config(DPOConfig, None, ["--bf16"]).mixed_precision == "bf16"
+    path.write_text("num_train_epochs: 3\n")
+    with pytest.raises(ConfigError, match="'num_train_epochs' .* not supported yet; give 'steps'"):
+        build_config(DPOConfig, path, [])
