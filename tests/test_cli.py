@@ -311,3 +311,16 @@ def test_a_trl_yaml_runs_with_hugging_face_argument_names(tmp_path, monkeypatch)
     path.write_text("num_train_epochs: 3\n")
     with pytest.raises(ConfigError, match="'num_train_epochs' .* not supported yet; give 'steps'"):
         build_config(DPOConfig, path, [])
+
+
+def test_dpo_logs_the_metric_names_trl_dashboards_read(tmp_path):
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"{a}+1=", "chosen": str(a + 1), "rejected": str(a + 2)}) + "\n"
+                            for a in range(8)))
+    r = runner.invoke(app, ["train", "dpo", "--data", str(data), "--steps", "2", "--batch-size", "4", "--log-every",
+                            "1", "--progress", "false", "--output-dir", str(tmp_path / "out")])
+    assert r.exit_code == 0, r.output
+    row = json.loads((tmp_path / "out" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert {"rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
+            "logps/rejected"} <= set(row)
+    assert row["rewards/margins"] == pytest.approx(row["rewards/chosen"] - row["rewards/rejected"], abs=1e-6)

@@ -54,9 +54,13 @@ def train_dpo(config: DPOConfig, pairs: Sequence[Pair], model=None, tokenizer=No
         chosen, rejected = logps[: len(indices)], logps[len(indices):]
         ref_c, ref_r = ref[indices, 0].to(trainer.device), ref[indices, 1].to(trainer.device)
         loss, stats = dpo_loss(chosen, rejected, ref_c, ref_r, config.beta, config.label_smoothing)
-        return loss, {"reward_accuracy": stats["accuracy"].item(), "reward_margin": stats["margins"].item(),
-                      "chosen_reward": stats["chosen_rewards"].item(),
-                      "rejected_reward": stats["rejected_rewards"].item()}
+        accuracy, margin = stats["accuracy"].item(), stats["margins"].item()
+        return loss, {"reward_accuracy": accuracy, "reward_margin": margin,
+                      # the names every TRL dashboard reads
+                      "rewards/chosen": stats["chosen_rewards"].item(),
+                      "rewards/rejected": stats["rejected_rewards"].item(),
+                      "rewards/accuracies": accuracy, "rewards/margins": margin,
+                      "logps/chosen": chosen.detach().mean().item(), "logps/rejected": rejected.detach().mean().item()}
 
     trainer.fit_dataset(len(pairs), step, loss_fn, description="dpo")
     return trainer.finish(tokenizer)

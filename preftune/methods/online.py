@@ -291,6 +291,7 @@ class OnlineRun:
             "reward": (batch.scores - beta * kl).mean().item(),
             "kl_coef": beta,
             "response_length": batch.rollout.response_lengths.float().mean().item(),
+            "completions/mean_length": batch.rollout.response_lengths.float().mean().item(),  # TRL's name
             **updates,
             "generate_fraction": batch.generate_seconds / max(time.perf_counter() - started, 1e-9),
         }
