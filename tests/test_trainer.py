@@ -184,3 +184,13 @@ def test_a_checkpoint_from_an_older_preftune_is_refused_with_what_to_do(tmp_path
     (tmp_path / "checkpoint-2" / "trainer_state.json").write_text(json.dumps({"iteration": 2, "updates": 2}))
     with pytest.raises(TrainingError, match="older preftune.*--overwrite"):
         train_sft(_small(tmp_path, resume=True), DEMOS, tiny_model, tokenizer)
+
+
+def test_a_checkpoint_folder_loads_with_from_pretrained(tmp_path, tiny_model, tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    result = train_sft(_small(tmp_path, save_every=2, steps=4), DEMOS, tiny_model, tokenizer)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "checkpoint-2")
+    assert loaded.config.hidden_size == result.model.config.hidden_size
+    saved, state = load_file(tmp_path / "checkpoint-2" / "model.safetensors"), loaded.state_dict()
+    assert saved and all(torch.equal(state[k], v) for k, v in saved.items())  # the step-2 weights, not fresh ones
