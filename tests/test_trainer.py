@@ -140,23 +140,24 @@ def test_a_checkpoint_of_another_kind_of_run_is_refused(tmp_path, tiny_model, to
         trainer.fit(lambda it: {}, 4)
 
 
-def test_a_run_whose_every_step_was_skipped_fails_instead_of_saving(tmp_path, tiny_model):
-    cfg = TrainConfig(output_dir=str(tmp_path), steps=3, progress=False, save_every=0, max_bad_steps=10)
-    trainer = Trainer(cfg, tiny_model)
+def _nan_run(tmp_path, model, **kw) -> Trainer:
+    """A run whose every loss is NaN (each step is skipped)."""
+    trainer = Trainer(TrainConfig(output_dir=str(tmp_path), progress=False, save_every=0, **kw), model)
     step = GradientStep(trainer)
     x = torch.tensor([[5, 6, 7]])
     trainer.fit_dataset(4, step, lambda _: (trainer.model(input_ids=x).logits.sum() * float("nan"), {}))
+    return trainer
+
+
+def test_a_run_whose_every_step_was_skipped_fails_instead_of_saving(tmp_path, tiny_model):
+    trainer = _nan_run(tmp_path, tiny_model, steps=3, max_bad_steps=10)
     with pytest.raises(TrainingError, match="every one of the 3 steps"):
         trainer.finish()
     assert not (tmp_path / "final").exists()
 
 
 def test_metrics_jsonl_is_strict_json_even_with_non_finite_values(tmp_path, tiny_model):
-    cfg = TrainConfig(output_dir=str(tmp_path), steps=2, progress=False, save_every=0, log_every=1)
-    trainer = Trainer(cfg, tiny_model)
-    step = GradientStep(trainer)
-    x = torch.tensor([[5, 6, 7]])
-    trainer.fit_dataset(4, step, lambda _: (trainer.model(input_ids=x).logits.sum() * float("nan"), {}))
+    _nan_run(tmp_path, tiny_model, steps=2, log_every=1)
 
     def refuse(constant):
         raise ValueError(f"bare {constant} in metrics.jsonl")
