@@ -257,6 +257,21 @@ def encode_prompt_responses(tokenizer, prompts: Sequence[str], responses: Sequen
     return out
 
 
+def check_fits(tokenizer, prompts: Sequence[str], max_length: int, model=None) -> None:
+    """Before training: every prompt leaves room for a response within ``max_length``, and ``max_length`` is within
+    the model's positions, so no batch fails mid-run. The error names the first row that does not fit."""
+    positions = getattr(getattr(model, "config", None), "max_position_embeddings", None) or \
+        getattr(getattr(model, "config", None), "n_positions", None)
+    if positions is not None and max_length > positions:
+        raise DataError(f"config field 'max_length' ({max_length}) is beyond the model's {positions} positions")
+    unique = list(dict.fromkeys(prompts))
+    lengths = dict(zip(unique, map(len, prompt_token_ids(tokenizer, unique))))
+    for row, prompt in enumerate(prompts):
+        if lengths[prompt] >= max_length:
+            raise DataError(f"row {row}: its prompt of {lengths[prompt]} tokens leaves no room for a response within "
+                            f"max_length={max_length} (raise max_length or shorten the prompt): {prompt[:60]!r}")
+
+
 def collate_demos(tokenizer, demos: Sequence[Demo], max_length: int) -> TokenBatch:
     encoded = encode_prompt_responses(tokenizer, [d.prompt for d in demos], [d.response for d in demos], max_length)
     return pad_batch([e[0] for e in encoded], [e[1] for e in encoded], tokenizer.pad_token_id)

@@ -134,3 +134,16 @@ def test_a_saved_dataset_dict_split_is_chosen_from_the_cli(tmp_path):
     r = CliRunner().invoke(app, ["train", "sft", "--data", str(tmp_path / "ds"), "--split", "validation",
                                  "--output-dir", str(tmp_path / "out")])
     assert r.exit_code == 2 and "not 'validation'" in r.output
+
+
+def test_a_row_that_cannot_fit_is_found_before_training(tmp_path, tiny_model, tokenizer):
+    from preftune.methods.sft import SFTConfig, train_sft
+
+    demos = [Demo("1+1=", "2")] * 9 + [Demo("a long prompt " * 20, "x")]  # the last row, as on line 10
+    cfg = SFTConfig(output_dir=str(tmp_path), steps=1, batch_size=1, max_length=32, progress=False, save_every=0)
+    with pytest.raises(DataError, match="row 9: its prompt of .* tokens leaves no room"):
+        train_sft(cfg, demos, tiny_model, tokenizer)
+    assert not (tmp_path / "config.yaml").exists()  # refused before anything was written
+    with pytest.raises(DataError, match="'max_length' \\(4096\\) is beyond the model's"):
+        train_sft(SFTConfig(output_dir=str(tmp_path), max_length=4096, progress=False), demos[:1], tiny_model,
+                  tokenizer)

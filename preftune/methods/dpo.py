@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 from preftune.config import TrainConfig, doc, override
-from preftune.data import Pair, as_records, collate_pairs
+from preftune.data import Pair, as_records, check_fits, collate_pairs
 from preftune.losses import dpo_loss
 from preftune.models import load_policy
 from preftune.rollout import response_token_logprobs, score_logprobs
@@ -44,6 +44,7 @@ def train_dpo(config: DPOConfig, pairs: Sequence[Pair], model=None, tokenizer=No
     """DPO on `Pair` records or TRL preference rows (a ``datasets.Dataset`` or dicts)."""
     pairs = as_records(pairs, Pair)
     model, tokenizer = load_policy(config, model, tokenizer)
+    check_fits(tokenizer, [p.prompt for p in pairs], config.max_length, model)
     ref = reference_logprobs(model, tokenizer, pairs, config.max_length)
     trainer = Trainer(config, model, name="dpo")
     step = GradientStep(trainer)

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from preftune.config import ConfigError, doc
-from preftune.data import Demo, as_records, collate_demos
+from preftune.data import Demo, as_records, check_fits, collate_demos
 from preftune.losses import iq_online_loss, iq_sequence_rewards, iq_td_loss
 from preftune.methods.sft import SFTConfig
 from preftune.metrics import reward_model_accuracy, spearman
@@ -80,6 +80,7 @@ def train_iqlearn(config: IQLearnConfig, demos: Sequence[Demo], model=None, toke
     prompt-completion rows."""
     demos = as_records(demos, Demo)
     model, tokenizer = load_policy(config, model, tokenizer)
+    check_fits(tokenizer, [d.prompt for d in demos], config.max_length, model)
     trainer = Trainer(config, model, name="iqlearn")
     step = GradientStep(trainer)
     cfg = config

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from preftune.config import TrainConfig, doc
-from preftune.data import Pair, as_records, collate_pairs
+from preftune.data import Pair, as_records, check_fits, collate_pairs
 from preftune.feedback import Annotator, label_pairs
 from preftune.losses import bt_loss
 from preftune.metrics import annotator_agreement_with_oracle, reward_model_accuracy
@@ -61,6 +61,7 @@ def train_reward(config: RewardConfig, pairs: Sequence[Pair], model=None, tokeni
     TRL preference rows)."""
     pairs = as_records(pairs, Pair)
     base, tokenizer = load_policy(config, model, tokenizer)
+    check_fits(tokenizer, [p.prompt for p in pairs], config.max_length, base)
     reward_model = RewardModel.from_causal_lm(base, num_heads=config.num_heads, seed=config.seed,
                                                pooling=config.pooling)
     trainer = Trainer(config, reward_model, name="reward")

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from preftune.config import TrainConfig
-from preftune.data import Demo, as_records, collate_demos
+from preftune.data import Demo, as_records, check_fits, collate_demos
 from preftune.losses import sft_loss
 from preftune.models import load_policy
 from preftune.rollout import model_logits
@@ -22,6 +22,7 @@ def train_sft(config: SFTConfig, demos: Sequence[Demo], model=None, tokenizer=No
     """SFT on `Demo` records or TRL prompt-completion rows (a ``datasets.Dataset`` or dicts)."""
     demos = as_records(demos, Demo)
     model, tokenizer = load_policy(config, model, tokenizer)
+    check_fits(tokenizer, [d.prompt for d in demos], config.max_length, model)
     trainer = Trainer(config, model, name="sft")
     step = GradientStep(trainer)
 
