@@ -134,6 +134,8 @@ def _register(method) -> None:
             _fail(str(e))
         except Exception as e:  # noqa: BLE001 - the one boundary for what nothing above expected
             _unexpected(e)
+        if result.path is None:  # not the main process of a multi-process run: it saved nothing to report
+            return
         last = result.history[-1] if result.history else {}
         shown = ", ".join(f"{k} {last[k]:.4g}" for k in method.shows if k in last)
         console.print(f"[green]done[/]: {method.name}{' (' + shown + ')' if shown else ''} -> {result.path}")
