@@ -57,6 +57,9 @@ def _quiet_libraries() -> None:
     logging.getLogger("accelerate").setLevel(logging.ERROR)  # "removed shared tensor" on tied embeddings
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    import datasets
+
+    datasets.disable_progress_bars()  # "Generating train split" for every CSV/Parquet file read
 
 
 def _fail(message: str) -> None:

@@ -78,7 +78,7 @@ def _record_from_dict(kind: type, row: object, where: str):
                         f"yet; give {list(fields)}")
     if kind is Demo:
         completion = "completion" if "completion" in row else "response"
-        missing = [f for f in ("prompt", completion) if f not in row]
+        missing = [f for f, name in (("prompt", "prompt"), ("completion", completion)) if name not in row]
         if missing:
             raise DataError(f"{where}: missing field(s) {missing}; a demonstration needs {list(fields)} "
                             f"(or 'response' for 'completion')")
@@ -96,8 +96,13 @@ def _record_from_dict(kind: type, row: object, where: str):
 
 
 def _jsonl_rows(path: Path) -> Iterable[tuple[str, object]]:
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}:{lineno}: not UTF-8 text ({e.reason} at byte {e.start}); JSONL files are "
+                                f"UTF-8") from None
             if not line.strip():
                 continue
             try:

@@ -123,6 +123,9 @@ def rewards_from_inputs(reward: str | None, reward_fn: Sequence[str] | None, rew
     from preftune.rewards import CombinedReward, load_function, trl_style
 
     if not reward_fn:
+        if reward is None and task is None:
+            raise ConfigError("nothing to reward the samples: give --reward-fn module:function, --reward DIR (a "
+                              "reward model), or --task NAME for its oracle")
         return make_reward(reward or "oracle", task, references, seed, link, label_noise, max_length)
     functions = {}
     if reward is not None:

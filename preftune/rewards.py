@@ -120,7 +120,10 @@ class CombinedReward:
         scored = [False] * len(responses)
         self.last_metrics = {}
         for (name, function), weight in zip(self.functions.items(), self.weights):
-            scores = list(function(prompts=list(prompts), completions=list(responses)))
+            try:
+                scores = list(function(prompts=list(prompts), completions=list(responses)))
+            except Exception as e:  # the user's code: say whose it is; the traceback keeps the rest
+                raise RuntimeError(f"reward function {name} failed: {type(e).__name__}: {e}") from e
             if len(scores) != len(responses):
                 raise ValueError(f"reward function {name} returned {len(scores)} scores for {len(responses)} "
                                  f"completions")

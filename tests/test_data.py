@@ -147,3 +147,13 @@ def test_a_row_that_cannot_fit_is_found_before_training(tmp_path, tiny_model, to
     with pytest.raises(DataError, match="'max_length' \\(4096\\) is beyond the model's"):
         train_sft(SFTConfig(output_dir=str(tmp_path), max_length=4096, progress=False), demos[:1], tiny_model,
                   tokenizer)
+
+
+def test_bytes_that_are_not_utf8_name_the_file_and_line(tmp_path):
+    path = tmp_path / "bin.jsonl"
+    path.write_bytes(json.dumps({"prompt": "a", "completion": "b"}).encode() + b"\n\xff\xfe{}\n")
+    with pytest.raises(DataError, match=r"bin\.jsonl:2: not UTF-8 text"):
+        load_records(path, Demo)
+    path.write_text(json.dumps({"completion": "b"}) + "\n")
+    with pytest.raises(DataError, match=r"missing field\(s\) \['prompt'\];"):
+        load_records(path, Demo)
