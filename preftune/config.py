@@ -137,11 +137,7 @@ def _coerce(cls: type, name: str, value: Any) -> Any:
             return None
         tp = args[0]
     if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
-            return value.lower() in ("true", "1", "yes", "on")
-        raise ConfigError(f"config field {name!r} must be true or false, got {value!r}")
+        return _coerce_bool(name, value)
     if tp in (int, float):
         try:
             if isinstance(value, bool):
