@@ -17,6 +17,24 @@ def test_help_lists_every_config_field_with_default():
     assert "default 0.1" in out
 
 
+def test_help_imports_no_torch():
+    """`preftune --help` and `preftune train <method> --help` stay fast: the CLI, the method table and every config
+    import without torch, transformers or scipy (the training code imports them when a command runs)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from typer.testing import CliRunner\n"
+            "from preftune.cli import app\n"
+            "from preftune.methods import METHODS\n"
+            "for name in METHODS:\n"
+            "    assert CliRunner().invoke(app, ['train', name, '--help']).exit_code == 0, name\n"
+            "assert CliRunner().invoke(app, ['--help']).exit_code == 0\n"
+            "print(sorted(m for m in ('torch', 'transformers', 'scipy', 'numpy') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
 def test_bad_config_value_names_field_and_allowed_values(tmp_path):
     r = runner.invoke(app, ["train", "sft", "--task", "arithmetic", "--lr-schedule", "step",
                             "--output-dir", str(tmp_path)])

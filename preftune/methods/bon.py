@@ -9,28 +9,16 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from preftune.config import ModelConfig, doc
 from preftune.data import Demo, write_jsonl
+from preftune.methods.configs import BoNConfig
 from preftune.models import load_policy
 from preftune.rewards import RewardFn
 from preftune.rollout import generate
 from preftune.trainer import TrainResult
-
-
-@dataclass
-class BoNConfig(ModelConfig):
-    method_name = "bon"
-    n: int = field(default=16, metadata=doc("Samples per prompt; the best by the reward is kept.", ge=1))
-    temperature: float = field(default=1.0, metadata=doc("Sampling temperature (0 = greedy: every sample alike).",
-                                                         ge=0))
-    max_new_tokens: int = field(default=32, metadata=doc(
-        "Longest sampled response in tokens (the CLI defaults it to the task's max_response_chars + 1).", ge=1))
-    generation_batch_size: int = field(default=256, metadata=doc("Sequences decoded together.", ge=1))
 
 
 def best_of_n(model, tokenizer, prompts: Sequence[str], n: int, reward: RewardFn, max_new_tokens: int,

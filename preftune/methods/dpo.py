@@ -7,26 +7,15 @@ second model stays in memory during training.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import torch
 
-from preftune.config import TrainConfig, doc, override
 from preftune.data import Pair, as_records, check_fits, collate_pairs
 from preftune.losses import dpo_loss
+from preftune.methods.configs import DPOConfig
 from preftune.models import load_policy
 from preftune.rollout import response_token_logprobs, score_logprobs
 from preftune.trainer import GradientStep, Trainer, TrainResult
-
-
-@dataclass
-class DPOConfig(TrainConfig):
-    method_name = "dpo"
-    lr: float = override(TrainConfig, "lr", 2e-4)
-    beta: float = field(default=0.1, metadata=doc("DPO temperature β: strength of the implicit KL to the reference.",
-                                                  gt=0))
-    label_smoothing: float = field(default=0.0, metadata=doc(
-        "Conservative DPO ε: assumed probability that a label is flipped (0 = plain DPO).", ge=0, le=0.5))
 
 
 def reference_logprobs(model, tokenizer, pairs: Sequence[Pair], max_length: int, chunk: int = 256) -> torch.Tensor:

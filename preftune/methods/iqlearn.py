@@ -18,54 +18,19 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from preftune.config import ConfigError, doc
 from preftune.data import Demo, as_records, check_fits, collate_demos
 from preftune.losses import iq_online_loss, iq_sequence_rewards, iq_td_loss
-from preftune.methods.sft import SFTConfig
+from preftune.methods.configs import IQLearnConfig, mixture_problem
 from preftune.metrics import reward_model_accuracy, spearman
 from preftune.models import load_policy, save_causal_lm
 from preftune.rollout import generate, model_logits
 from preftune.trainer import GradientStep, Trainer, TrainingError, TrainResult, batch_indices
 
 IQ_SETTINGS_FILE = "iqlearn.json"  # beside the saved model: the γ its extracted reward needs
-
-
-@dataclass
-class IQLearnConfig(SFTConfig):
-    method_name = "iqlearn"
-    lam: float = field(default=0.01, metadata=doc(
-        "λ, weight of the TD term (λ = 1/(4α_χ²) of IQ-Learn's χ² regulariser); 0 = plain MLE. 0.01 kept MLE's "
-        "accuracy in the sweep of docs/benchmarks.md; larger λ buys diversity with accuracy.", ge=0))
-    gamma: float = field(default=1.0, metadata=doc("Discount γ of the token MDP.", ge=0, le=1))
-    alpha: float = field(default=0.0, metadata=doc(
-        "Online mix-in ratio: the fraction of each batch that is fresh policy samples (0 = offline IQLearn).",
-        ge=0, le=0.9))
-    temperature: float = field(default=1.0, metadata=doc("Sampling temperature of the online policy samples.", gt=0))
-    max_new_tokens: int = field(default=32, metadata=doc(
-        "Longest online policy sample in tokens (the CLI defaults it to the task's max_response_chars + 1).", ge=1))
-
-    def check(self) -> None:
-        super().check()
-        if self.alpha > 0 and self.lam == 0:
-            raise ConfigError("config field 'lam' must be > 0 when 'alpha' > 0: online, the value term is linear in "
-                              "V and only the χ² (TD) term bounds it")
-        if self.alpha > 0:
-            mixture_problem(self.alpha, self.batch_size, self.grad_accum, raise_as=ConfigError)
-
-
-def mixture_problem(alpha: float, batch: int, grad_accum: int, raise_as: type[Exception]) -> None:
-    """Every micro-batch must hold at least one demonstration and one policy sample, or its loss is not the α-mixture
-    objective (an empty side's mean is 0). ``batch`` is one process's share of the global batch."""
-    n_policy = round(alpha * batch)
-    if n_policy < grad_accum or batch - n_policy < grad_accum:
-        raise raise_as(f"config field 'alpha' ({alpha}) splits a batch of {batch} per process into {n_policy} policy "
-                       f"samples and {batch - n_policy} demonstrations; each must be at least grad_accum "
-                       f"({grad_accum}) so every micro-batch mixes both: raise batch_size or lower grad_accum")
 
 
 def _demo_labels(tokenizer, demos: Sequence[Demo], max_length: int, device):

@@ -21,83 +21,22 @@ One round (an iteration of `Trainer.fit`):
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import torch
 from torch import nn
 
-from preftune.config import ConfigError, LRSchedule, TrainConfig, doc, override
+from preftune.config import ConfigError
 from preftune.epistemic import build_epistemic_head, learnable_l2, set_feature_scaling
 from preftune.feedback import QueryLedger
 from preftune.losses import choice_loss, sequence_logprobs
+from preftune.methods.configs import JointConfig
 from preftune.metrics import distribution_metrics
 from preftune.tasks.population import PopulationTask, response_mask_of, response_space_ids
 from preftune.tiny import build_population_policy, build_population_tokenizer
 from preftune.trainer import GradientStep, Trainer, TrainResult, micro_batches
 
 EXPLORATION_SCHEMES = ("passive", "boltzmann", "infomax", "ts", "double-ts")
-
-
-@dataclass
-class JointConfig(TrainConfig):
-    method_name = "joint"
-    steps: int = field(default=40, metadata=doc("Rounds: each asks queries_per_round queries, then trains.", ge=1))
-    batch_size: int = field(default=128, metadata=doc("Choices per optimizer step, drawn from all asked so far.",
-                                                      ge=1))
-    lr_schedule: LRSchedule = override(TrainConfig, "lr_schedule", "constant")
-    warmup_ratio: float = override(TrainConfig, "warmup_ratio", 0.0)
-    save_every: int = override(TrainConfig, "save_every", 0)
-    log_every: int = override(TrainConfig, "log_every", 1)
-    # --- queries
-    explore: Literal["passive", "boltzmann", "infomax", "ts", "double-ts"] = field(default="double-ts", metadata=doc(
-        "Which candidates to show: passive (uniform), boltzmann (policy samples), infomax (most informative), "
-        "ts (one posterior sample's best), double-ts (each candidate from its own posterior sample)."))
-    queries_per_round: int = field(default=64, metadata=doc("Queries asked per round.", ge=1))
-    candidates: int = field(default=2, metadata=doc("K: candidates shown per query (2 = pairwise).", ge=2))
-    query_budget: int | None = field(default=None, metadata=doc("Stop with an error beyond this many queries.", ge=1))
-    choice_temperature: float = field(default=1.0, metadata=doc("τ of the choice model π^(1/τ).", gt=0))
-    boltzmann_temperature: float = field(default=1.0, metadata=doc("Temperature of boltzmann's policy samples.",
-                                                                   gt=0))
-    infomax_samples: int = field(default=16, metadata=doc("Posterior samples per query to estimate information gain.",
-                                                          ge=2))
-    posterior_pick: Literal["argmax", "sample"] = field(default="sample", metadata=doc(
-        "How a posterior sample picks its candidate(s) in ts / double-ts: its best response (argmax, Dwaracherla et "
-        "al.), or a draw from its own choice distribution softmax(u_z) (sample, preftune's variant for the inclusive "
-        "target; the default because argmax ends further from the population than passive: docs/benchmarks.md)."))
-    max_resamples: int = field(default=30, metadata=doc(
-        "double-ts: fresh posterior samples tried before taking the best candidate not yet picked.", ge=1))
-    candidate_pool: int = field(default=0, metadata=doc(
-        "infomax / ts / double-ts choose among this many distinct policy samples per query (Gumbel-top-M on "
-        "log π / boltzmann_temperature), as Dwaracherla et al. choose among an LM's sampled responses; 0 = among "
-        "every response.", ge=0))
-    # --- training
-    updates_per_round: int = field(default=20, metadata=doc("Optimizer steps after each round's queries.", ge=1))
-    # --- epistemic head
-    uncertainty: Literal["epinet", "ensemble"] = field(default="epinet", metadata=doc(
-        "Epistemic head on the LM's last hidden state."))
-    index_dim: int = field(default=16, metadata=doc("Epinet index dimension D (z ~ N(0, I_D)).", ge=1))
-    ensemble_size: int = field(default=10, metadata=doc("Heads of the ensemble.", ge=2))
-    head_hidden: int = field(default=32, metadata=doc("Hidden width of the epistemic head's MLPs.", ge=1))
-    prior_scale: float = field(default=1.0, metadata=doc("Scale a of the fixed random prior network.", ge=0))
-    head_features: Literal["initial", "current"] = field(default="initial", metadata=doc(
-        "The head's input: the starting LM's last hidden states, computed once (the head's targets stay put), or "
-        "the training LM's (they drift as it learns, and the head chases them)."))
-    index_samples: int = field(default=4, metadata=doc("Epistemic indices per optimizer step (the loss is their mean).",
-                                                       ge=1))
-    head_l2: float = field(default=1e-3, metadata=doc("L2 weight on the head's learnable parameters.", ge=0))
-
-    def check(self) -> None:
-        super().check()
-        if self.candidates > 64:
-            raise ConfigError(f"config field 'candidates' must be at most the 64 responses, got {self.candidates}")
-        if self.candidate_pool and not self.candidates <= self.candidate_pool <= 64:
-            raise ConfigError(f"config field 'candidate_pool' must be 0 or between candidates ({self.candidates}) and "
-                              f"the 64 responses, got {self.candidate_pool}")
-        if self.model != "tiny":
-            raise ConfigError(f"config field 'model' must be 'tiny' for joint (the population task has its own "
-                              f"word-level response space), got {self.model!r}")
 
 
 class JointModel(nn.Module):

@@ -21,63 +21,16 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
-from preftune.config import ConfigError, LRSchedule, TrainConfig, doc, override
 from preftune.data import as_prompts
 from preftune.losses import kl_k1
+from preftune.methods.configs import OnlineConfig
 from preftune.rewards import RewardFn, as_reward, reward_model_reward
 from preftune.rollout import Rollout, generate, score_logprobs
 from preftune.trainer import GradientStep, Trainer, TrainingError, TrainResult, batch_indices, micro_batches
-
-
-@dataclass
-class OnlineConfig(TrainConfig):
-    """Fields every online method shares. ``steps`` counts iterations (one rollout batch and its updates)."""
-
-    steps: int = field(default=100, metadata=doc(
-        "Iterations: each samples one rollout batch and runs ppo_epochs × num_minibatches optimizer steps on it.",
-        ge=1))
-    batch_size: int = field(default=32, metadata=doc("Prompts per iteration, over all processes.", ge=1))
-    lr: float = override(TrainConfig, "lr", 1e-4)
-    lr_schedule: LRSchedule = override(TrainConfig, "lr_schedule", "constant")
-    warmup_ratio: float = override(TrainConfig, "warmup_ratio", 0.0)
-    save_every: int = override(TrainConfig, "save_every", 20)
-    log_every: int = override(TrainConfig, "log_every", 1)
-    # --- sampling
-    samples_per_prompt: int = field(default=1, metadata=doc("Responses sampled per prompt.", ge=1))
-    max_new_tokens: int = field(default=32, metadata=doc(
-        "Longest sampled response in tokens (the CLI defaults it to the task's max_response_chars + 1).", ge=1))
-    temperature: float = field(default=1.0, metadata=doc(
-        "Sampling temperature; policy, behaviour and reference log-probs all use softmax(logits / T).", gt=0))
-    generation_batch_size: int = field(default=256, metadata=doc("Sequences decoded together.", ge=1))
-    # --- optimisation of each rollout batch
-    ppo_epochs: int = field(default=1, metadata=doc(
-        "Passes over each rollout batch (1 = on-policy: the ratio is 1 at every step's start).", ge=1))
-    num_minibatches: int = field(default=1, metadata=doc("Optimizer steps per pass over a rollout batch.", ge=1))
-    clip_range: float = field(default=0.2, metadata=doc("PPO ratio clip ε.", gt=0))
-    # --- KL to the reference policy
-    kl_coef: float = field(default=0.05, metadata=doc(
-        "KL coefficient β (the starting value when kl_target is set).", ge=0))
-    kl_target: float | None = field(default=None, metadata=doc(
-        "Target sequence KL in nats for the adaptive controller (Ziegler et al. 2019); none = fixed β.", gt=0))
-    kl_horizon: int = field(default=10000, metadata=doc(
-        "Adaptive controller horizon in samples: β moves by at most 20% × samples/horizon per iteration.", ge=1))
-    kl_stop: float = field(default=50.0, metadata=doc(
-        "Stop when the mean sequence KL to the reference exceeds this many nats (inf = never).", gt=0, allow_inf=True))
-
-    def check(self) -> None:
-        super().check()
-        rows = self.batch_size * self.samples_per_prompt
-        if rows < self.num_minibatches * self.grad_accum:
-            raise ConfigError(f"batch_size × samples_per_prompt ({rows}) must be at least num_minibatches × "
-                              f"grad_accum ({self.num_minibatches} × {self.grad_accum}) so no step is empty")
-
-    def total_updates(self) -> int:
-        return self.steps * self.ppo_epochs * self.num_minibatches
-
 
 # ----------------------------------------------------------------------------------------------
 # Reference policy and KL coefficient

@@ -22,12 +22,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from preftune.config import doc, override
 from preftune.losses import (
     gae_advantages,
     masked_mean,
@@ -37,22 +35,10 @@ from preftune.losses import (
     token_logprobs,
     value_loss,
 )
-from preftune.methods.online import OnlineBatch, OnlineConfig, OnlineRun, RewardFn
+from preftune.methods.configs import PPOConfig
+from preftune.methods.online import OnlineBatch, OnlineRun, RewardFn
 from preftune.models import load_policy, position_ids_from_mask
 from preftune.trainer import TrainResult
-
-
-@dataclass
-class PPOConfig(OnlineConfig):
-    method_name = "ppo"
-    ppo_epochs: int = override(OnlineConfig, "ppo_epochs", 4)
-    num_minibatches: int = override(OnlineConfig, "num_minibatches", 2)
-    lam: float = field(default=0.95, metadata=doc("GAE λ (γ is 1: the reward is paid once per response).",
-                                                  ge=0, le=1))
-    vf_coef: float = field(default=0.1, metadata=doc("Weight of the value loss beside the policy loss.", ge=0))
-    value_clip_range: float = field(default=0.2, metadata=doc(
-        "Clip of the value change per rollout batch in the value loss (0 = no clipping).", ge=0))
-    whiten_advantages: bool = field(default=True, metadata=doc("Normalise advantages over each rollout batch."))
 
 
 class PolicyWithValueHead(nn.Module):

@@ -4,30 +4,15 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Literal
 
-from preftune.config import TrainConfig, doc
 from preftune.data import Pair, as_records, check_fits, collate_pairs
 from preftune.feedback import Annotator, label_pairs
 from preftune.losses import bt_loss
+from preftune.methods.configs import RewardConfig
 from preftune.metrics import annotator_agreement_with_oracle, reward_model_accuracy
 from preftune.models import RewardModel, load_policy
 from preftune.rollout import score_rewards
 from preftune.trainer import GradientStep, Trainer, TrainResult
-
-
-@dataclass
-class RewardConfig(TrainConfig):
-    """The shared lr of 1e-3 beat 3e-4 in every run of the tiny-model sweep (docs/benchmarks.md); a reward model
-    learns the prompt-conditional part of a preference (is this word on the prompt's topic?) slowly, so it wants
-    many distinct pairs rather than many epochs over few: `preftune run` gives it 80k pairs, 3,000 steps of 128."""
-
-    method_name = "reward"
-    num_heads: int = field(default=1, metadata=doc("Reward heads on one body (>1: an ensemble).", ge=1))
-    pooling: Literal["last", "sum"] = field(default="last", metadata=doc(
-        "Where the head reads the body: 'last' non-pad token (TRL's design), or 'sum' of a score at every token "
-        "(a reward additive over tokens; `preftune run` uses it, docs/benchmarks.md)."))
 
 
 def pair_rewards(reward_model, tokenizer, pairs: Sequence[Pair], max_length: int, batch_size: int = 128):

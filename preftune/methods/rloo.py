@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from torch import nn
 
-from preftune.config import ConfigError, override
+from preftune.config import ConfigError
 from preftune.losses import (
     grpo_advantages,
     kl_k3,
@@ -32,32 +31,11 @@ from preftune.losses import (
     token_entropy,
     token_logprobs,
 )
-from preftune.methods.online import OnlineConfig, OnlineRun, RewardFn
+from preftune.methods.configs import GRPOConfig, RLOOConfig
+from preftune.methods.online import OnlineRun, RewardFn
 from preftune.models import load_policy
 from preftune.rollout import model_logits
 from preftune.trainer import TrainResult
-
-
-@dataclass
-class RLOOConfig(OnlineConfig):
-    """RLOO: leave-one-out baseline, the KL folded into the reward. `GRPOConfig` selects GRPO."""
-
-    method_name = "rloo"
-    samples_per_prompt: int = override(OnlineConfig, "samples_per_prompt", 4)
-
-    def check(self) -> None:
-        super().check()
-        if self.samples_per_prompt < 2:
-            raise ConfigError(f"config field 'samples_per_prompt' must be >= 2 for {self.method_name} "
-                              f"(the baseline comes from a prompt's other samples), got {self.samples_per_prompt}")
-
-
-@dataclass
-class GRPOConfig(RLOOConfig):
-    """GRPO: group-normalised advantage, the KL as a k3 loss term (DeepSeekMath uses β = 0.04)."""
-
-    method_name = "grpo"
-    kl_coef: float = override(OnlineConfig, "kl_coef", 0.04)
 
 
 def train_rloo(config: RLOOConfig, prompts: Sequence[str], reward: RewardFn | nn.Module, model=None,

@@ -22,78 +22,18 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
 from torch import nn
 
-from preftune.config import ConfigError, TrainConfig, doc
 from preftune.data import Demo, Pair, collate_demos, collate_pairs
 from preftune.losses import bt_loss, mib_loss
+from preftune.methods.configs import RLPConfig
 from preftune.models import RewardModel
 from preftune.trainer import GradientStep, Trainer, TrainResult
 
 METHODS = ("uml", "spg", "select-all", "rlaif")
 Equivalence = Callable[[str, str, str], bool]  # (prompt, response_a, response_b) -> do they mean the same?
-
-
-@dataclass
-class RLPConfig(TrainConfig):
-    """The whole pipeline. The inherited optimiser fields (steps, lr, batch_size, ...) are RLP's own stage, the
-    reward-model retraining; the other stages have their own ``<stage>_`` fields, defaulting to `preftune run`'s."""
-
-    method_name = "rlp"
-    method: Literal["uml", "spg", "select-all", "rlaif"] = field(default="spg", metadata=doc(
-        "How the reward model learns from policy samples: uml (multi-view information bottleneck), spg (synthetic "
-        "preferences), select-all or rlaif (the baselines)."))
-    task: str = field(default="preference-language", metadata=doc("Built-in task (see `preftune tasks`)."))
-    # --- the stages before RLP (defaults: `preftune run`'s sizes)
-    demos: int = field(default=4000, metadata=doc("Teacher demonstrations for SFT.", ge=1))
-    sft_steps: int = field(default=800, metadata=doc("SFT optimizer steps.", ge=1))
-    human_pairs: int = field(default=40000, metadata=doc("Annotator-labelled pairs D for the reward model.", ge=1))
-    reward_steps: int = field(default=350, metadata=doc("Optimizer steps of the first reward model.", ge=1))
-    ppo_steps: int = field(default=100, metadata=doc("PPO iterations (both PPO stages).", ge=1))
-    ppo_kl_coef: float = field(default=0.2, metadata=doc(
-        "PPO's KL coefficient against a learned reward model (`preftune run`'s RM_KL_COEF).", ge=0))
-    # --- policy samples
-    policy_instructions: int = field(default=2000, metadata=doc(
-        "Training instructions drawn (with repeats) to sample the PPO policy on.", ge=1))
-    samples_per_instruction: int = field(default=10, metadata=doc("n: policy samples per instruction.", ge=2))
-    sample_temperature: float = field(default=1.0, metadata=doc("Temperature of the policy samples.", gt=0))
-    # --- RLP's own stage: retraining the reward model (continues from the first one)
-    steps: int = field(default=100, metadata=doc("Optimizer steps of the reward-model retraining.", ge=1))
-    batch_size: int = field(default=128, metadata=doc("Pairs per retraining step (also the first RM's).", ge=1))
-    lr: float = field(default=3e-4, metadata=doc("Peak learning rate of the retraining.", gt=0))
-    confidence_threshold: float = field(default=0.5, metadata=doc(
-        "SPG keeps an instruction when its largest cluster holds at least this share of the n samples.", ge=0, le=1))
-    synthetic_share: float | None = field(default=None, metadata=doc(
-        "spg/select-all/rlaif: share of every batch drawn from the synthetic pairs D̂; none = sample D ∪ D̂ "
-        "uniformly (the paper's union).", ge=0, le=0.95))
-    uml_weight: float = field(default=1.0, metadata=doc("λ: weight of the UML loss beside the BT loss.", ge=0))
-    uml_lr: float = field(default=1e-3, metadata=doc(
-        "Peak learning rate of the UML encoder and critic (trained from scratch; the reward model uses lr).", gt=0))
-    uml_beta: float = field(default=1e-3, metadata=doc(
-        "β: weight of the symmetric KL inside the UML loss (Federici et al.'s starting value).", ge=0))
-    latent_dim: int = field(default=64, metadata=doc("Dimension of the UML encoders' z.", ge=1))
-    match_reward_scale: bool = field(default=True, metadata=doc(
-        "Rescale the retrained reward model to the first one's spread on the policy samples, so the second PPO's "
-        "KL coefficient means what it meant for the first (a Bradley–Terry reward's scale is arbitrary)."))
-    # --- evaluation
-    eval_prompts: int = field(default=400, metadata=doc("Held-out prompts for win rates.", ge=1))
-    best_of: int = field(default=16, metadata=doc("N of the Best-of-N baseline (reward model).", ge=1))
-    judge_flip_prob: float = field(default=0.25, metadata=doc(
-        "Label-flip probability of the simulated win-rate judge (AlpacaFarm's 0.25).", ge=0, le=0.5))
-    policy_eval_pairs: int = field(default=400, metadata=doc(
-        "Prompts whose two PPO-policy samples, labelled by the oracle, measure reward models on policy outputs.",
-        ge=1))
-
-    def check(self) -> None:
-        super().check()
-        from preftune.tasks import TASKS
-
-        if self.task not in TASKS:
-            raise ConfigError(f"config field 'task' must be one of {sorted(TASKS)}, got {self.task!r}")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -3,19 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
-from preftune.config import TrainConfig
 from preftune.data import Demo, as_records, check_fits, collate_demos
 from preftune.losses import sft_loss
+from preftune.methods.configs import SFTConfig
 from preftune.models import load_policy
 from preftune.rollout import model_logits
 from preftune.trainer import GradientStep, Trainer, TrainResult
-
-
-@dataclass
-class SFTConfig(TrainConfig):
-    method_name = "sft"
 
 
 def train_sft(config: SFTConfig, demos: Sequence[Demo], model=None, tokenizer=None) -> TrainResult:

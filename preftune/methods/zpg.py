@@ -22,73 +22,19 @@ import math
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import torch
 from torch import nn
 
-from preftune.config import ConfigError, ModelConfig, RunConfig, doc, override
-from preftune.feedback import Annotator, QueryLedger, repeated_preference_shares
+from preftune.config import ConfigError
+from preftune.feedback import QueryLedger, repeated_preference_shares
 from preftune.losses import preference_value_difference, zpg_gradient
+from preftune.methods.configs import ZPGConfig
 from preftune.models import load_policy
 from preftune.rollout import generate
 from preftune.tasks.gridworld import GridWorld, return_utility
 from preftune.trainer import Trainer, TrainResult, batch_indices
-
-
-@dataclass
-class ZPGConfig(ModelConfig):
-    """ZPG's update is its own (θ ← θ + α·ĝ), so it takes no optimizer fields."""
-
-    method_name = "zpg"
-    algorithm: Literal["zpg", "zbcpg"] = field(default="zpg", metadata=doc(
-        "zpg: perturb all coordinates at once; zbcpg: one random block of block_size coordinates per iteration."))
-    batch_size: int = field(default=16, metadata=doc("N: trajectory pairs per iteration.", ge=1))
-    annotators_per_pair: int = field(default=4, metadata=doc("M: annotator labels per pair (N·M queries per "
-                                                             "iteration).", ge=1))
-    mu: float = field(default=4.0, metadata=doc("Perturbation radius μ (the norm of θ' − θ).", gt=0))
-    lr: float = field(default=0.1, metadata=doc(
-        "Step size α of θ ← θ + α·ĝ (GridWorld-tuned; the CLI lowers it for LMs).", gt=0))
-    link: Literal["bradley-terry", "thurstone", "weibull"] = field(default="bradley-terry", metadata=doc(
-        "The link σ the learner inverts; a mismatch with annotator_link is allowed."))
-    link_shape: float = field(default=2.0, metadata=doc("Shape k of the learner's Weibull link.", gt=0))
-    clip_eps: float = field(default=0.05, metadata=doc(
-        "Preference shares are clipped to [eps, 1 − eps] before σ⁻¹ (σ⁻¹(0), σ⁻¹(1) are infinite).", gt=0, le=0.49))
-    block_size: int = field(default=4, metadata=doc(
-        "ZBCPG: coordinates per block (4 = one GridWorld state's action logits).", ge=1))
-    perturb: Literal["all", "lora"] = field(default="all", metadata=doc(
-        "LM: perturb all trainable weights, or fresh LoRA adapters only (sets lora)."))
-    param_filter: str = field(default="", metadata=doc(
-        "LM: perturb only the weights whose name matches this regex (a fixed block); empty = no filter."))
-    annotator_link: Literal["bradley-terry", "thurstone", "weibull"] = field(default="bradley-terry", metadata=doc(
-        "The simulated annotators' link."))
-    annotator_temperature: float = field(default=1.0, metadata=doc(
-        "Annotators prefer by σ((u' − u)/T); smaller T = more decisive.", gt=0))
-    annotator_flip_prob: float = field(default=0.0, metadata=doc("Annotator label-flip probability.", ge=0, le=0.5))
-    query_budget: int | None = field(default=None, metadata=doc(
-        "Stop with an error if the ledger would exceed this many human queries; none = no limit.", ge=1))
-    # --- GridWorld
-    gridworld_slip: float = field(default=0.2, metadata=doc("GridWorld: probability a move slips sideways.",
-                                                            ge=0, le=1))
-    gridworld_horizon: int = field(default=20, metadata=doc("GridWorld: moves per episode.", ge=1))
-    # --- LM sampling
-    max_new_tokens: int = field(default=30, metadata=doc("LM: longest sampled response in tokens.", ge=1))
-    temperature: float = field(default=1.0, metadata=doc("LM: sampling temperature.", gt=0))
-    save_every: int = override(RunConfig, "save_every", 0)
-    log_every: int = override(RunConfig, "log_every", 1)
-
-    def check(self) -> None:
-        super().check()
-        if self.perturb == "lora" and self.param_filter:
-            raise ConfigError("config fields 'perturb'='lora' and 'param_filter' exclude each other: LoRA already "
-                              "picks the perturbed weights")
-
-    def annotator(self, utility: Callable[[str, object], float]) -> Annotator:
-        return Annotator(utility, link=self.annotator_link, temperature=self.annotator_temperature,
-                         flip_prob=self.annotator_flip_prob)
-
 
 # ----------------------------------------------------------------------------------------------
 # The perturbed coordinates and one iteration, shared by the tabular and the LM policy
