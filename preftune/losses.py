@@ -40,7 +40,12 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim=None) -> torch.Ten
 
 def sft_loss(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Maximum likelihood: mean negative log-likelihood over response tokens."""
-    return -masked_mean(token_logprobs(logits, labels), mask)
+    return response_nll(token_logprobs(logits, labels), mask)
+
+
+def response_nll(logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """`sft_loss` from the response tokens' log-probs (`rollout.label_scores`, which runs the head there only)."""
+    return -masked_mean(logprobs, mask)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -213,10 +218,15 @@ def iq_soft_values(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tenso
     s_{t+1} is the state after a_t = labels[:, t], whose values are ``logits[:, t+1]``. After the last response
     token (the eos, or the cut of a truncated response) the episode ends: V(s_{t+1}) = 0. The response must be one
     contiguous run of mask = 1 per row (prompt left of it, padding right of it), as every collator here makes it.
+    ``logits`` may also be the pair ``(Q(s_t, a_t), V(s_t))`` ``[B, T]`` already taken at the response positions
+    (`rollout.label_scores`: ``(picked, logsumexp)``, the head run there only); the IQLearn losses below pass it on.
     """
-    logits = logits.float()
-    q = torch.gather(logits, -1, labels.unsqueeze(-1)).squeeze(-1)
-    v = torch.logsumexp(logits, dim=-1)
+    if isinstance(logits, tuple):
+        q, v = logits
+    else:
+        logits = logits.float()
+        q = torch.gather(logits, -1, labels.unsqueeze(-1)).squeeze(-1)
+        v = torch.logsumexp(logits, dim=-1)
     mask = mask.to(v.dtype)
     next_mask = F.pad(mask[:, 1:], (0, 1))  # 0 past the end: the terminal state's value is 0
     next_v = F.pad(v[:, 1:], (0, 1)) * next_mask

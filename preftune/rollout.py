@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from preftune.data import prompt_token_ids
-from preftune.losses import token_logprobs
 from preftune.models import cache_argument, position_ids_from_mask
 
 
@@ -24,6 +24,102 @@ def model_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -
     """Logits ``[B, T, V]`` with mask-derived positions (correct for left and right padding)."""
     return model(input_ids=input_ids, attention_mask=attention_mask,
                  position_ids=position_ids_from_mask(attention_mask), use_cache=False).logits
+
+
+# ----------------------------------------------------------------------------------------------
+# The LM head only where a loss reads it
+
+# Causal LMs whose logits are exactly ``lm_head(body(...).last_hidden_state)`` (no soft-capping or scaling after the
+# head), so the head may be applied at the scored positions only; any other model runs whole (same numbers, slower).
+HEAD_ONLY_MODEL_TYPES = frozenset({"llama", "gpt2", "mistral", "qwen2", "qwen3", "phi3", "gpt_neox", "olmo2",
+                                   "smollm3"})
+HEAD_CHUNK_ELEMENTS = 2 ** 27  # logits held at once (512 MB in fp32); more positions go in checkpointed chunks
+
+
+@dataclass
+class LabelScores:
+    """The head's verdict on each label ``input_ids[:, t + 1]`` at the positions asked for, each ``[B, T-1]`` and
+    zero elsewhere: ``picked`` = logits_t[label] / T and ``logsumexp`` = logsumexp(logits_t / T), so log π = picked −
+    logsumexp (at T = 1 they are IQLearn's Q(s_t, a_t) and V(s_t)); ``entropy`` of softmax(logits_t / T), detached,
+    when asked for."""
+
+    picked: torch.Tensor
+    logsumexp: torch.Tensor
+    entropy: torch.Tensor | None = None
+
+    @property
+    def logprobs(self) -> torch.Tensor:
+        return self.picked - self.logsumexp
+
+
+def lm_body_and_head(model):
+    """``(body, head)`` of a transformers causal LM (LoRA-wrapped too) whose logits are ``head(body(...)[0])``, or
+    None: a wrapper (DDP, `tiny.ResponseSpaceLM`) or a model that changes logits after its head runs whole."""
+    from transformers import PreTrainedModel
+
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft: LoRA lives inside lm
+    if not isinstance(lm, PreTrainedModel) or getattr(lm.config, "model_type", None) not in HEAD_ONLY_MODEL_TYPES:
+        return None
+    body, head = getattr(lm, lm.base_model_prefix, None), lm.get_output_embeddings()
+    if body is None or head is None or not type(lm).__name__.endswith(("ForCausalLM", "LMHeadModel")):
+        return None
+    return body, head
+
+
+def _head_scores(head, states: torch.Tensor, labels: torch.Tensor, temperature: float, entropy: bool):
+    """``head`` at ``states`` ``[N, H]``: each label's scaled logit, the logsumexp and (detached) the entropy."""
+    logits = head(states).float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    picked = torch.gather(logits, -1, labels.unsqueeze(-1)).squeeze(-1)
+    lse = torch.logsumexp(logits, dim=-1)
+    if not entropy:
+        return picked, lse, None
+    with torch.no_grad():
+        logp = logits.log_softmax(-1)
+        return picked, lse, -(logp.exp() * logp).sum(-1)
+
+
+def label_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, label_mask: torch.Tensor,
+                 temperature: float = 1.0, entropy: bool = False) -> LabelScores:
+    """Score the labels ``input_ids[:, 1:]`` where ``label_mask`` ``[B, T-1]`` is set (the response), applying the
+    LM head at those positions only: the body runs over the whole sequence, the head (≈ a fifth of a small LM's
+    FLOPs, and vocabulary × positions of memory) over the response. Equal, within float rounding, to
+    ``token_logprobs(model_logits(...)[:, :-1], input_ids[:, 1:], T) * label_mask``, gradients included."""
+    parts = lm_body_and_head(model)
+    if parts is None:  # the whole model, then the scored positions of its logits
+        return scores_at(torch.nn.Identity(), model_logits(model, input_ids, attention_mask), input_ids, label_mask,
+                         temperature, entropy)
+    body, head = parts
+    states = body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+                  position_ids=position_ids_from_mask(attention_mask)).last_hidden_state
+    return scores_at(head, states, input_ids, label_mask, temperature, entropy)
+
+
+def scores_at(head, states: torch.Tensor, input_ids: torch.Tensor, label_mask: torch.Tensor, temperature: float = 1.0,
+              entropy: bool = False) -> LabelScores:
+    """`LabelScores` of ``head`` applied to ``states`` ``[B, T, H]`` (the body's last hidden states; or logits, with
+    an identity head) where ``label_mask`` is set. Positions go through the head in chunks of
+    `HEAD_CHUNK_ELEMENTS` logits, each recomputed in the backward pass (activation checkpointing) when there is
+    more than one, so peak memory does not grow with vocabulary × sequence."""
+    rows, cols = label_mask.nonzero(as_tuple=True)
+    labels, states = input_ids[rows, cols + 1], states[rows, cols]
+    vocab = head.out_features if isinstance(head, torch.nn.Linear) else states.shape[-1]
+    size = max(1, HEAD_CHUNK_ELEMENTS // vocab)
+    scored = []
+    for start in range(0, max(len(rows), 1), size):
+        args = (head, states[start:start + size], labels[start:start + size], temperature, entropy)
+        if torch.is_grad_enabled() and len(rows) > size:
+            scored.append(checkpoint(_head_scores, *args, use_reentrant=False))
+        else:
+            scored.append(_head_scores(*args))
+
+    def scatter(values: list[torch.Tensor]) -> torch.Tensor:
+        full = torch.zeros(label_mask.shape, dtype=torch.float32, device=input_ids.device)
+        return full.index_put((rows, cols), torch.cat(values))
+
+    return LabelScores(scatter([s[0] for s in scored]), scatter([s[1] for s in scored]),
+                       scatter([s[2] for s in scored]) if entropy else None)
 
 
 @dataclass
@@ -239,9 +335,9 @@ def _assemble(chunks, prompts, prompt_index, tokenizer) -> Rollout:
 
 def response_token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                             response_mask: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """Per-token log-probs ``[N, T-1]`` of the response tokens (zero elsewhere), with gradients."""
-    logits = model_logits(model, input_ids, attention_mask)[:, :-1]
-    return token_logprobs(logits, input_ids[:, 1:], temperature) * response_mask[:, 1:]
+    """Per-token log-probs ``[N, T-1]`` of the response tokens (zero elsewhere), with gradients; the LM head runs
+    at the response positions only (`label_scores`)."""
+    return label_scores(model, input_ids, attention_mask, response_mask[:, 1:].bool(), temperature).logprobs
 
 
 @torch.no_grad()

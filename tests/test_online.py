@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 from preftune.config import ConfigError, apply_overrides
 from preftune.feedback import Annotator, QueryLedger
 from preftune.inputs import make_reward
+from preftune.losses import token_logprobs
 from preftune.methods.online import KLController, OnlineConfig, ReferencePolicy, collect
 from preftune.methods.ppo import PolicyWithValueHead, PPOConfig, rollout_values, train_ppo
 from preftune.methods.rloo import GRPOConfig, RLOOConfig, train_grpo, train_rloo
@@ -290,11 +291,12 @@ def test_kl_guard_stops_a_drifting_run(tmp_path, tiny_model, tokenizer):
 def test_ppo_value_head_starts_at_zero(tiny_model, tokenizer):
     model = PolicyWithValueHead(tiny_model)
     ids = torch.tensor([[0, 5, 6, 7], [8, 9, 10, 11]])
-    logits, values = model(ids, torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1]]))
+    attn, label_mask = torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1]]), torch.tensor([[0, 1, 1], [0, 0, 1]]).bool()
+    scores, values = model(ids, attn, label_mask)
     assert torch.equal(values, torch.zeros(2, 4))
-    assert torch.allclose(logits, tiny_model(input_ids=ids, attention_mask=torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1]]),
-                                             position_ids=torch.tensor([[0, 0, 1, 2], [0, 1, 2, 3]])).logits,
-                          atol=1e-5)
+    positions = torch.tensor([[0, 0, 1, 2], [0, 1, 2, 3]])
+    logits = tiny_model(input_ids=ids, attention_mask=attn, position_ids=positions).logits
+    assert torch.allclose(scores.logprobs, token_logprobs(logits[:, :-1], ids[:, 1:]) * label_mask, atol=1e-5)
     torch.manual_seed(0)
     batch = collect(tiny_model, ReferencePolicy(tiny_model), tokenizer, ["1+2="], digits_reward,
                     OnlineConfig(samples_per_prompt=2, max_new_tokens=4))

@@ -70,3 +70,81 @@ def test_behaviour_logprobs_are_those_of_the_filtered_distribution_sampled_from(
     mask = three.labels_mask.bool()
     assert torch.all(three.logprobs[mask] >= unfiltered[mask] - 1e-5)
     assert torch.any(three.logprobs[mask] > unfiltered[mask] + 1e-3)  # renormalised over the kept tokens
+
+
+# ----------------------------------------------------------------------------------------------
+# The LM head only at the scored positions: the same log-probs and gradients as the whole-vocabulary path
+
+
+def _head_only_models(tokenizer):
+    from preftune.models import LoraSettings, apply_lora
+    from preftune.tiny import TinySpec, build_tiny_model
+
+    spec = TinySpec(hidden_size=32, num_layers=2, num_heads=2)
+    lora = apply_lora(build_tiny_model("tiny", tokenizer, spec, seed=2), LoraSettings(r=2, alpha=4))
+    with torch.no_grad():  # LoRA's B starts at zero: make the adapters change the output
+        for name, p in lora.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    return {"llama": build_tiny_model("tiny", tokenizer, spec, seed=0),
+            "gpt2": build_tiny_model("tiny-gpt2", tokenizer, spec, seed=1), "lora": lora}
+
+
+def _scored_batch():
+    # a left-padded row, a right-padded row and a full one; the label mask is each row's response
+    ids = torch.tensor([[0, 0, 5, 6, 7, 8, 9], [5, 6, 7, 8, 9, 10, 0], [4, 5, 6, 7, 8, 9, 10]])
+    attn = torch.tensor([[0, 0, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1, 1]])
+    resp = torch.tensor([[0, 0, 0, 0, 1, 1, 1], [0, 0, 1, 1, 1, 1, 0], [0, 0, 0, 0, 0, 1, 1]])
+    return ids, attn, resp
+
+
+def _full_head(model, ids, attn, resp, temperature):
+    from preftune.losses import token_entropy, token_logprobs
+
+    logits = model_logits(model, ids, attn)[:, :-1]
+    mask = resp[:, 1:]
+    return (token_logprobs(logits, ids[:, 1:], temperature) * mask,
+            torch.logsumexp(logits.float() / temperature, -1) * mask,
+            token_entropy(logits.detach(), temperature) * mask)
+
+
+def test_head_at_scored_positions_equals_the_full_head_with_gradients(tokenizer, monkeypatch):
+    import preftune.rollout as rollout
+
+    ids, attn, resp = _scored_batch()
+    for name, model in _head_only_models(tokenizer).items():
+        assert rollout.lm_body_and_head(model) is not None, name  # the head-only path is the one taken
+        for chunk in (rollout.HEAD_CHUNK_ELEMENTS, 3 * model.config.vocab_size):  # one chunk; checkpointed chunks
+            monkeypatch.setattr(rollout, "HEAD_CHUNK_ELEMENTS", chunk)
+            weights = [p for p in model.parameters() if p.requires_grad]
+            want = _full_head(model, ids, attn, resp, 0.7)
+            want_grads = torch.autograd.grad((want[0] * torch.arange(6.0)).sum() + want[1].sum(), weights)
+            got = rollout.label_scores(model, ids, attn, resp[:, 1:].bool(), 0.7, entropy=True)
+            got_grads = torch.autograd.grad((got.logprobs * torch.arange(6.0)).sum() + got.logsumexp.sum(), weights)
+            for a, b in ((got.logprobs, want[0]), (got.logsumexp, want[1]), (got.entropy, want[2])):
+                assert torch.allclose(a, b, atol=1e-5), name
+            assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(got_grads, want_grads)), name
+            assert torch.equal(got.logprobs != 0, resp[:, 1:].bool()), name
+
+
+def test_head_runs_at_the_response_positions_only(tokenizer):
+    model = _head_only_models(tokenizer)["llama"]
+    seen = []
+    model.lm_head.register_forward_hook(lambda module, args, out: seen.append(args[0].shape[0]))
+    ids, attn, resp = _scored_batch()
+    score_logprobs(model, ids, attn, resp)
+    assert seen == [int(resp[:, 1:].sum())]  # 9 of the 18 label positions
+
+
+def test_a_model_with_its_own_logits_runs_whole_with_the_same_scores(tokenizer):
+    """`tiny.ResponseSpaceLM` masks its logits after the head: it keeps the full forward, and the scores agree."""
+    import preftune.rollout as rollout
+    from preftune.tiny import build_population_policy, build_population_tokenizer
+
+    words = build_population_tokenizer()
+    policy = build_population_policy(words)
+    assert rollout.lm_body_and_head(policy) is None
+    ids = torch.randint(4, words.vocab_size, (3, 6))
+    resp = torch.tensor([[0, 0, 1, 1, 1, 1]] * 3)
+    want = _full_head(policy, ids, torch.ones_like(ids), resp, 1.0)[0]
+    assert torch.allclose(rollout.response_token_logprobs(policy, ids, torch.ones_like(ids), resp), want, atol=1e-6)

@@ -27,7 +27,7 @@ from preftune.losses import iq_online_loss, iq_sequence_rewards, iq_td_loss
 from preftune.methods.configs import IQLearnConfig, mixture_problem
 from preftune.metrics import reward_model_accuracy, spearman
 from preftune.models import load_policy, save_causal_lm
-from preftune.rollout import generate, model_logits
+from preftune.rollout import generate, label_scores
 from preftune.trainer import GradientStep, Trainer, TrainingError, TrainResult, batch_indices
 
 IQ_SETTINGS_FILE = "iqlearn.json"  # beside the saved model: the γ its extracted reward needs
@@ -50,8 +50,9 @@ def train_iqlearn(config: IQLearnConfig, demos: Sequence[Demo], model=None, toke
     step = GradientStep(trainer)
     cfg = config
 
-    def forward(ids, attn, resp):
-        return model_logits(trainer.model, ids, attn)[:, :-1], ids[:, 1:], resp[:, 1:]
+    def forward(ids, attn, resp):  # (Q(s_t, a_t), V(s_t)) at the response tokens: V(s_{t+1}) is the next one's
+        scores = label_scores(trainer.model, ids, attn, resp[:, 1:].bool())
+        return (scores.picked, scores.logsumexp), ids[:, 1:], resp[:, 1:]
 
     def loss_fn(micro: list[tuple[str, int]]):
         expert = [demos[i] for kind, i in micro if kind == "demo"]
@@ -121,8 +122,8 @@ def score_sequence_rewards(model, tokenizer, prompts: Sequence[str], responses: 
     for s in range(0, len(prompts), batch_size):
         demos = [Demo(p, r) for p, r in zip(prompts[s:s + batch_size], responses[s:s + batch_size])]
         ids, attn, resp = _demo_labels(tokenizer, demos, max_length, device)
-        logits = model_logits(model, ids, attn)[:, :-1]
-        out.append(iq_sequence_rewards(logits, ids[:, 1:], resp[:, 1:], gamma).cpu())
+        scores = label_scores(model, ids, attn, resp[:, 1:].bool())
+        out.append(iq_sequence_rewards((scores.picked, scores.logsumexp), ids[:, 1:], resp[:, 1:], gamma).cpu())
     model.train(was_training)
     return torch.cat(out)
 

@@ -31,13 +31,12 @@ from preftune.losses import (
     masked_mean,
     masked_whiten,
     ppo_clip_loss,
-    token_entropy,
-    token_logprobs,
     value_loss,
 )
 from preftune.methods.configs import PPOConfig
 from preftune.methods.online import OnlineBatch, OnlineRun, RewardFn
 from preftune.models import load_policy, position_ids_from_mask
+from preftune.rollout import LabelScores, lm_body_and_head, scores_at
 from preftune.trainer import TrainResult
 
 
@@ -51,10 +50,24 @@ class PolicyWithValueHead(nn.Module):
         nn.init.zeros_(self.value_head.weight)  # V ≡ 0 at the start: no value-loss gradient into the body yet
         nn.init.zeros_(self.value_head.bias)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.policy(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
-                          position_ids=position_ids_from_mask(attention_mask), output_hidden_states=True)
-        return out.logits, self.value_head(out.hidden_states[-1]).squeeze(-1).float()
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, label_mask: torch.Tensor | None = None,
+                temperature: float = 1.0) -> tuple[LabelScores | None, torch.Tensor]:
+        """The scores of the labels where ``label_mask`` ``[B, T-1]`` is set (the LM head runs there only; None
+        without a mask) and the values ``[B, T]`` at every position."""
+        positions = position_ids_from_mask(attention_mask)
+        parts = lm_body_and_head(self.policy)
+        if parts is None:  # a model the head cannot be split from: its logits at every position
+            out = self.policy(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+                              position_ids=positions, output_hidden_states=True)
+            hidden, states, head = out.hidden_states[-1], out.logits, nn.Identity()
+        else:
+            body, head = parts
+            hidden = states = body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+                                   position_ids=positions).last_hidden_state
+        values = self.value_head(hidden).squeeze(-1).float()
+        if label_mask is None:
+            return None, values
+        return scores_at(head, states, input_ids, label_mask, temperature, entropy=True), values
 
 
 @torch.no_grad()
@@ -95,13 +108,12 @@ def train_ppo(config: PPOConfig, prompts: Sequence[str], reward: RewardFn | nn.M
 
         def loss_fn(rows: list[int]):
             b = batch.rows(rows, device, advantages=advantages, returns=returns, old_values=old_values)
-            logits, values = run.trainer.model(b["input_ids"], b["attention_mask"])
-            logits, values = logits[:, :-1], values[:, :-1]
-            logprobs = token_logprobs(logits, b["input_ids"][:, 1:], temperature)
+            scores, values = run.trainer.model(b["input_ids"], b["attention_mask"], b["mask"].bool(), temperature)
+            logprobs, values = scores.logprobs, values[:, :-1]
             policy_loss, stats = ppo_clip_loss(logprobs, b["old_logprobs"], b["advantages"], b["mask"],
                                                config.clip_range)
             v_loss = value_loss(values, b["old_values"], b["returns"], b["mask"], config.value_clip_range)
-            entropy = masked_mean(token_entropy(logits.detach(), temperature), b["mask"])
+            entropy = masked_mean(scores.entropy, b["mask"])
             return policy_loss + config.vf_coef * v_loss, {
                 "policy_loss": policy_loss.item(), "value_loss": v_loss.item(), "entropy": entropy.item(),
                 **{k: v.item() for k, v in stats.items()}}

@@ -28,13 +28,11 @@ from preftune.losses import (
     masked_mean,
     ppo_clip_loss,
     rloo_advantages,
-    token_entropy,
-    token_logprobs,
 )
 from preftune.methods.configs import GRPOConfig, RLOOConfig
 from preftune.methods.online import OnlineRun, RewardFn
 from preftune.models import load_policy
-from preftune.rollout import model_logits
+from preftune.rollout import label_scores
 from preftune.trainer import TrainResult
 
 
@@ -57,11 +55,12 @@ def train_rloo(config: RLOOConfig, prompts: Sequence[str], reward: RewardFn | nn
 
         def loss_fn(rows: list[int]):
             b = batch.rows(rows, run.trainer.device, advantages=advantages)
-            logits = model_logits(run.trainer.model, b["input_ids"], b["attention_mask"])[:, :-1]
-            logprobs = token_logprobs(logits, b["input_ids"][:, 1:], temperature)
+            scores = label_scores(run.trainer.model, b["input_ids"], b["attention_mask"], b["mask"].bool(),
+                                  temperature, entropy=True)  # the head at the response tokens only
+            logprobs = scores.logprobs
             loss, stats = ppo_clip_loss(logprobs, b["old_logprobs"], b["advantages"], b["mask"], config.clip_range)
             metrics = {"policy_loss": loss.item(), **{k: v.item() for k, v in stats.items()},
-                       "entropy": masked_mean(token_entropy(logits.detach(), temperature), b["mask"]).item()}
+                       "entropy": masked_mean(scores.entropy, b["mask"]).item()}
             if grpo:  # DeepSeekMath Eq. 4: + β · mean_t k3(π_θ, π_ref)
                 kl = masked_mean(kl_k3(logprobs, b["ref_logprobs"]), b["mask"])
                 loss = loss + beta * kl

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from preftune.data import Demo, as_records, check_fits, collate_demos
-from preftune.losses import sft_loss
+from preftune.losses import response_nll
 from preftune.methods.configs import SFTConfig
 from preftune.models import load_policy
-from preftune.rollout import model_logits
+from preftune.rollout import label_scores
 from preftune.trainer import GradientStep, Trainer, TrainResult
 
 
@@ -22,8 +22,9 @@ def train_sft(config: SFTConfig, demos: Sequence[Demo], model=None, tokenizer=No
 
     def loss_fn(indices: list[int]):
         batch = collate_demos(tokenizer, [demos[i] for i in indices], config.max_length).to(trainer.device)
-        logits = model_logits(trainer.model, batch.input_ids, batch.attention_mask)[:, :-1]
-        return sft_loss(logits, batch.input_ids[:, 1:], batch.response_mask[:, 1:]), {}
+        mask = batch.response_mask[:, 1:]  # the head runs at the response tokens only
+        logprobs = label_scores(trainer.model, batch.input_ids, batch.attention_mask, mask.bool()).logprobs
+        return response_nll(logprobs, mask), {}
 
     trainer.fit_dataset(len(demos), step, loss_fn, description="sft")
     return trainer.finish(tokenizer)
