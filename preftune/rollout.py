@@ -209,6 +209,15 @@ def _preallocated_layer_class():
             self.keys, self.values = self._key_buffer[:, :, :end], self._value_buffer[:, :, :end]
             return self.keys, self.values
 
+        def batch_repeat_interleave(self, repeats) -> None:  # a shared prefill's rows, each repeated for its samples
+            if not self.is_initialized:
+                return
+            if self.keys.shape[-2] != self._length:  # fell back to concatenation: the buffers are stale
+                return super().batch_repeat_interleave(repeats)
+            self._key_buffer = self._key_buffer.repeat_interleave(repeats, dim=0)
+            self._value_buffer = self._value_buffer.repeat_interleave(repeats, dim=0)
+            self.keys, self.values = self._key_buffer[:, :, :self._length], self._value_buffer[:, :, :self._length]
+
     return PreallocatedLayer
 
 
@@ -235,16 +244,27 @@ def _sample_tokens(scaled: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()  # cheaper than no_grad per op; the outputs are only copied (`_assemble`)
-def _sample_batch(model, prompt_ids, prompt_mask, max_new_tokens, eos_id, pad_id, temperature, top_k, top_p):
+def _sample_batch(model, prompt_ids, prompt_mask, max_new_tokens, eos_id, pad_id, temperature, top_k, top_p,
+                  repeats: torch.Tensor | None = None):
+    """Decode a batch of left-padded prompts. With ``repeats`` (samples per row), each prompt is prefilled once and
+    its KV cache repeated for its samples: rows ``repeat_interleave(repeats)``, drawn exactly as if every row had
+    been prefilled itself (prefill draws no random numbers)."""
     device = prompt_ids.device
-    n, prompt_width = prompt_ids.shape
-    cache_kw = {cache_argument(model): _kv_cache(prompt_width + max_new_tokens)}
-    # the attention mask grows by one column per step: written into a buffer, passed as a view of its filled part
-    attn_buffer = torch.zeros((n, prompt_width + max_new_tokens), dtype=prompt_mask.dtype, device=device)
-    attn_buffer[:, :prompt_width] = prompt_mask
+    prompt_width = prompt_ids.shape[1]
+    cache = _kv_cache(prompt_width + max_new_tokens)
+    cache_kw = {cache_argument(model): cache}
     positions = position_ids_from_mask(prompt_mask)
     out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions, use_cache=True,
                 logits_to_keep=1, **cache_kw)
+    logits_last = out.logits[:, -1]
+    if repeats is not None:  # shared prefill: every row's cache, mask and positions, repeated for its samples
+        cache.batch_repeat_interleave(repeats)
+        prompt_mask, positions, logits_last = (t.repeat_interleave(repeats, dim=0)
+                                               for t in (prompt_mask, positions, logits_last))
+    n = prompt_mask.shape[0]
+    # the attention mask grows by one column per step: written into a buffer, passed as a view of its filled part
+    attn_buffer = torch.zeros((n, prompt_width + max_new_tokens), dtype=prompt_mask.dtype, device=device)
+    attn_buffer[:, :prompt_width] = prompt_mask
     next_pos = positions[:, -1:] + 1
     filtering = top_k > 0 or top_p < 1.0
     tokens = torch.full((n, max_new_tokens), pad_id, dtype=torch.long, device=device)
@@ -253,7 +273,7 @@ def _sample_batch(model, prompt_ids, prompt_mask, max_new_tokens, eos_id, pad_id
     alive = torch.ones(n, dtype=torch.bool, device=device)
     steps = 0
     for step in range(max_new_tokens):
-        logits = out.logits[:, -1].float()
+        logits = logits_last.float()
         if temperature == 0:  # greedy
             token = logits.argmax(-1)
             logp = None
@@ -275,6 +295,7 @@ def _sample_batch(model, prompt_ids, prompt_mask, max_new_tokens, eos_id, pad_id
         attn_buffer[:, prompt_width + step] = alive_masks[:, step]
         out = model(input_ids=tokens[:, step:step + 1], attention_mask=attn_buffer[:, :prompt_width + step + 1],
                     position_ids=next_pos, use_cache=True, **cache_kw)
+        logits_last = out.logits[:, -1]
         next_pos = next_pos + 1
     return tokens[:, :steps].clone(), logps[:, :steps].clone(), alive_masks[:, :steps].clone()
 
@@ -289,11 +310,14 @@ def generate(
     top_k: int = 0,
     top_p: float = 1.0,
     batch_size: int = 256,
+    share_prefill: bool = True,
 ) -> Rollout:
     """Sample ``samples_per_prompt`` responses for each prompt (temperature 0 = greedy).
 
     Sampling draws from the global torch RNG, so a seeded, checkpointed run resamples identically. Prompts are
-    tokenised exactly as for training (`prompt_token_ids`: the chat template when the tokenizer has one).
+    tokenised exactly as for training (`prompt_token_ids`: the chat template when the tokenizer has one). With
+    ``share_prefill`` a prompt's samples share one prefill (its KV cache repeated for each): the same tokens and
+    log-probs as prefilling every row (within float rounding), for 1/k of the prompt's FLOPs.
     """
     was_training = model.training
     model.eval()
@@ -304,9 +328,16 @@ def generate(
     chunks = []
     for start in range(0, len(rows), batch_size):
         idx = rows[start:start + batch_size]
-        p_ids, p_mask = left_pad([prompt_tokens[i] for i in idx], pad_id)
-        gen, logp, gen_mask = _sample_batch(model, p_ids.to(device), p_mask.to(device), max_new_tokens,
-                                            eos_id, pad_id, temperature, top_k, top_p)
+        if share_prefill and samples_per_prompt > 1:  # each prompt once, with its number of rows in this chunk
+            unique, repeats = torch.unique_consecutive(torch.tensor(idx), return_counts=True)
+            p_ids, p_mask = left_pad([prompt_tokens[i] for i in unique.tolist()], pad_id)
+            gen, logp, gen_mask = _sample_batch(model, p_ids.to(device), p_mask.to(device), max_new_tokens, eos_id,
+                                                pad_id, temperature, top_k, top_p, repeats=repeats.to(device))
+            p_ids, p_mask = p_ids.repeat_interleave(repeats, 0), p_mask.repeat_interleave(repeats, 0)
+        else:
+            p_ids, p_mask = left_pad([prompt_tokens[i] for i in idx], pad_id)
+            gen, logp, gen_mask = _sample_batch(model, p_ids.to(device), p_mask.to(device), max_new_tokens,
+                                                eos_id, pad_id, temperature, top_k, top_p)
         chunks.append((p_ids, p_mask, gen.cpu(), logp.cpu(), gen_mask.cpu()))
     model.train(was_training)
     return _assemble(chunks, list(prompts), torch.tensor(rows), tokenizer)

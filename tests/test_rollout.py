@@ -148,3 +148,30 @@ def test_a_model_with_its_own_logits_runs_whole_with_the_same_scores(tokenizer):
     resp = torch.tensor([[0, 0, 1, 1, 1, 1]] * 3)
     want = _full_head(policy, ids, torch.ones_like(ids), resp, 1.0)[0]
     assert torch.allclose(rollout.response_token_logprobs(policy, ids, torch.ones_like(ids), resp), want, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------
+# Shared prefill: a prompt's k samples share one pass over the prompt
+
+
+def test_shared_prefill_draws_the_same_samples_as_prefilling_every_row(tokenizer):
+    prompts = ["12+3=", "7+1=", "100+20=", "5+5="]
+    for name, model in _head_only_models(tokenizer).items():
+        for batch_size, kwargs in ((256, {}), (5, {"top_k": 8, "top_p": 0.9})):  # 5: a chunk splits a prompt's rows
+            got = {}
+            for share in (True, False):
+                torch.manual_seed(3)
+                got[share] = generate(model, tokenizer, prompts, max_new_tokens=7, samples_per_prompt=3,
+                                      batch_size=batch_size, share_prefill=share, temperature=0.9, **kwargs)
+            a, b = got[True], got[False]
+            assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.attention_mask, b.attention_mask), name
+            assert torch.equal(a.response_mask, b.response_mask) and a.texts == b.texts, name
+            assert torch.allclose(a.logprobs, b.logprobs, atol=1e-5), name
+
+
+def test_shared_prefill_runs_each_prompt_once(tiny_model, tokenizer):
+    rows = []
+    tiny_model.register_forward_hook(lambda module, args, kwargs, out: rows.append(kwargs["input_ids"].shape),
+                                     with_kwargs=True)
+    generate(tiny_model, tokenizer, ["12+3=", "7+1="], max_new_tokens=3, samples_per_prompt=4)
+    assert rows[0][0] == 2 and all(shape == (8, 1) for shape in rows[1:])  # prefill: 2 prompts; decode: 8 rows
