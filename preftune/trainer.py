@@ -367,7 +367,8 @@ class GradientStep:
         groups.insert(0, {"params": [p for p in params if id(p) not in special]})
         if trainer.gradient_step is not None:
             raise ValueError(f"{trainer.name}: a trainer takes one GradientStep")
-        optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+        optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay,
+                                      fused=True if getattr(config, "optim", "") == "adamw_torch_fused" else None)
         total = total_updates or config.steps
         # The scheduler is not prepared: Accelerate would step it once per process, but our global batch is
         # split across processes, so one optimizer step is one schedule step whatever the process count.

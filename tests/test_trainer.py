@@ -39,6 +39,19 @@ def test_gradient_accumulation_matches_the_full_batch(tmp_path, tiny_model, toke
         assert torch.allclose(x, y, atol=1e-5), name
 
 
+def test_fused_adamw_trains_to_the_same_weights_within_rounding(tmp_path, tiny_model, tokenizer):
+    import copy
+
+    a = train_sft(_small(tmp_path / "a", weight_decay=0.01), DEMOS, copy.deepcopy(tiny_model), tokenizer)
+    b = train_sft(_small(tmp_path / "b", weight_decay=0.01, optim="adamw_torch_fused"), DEMOS,
+                  copy.deepcopy(tiny_model), tokenizer)
+    for (name, x), y in zip(a.model.state_dict().items(), b.model.state_dict().values()):
+        assert torch.allclose(x, y, atol=1e-5), name
+    assert any(not torch.equal(x, y) for x, y in zip(a.model.parameters(), tiny_model.parameters()))
+    step = GradientStep(Trainer(_small(tmp_path / "c", optim="adamw_torch_fused"), tiny_model, name="sft"))
+    assert step.optimizer.optimizer.defaults["fused"] is True
+
+
 def test_sft_loss_falls_and_metrics_are_logged(tmp_path, tiny_model, tokenizer):
     result = train_sft(_small(tmp_path, steps=30, log_every=5), DEMOS, tiny_model, tokenizer)
     assert result.history[-1]["loss"] < result.history[0]["loss"] - 0.5
