@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch.utils.checkpoint import checkpoint
@@ -341,6 +342,46 @@ def generate(
         chunks.append((p_ids, p_mask, gen.cpu(), logp.cpu(), gen_mask.cpu()))
     model.train(was_training)
     return _assemble(chunks, list(prompts), torch.tensor(rows), tokenizer)
+
+
+# ----------------------------------------------------------------------------------------------
+# The generation backend seam: where an online method's samples come from (docs/architecture.md)
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How to sample, as every generation backend takes it (temperature 0 = greedy)."""
+
+    max_new_tokens: int
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+
+class GenerationBackend(Protocol):
+    """A source of rollouts. ``generate(prompts, k, sampling)`` returns a `Rollout` of ``k`` consecutive rows per
+    prompt, laid out ``[left-padded prompt | response | right pad]`` in the policy tokenizer's ids, with the
+    behaviour log-probs of the distribution each token was drawn from (softmax(logits / T), renormalised over what
+    top-k / top-p kept). ``sync(policy)`` runs before each rollout batch: a backend holding its own copy of the
+    weights (an inference engine) loads the trained policy's there."""
+
+    def generate(self, prompts: Sequence[str], k: int, sampling: Sampling) -> Rollout: ...
+
+    def sync(self, policy) -> None: ...
+
+
+class InHouseSampler:
+    """The default backend: `generate` on the trained model itself (so `sync` has nothing to do)."""
+
+    def __init__(self, model, tokenizer, batch_size: int = 256) -> None:
+        self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
+
+    def generate(self, prompts: Sequence[str], k: int, sampling: Sampling) -> Rollout:
+        return generate(self.model, self.tokenizer, prompts, sampling.max_new_tokens, k, sampling.temperature,
+                        sampling.top_k, sampling.top_p, batch_size=self.batch_size)
+
+    def sync(self, policy) -> None:
+        """Nothing to copy: it samples from the trained model."""
 
 
 def _assemble(chunks, prompts, prompt_index, tokenizer) -> Rollout:

@@ -288,6 +288,30 @@ def test_kl_guard_stops_a_drifting_run(tmp_path, tiny_model, tokenizer):
         train_rloo(cfg, PROMPTS, digits_reward, tiny_model, tokenizer)
 
 
+def test_an_online_run_samples_through_its_generation_backend(tmp_path, tiny_model, tokenizer):
+    """The seam an inference engine plugs into: a run's samples come from ``run.sampler``, synced before each
+    rollout batch with the trained policy, asked for k samples per prompt and the config's sampling."""
+    from preftune.methods.online import OnlineRun
+    from preftune.rollout import InHouseSampler, Sampling
+
+    class Recording(InHouseSampler):
+        calls, syncs = [], []
+
+        def generate(self, prompts, k, sampling):
+            self.calls.append((len(prompts), k, sampling))
+            return super().generate(prompts, k, sampling)
+
+        def sync(self, policy):
+            self.syncs.append(policy)
+
+    cfg = _online(RLOOConfig, tmp_path, steps=2, temperature=0.8)
+    run = OnlineRun("rloo", cfg, PROMPTS, digits_reward, tiny_model, tokenizer)
+    run.sampler = Recording(tiny_model, tokenizer)
+    batch = run.collect(0)
+    assert Recording.calls == [(8, 4, Sampling(max_new_tokens=6, temperature=0.8))]
+    assert Recording.syncs == [tiny_model] and len(batch) == 32
+
+
 def test_ppo_value_head_starts_at_zero(tiny_model, tokenizer):
     model = PolicyWithValueHead(tiny_model)
     ids = torch.tensor([[0, 5, 6, 7], [8, 9, 10, 11]])

@@ -29,7 +29,7 @@ from preftune.data import as_prompts
 from preftune.losses import kl_k1
 from preftune.methods.configs import OnlineConfig
 from preftune.rewards import RewardFn, as_reward, reward_model_reward
-from preftune.rollout import Rollout, generate, score_logprobs
+from preftune.rollout import GenerationBackend, InHouseSampler, Rollout, Sampling, score_logprobs
 from preftune.trainer import GradientStep, Trainer, TrainingError, TrainResult, batch_indices, micro_batches
 
 # ----------------------------------------------------------------------------------------------
@@ -133,11 +133,13 @@ class OnlineBatch:
 
 
 def collect(policy, reference: ReferencePolicy, tokenizer, prompts: Sequence[str], reward_fn: RewardFn,
-            config: OnlineConfig) -> OnlineBatch:
-    """Generate → reference log-probs → scores, all batched; the k samples of a prompt are consecutive rows."""
+            config: OnlineConfig, sampler: GenerationBackend | None = None) -> OnlineBatch:
+    """Generate (with ``sampler``, default the in-house sampler on ``policy``) → reference log-probs → scores, all
+    batched; the k samples of a prompt are consecutive rows."""
     t0 = time.perf_counter()
-    rollout = generate(policy, tokenizer, prompts, config.max_new_tokens, config.samples_per_prompt,
-                       config.temperature, batch_size=config.generation_batch_size)
+    sampler = sampler if sampler is not None else InHouseSampler(policy, tokenizer, config.generation_batch_size)
+    rollout = sampler.generate(prompts, config.samples_per_prompt,
+                               Sampling(config.max_new_tokens, config.temperature))
     generate_seconds = time.perf_counter() - t0
     ref = reference.logprobs(policy, rollout, config.temperature, batch_size=config.generation_batch_size)
     scores = torch.as_tensor([float(s) for s in reward_fn(rollout.row_prompts(), rollout.texts)],
@@ -163,6 +165,8 @@ class OnlineRun:
             raise TrainingError(f"{name}: no training prompts")
         self.name, self.config, self.prompts = name, config, prompts
         self.policy, self.tokenizer = policy, tokenizer
+        # where the samples come from: any `GenerationBackend` (docs/architecture.md) may replace it
+        self.sampler: GenerationBackend = InHouseSampler(policy, tokenizer, config.generation_batch_size)
         self.reference = ReferencePolicy(policy)  # before any update: π_ref is the starting policy
         self.kl_controller = KLController(config.kl_coef, config.kl_target, config.kl_horizon)
         if isinstance(reward, torch.nn.Module):  # a RewardModel that reads the policy's tokens
@@ -197,7 +201,8 @@ class OnlineRun:
         cfg = self.config
         indices = batch_indices(len(self.prompts), cfg.batch_size, cfg.seed, iteration)
         prompts = self.trainer.shard([self.prompts[i] for i in indices])
-        batch = collect(self.policy, self.reference, self.tokenizer, prompts, self.reward_fn, cfg)
+        self.sampler.sync(self.policy)
+        batch = collect(self.policy, self.reference, self.tokenizer, prompts, self.reward_fn, cfg, self.sampler)
         kl = self.global_mean(batch.kl_sequences().mean())
         if kl > cfg.kl_stop:
             raise TrainingError(
