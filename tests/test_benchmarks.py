@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from preftune.cli import app
 
 ROOT = Path(__file__).resolve().parent.parent
-STUDIES = ("trl", "iqlearn", "zpg", "joint", "rlp", "smollm2")
+STUDIES = ("trl", "iqlearn", "zpg", "joint", "rlp", "smollm2", "compute")
 
 
 def test_preftune_bench_help_lists_the_studies():
@@ -30,6 +30,16 @@ def test_python_m_benchmarks_help_works_without_torch():
     proc = subprocess.run([sys.executable, "-c", "import sys, benchmarks.cli; print('torch' in sys.modules)"],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.stdout.strip() == "False", proc.stderr
+
+
+def test_the_compute_study_measures_pairs_that_agree(tmp_path):
+    from benchmarks.compute import run_compute_bench
+
+    out = run_compute_bench(num_prompts=2, samples_per_prompt=2, max_new_tokens=4, repeats=1,
+                            output=tmp_path / "compute.json", log=lambda line: None)
+    assert out["head_only_path"] and out["same_samples"] and out["scoring_max_abs_diff"] < 1e-4
+    assert len(out["pairs"]) == 5 and all(v["old_cpu_s"] > 0 and v["new_cpu_s"] > 0 for v in out["pairs"].values())
+    assert (tmp_path / "compute.json").exists()
 
 
 def test_an_installed_preftune_without_benchmarks_says_where_the_studies_are(tmp_path):
