@@ -210,6 +210,14 @@ def _preallocated_layer_class():
             self.keys, self.values = self._key_buffer[:, :, :end], self._value_buffer[:, :, :end]
             return self.keys, self.values
 
+        def batch_select_indices(self, indices) -> None:  # rows that finished leave the decode batch
+            if not self.is_initialized:
+                return
+            if self.keys.shape[-2] != self._length:
+                return super().batch_select_indices(indices)
+            self._key_buffer, self._value_buffer = self._key_buffer[indices], self._value_buffer[indices]
+            self.keys, self.values = self._key_buffer[:, :, :self._length], self._value_buffer[:, :, :self._length]
+
         def batch_repeat_interleave(self, repeats) -> None:  # a shared prefill's rows, each repeated for its samples
             if not self.is_initialized:
                 return
@@ -232,24 +240,29 @@ def _kv_cache(capacity: int):
     return cache
 
 
-def _sample_tokens(scaled: torch.Tensor) -> torch.Tensor:
-    """One draw per row from softmax(scaled) by inverting its CDF with one uniform per row: the same categorical
-    distribution as ``torch.multinomial(probs, 1)`` at a fraction of its CPU cost (which draws a full row of
-    exponentials). Tokens of probability 0 (−inf logits, e.g. filtered by top-k/top-p) are never drawn."""
+def _sample_tokens(scaled: torch.Tensor, uniforms: torch.Tensor | None = None) -> torch.Tensor:
+    """One draw per row from softmax(scaled) by inverting its CDF with one uniform per row (``uniforms`` ``[N, 1]``
+    in float64, else fresh ones): the same categorical distribution as ``torch.multinomial(probs, 1)`` at a fraction
+    of its CPU cost (which draws a full row of exponentials). Tokens of probability 0 (−inf logits, e.g. filtered
+    by top-k/top-p) are never drawn."""
     cdf = scaled.softmax(-1).double().cumsum_(-1)
     total = cdf[:, -1:]
     if not bool(torch.isfinite(total).all()):  # as torch.multinomial does
         raise RuntimeError("probability tensor contains either `inf`, `nan` or element < 0")
-    u = torch.rand((cdf.shape[0], 1), dtype=cdf.dtype, device=cdf.device) * total
+    if uniforms is None:
+        uniforms = torch.rand((cdf.shape[0], 1), dtype=cdf.dtype, device=cdf.device)
+    u = uniforms * total
     return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=cdf.shape[-1] - 1)
 
 
 @torch.inference_mode()  # cheaper than no_grad per op; the outputs are only copied (`_assemble`)
 def _sample_batch(model, prompt_ids, prompt_mask, max_new_tokens, eos_id, pad_id, temperature, top_k, top_p,
-                  repeats: torch.Tensor | None = None):
+                  repeats: torch.Tensor | None = None, drop_finished: bool = True):
     """Decode a batch of left-padded prompts. With ``repeats`` (samples per row), each prompt is prefilled once and
-    its KV cache repeated for its samples: rows ``repeat_interleave(repeats)``, drawn exactly as if every row had
-    been prefilled itself (prefill draws no random numbers)."""
+    its KV cache repeated for its samples: rows ``repeat_interleave(repeats)``, drawn as if every row had been
+    prefilled itself (prefill draws no random numbers). With ``drop_finished``, rows that have ended leave the
+    decode batch (their cache rows dropped) once at most half of it is alive; every step still draws one uniform
+    per row of the whole batch, so the draws are the ones the full batch makes."""
     device = prompt_ids.device
     prompt_width = prompt_ids.shape[1]
     cache = _kv_cache(prompt_width + max_new_tokens)
@@ -272,29 +285,36 @@ def _sample_batch(model, prompt_ids, prompt_mask, max_new_tokens, eos_id, pad_id
     logps = torch.zeros((n, max_new_tokens), device=device)
     alive_masks = torch.zeros((n, max_new_tokens), dtype=torch.long, device=device)
     alive = torch.ones(n, dtype=torch.bool, device=device)
+    live = torch.arange(n, device=device)  # the rows in the decode batch (attn_buffer's and the cache's rows)
     steps = 0
     for step in range(max_new_tokens):
         logits = logits_last.float()
+        live_alive = alive[live]
         if temperature == 0:  # greedy
             token = logits.argmax(-1)
             logp = None
         else:
             scaled = logits / temperature if temperature != 1.0 else logits
             sampled_from = _filter_logits(scaled, top_k, top_p) if filtering else scaled
-            token = _sample_tokens(sampled_from)
+            uniforms = torch.rand((n, 1), dtype=torch.float64, device=device)  # one per row, live or not
+            token = _sample_tokens(sampled_from, uniforms[live] if len(live) < n else uniforms)
             # behaviour log-prob under the distribution the token was drawn from: softmax(logits / T), renormalised
             # over what top-k / top-p kept, so the ratio π_θ / π_behaviour of PPO is the true importance weight
             logp = sampled_from.log_softmax(-1).gather(-1, token[:, None]).squeeze(-1)
-        tokens[:, step] = torch.where(alive, token, pad_id)
+        tokens[live, step] = torch.where(live_alive, token, pad_id)
         if logp is not None:
-            logps[:, step] = torch.where(alive, logp, 0.0)
-        alive_masks[:, step] = alive
+            logps[live, step] = torch.where(live_alive, logp, 0.0)
+        alive_masks[live, step] = live_alive.long()
         steps = step + 1
-        alive = alive & (token != eos_id)
+        alive[live] = live_alive & (token != eos_id)
         if not alive.any():
             break
-        attn_buffer[:, prompt_width + step] = alive_masks[:, step]
-        out = model(input_ids=tokens[:, step:step + 1], attention_mask=attn_buffer[:, :prompt_width + step + 1],
+        attn_buffer[:, prompt_width + step] = alive_masks[live, step]
+        if drop_finished and 2 * int(alive[live].sum()) <= len(live):  # half the batch is done: drop its rows
+            keep = alive[live].nonzero().squeeze(-1)
+            cache.batch_select_indices(keep)
+            live, attn_buffer, next_pos = live[keep], attn_buffer[keep], next_pos[keep]
+        out = model(input_ids=tokens[live, step:step + 1], attention_mask=attn_buffer[:, :prompt_width + step + 1],
                     position_ids=next_pos, use_cache=True, **cache_kw)
         logits_last = out.logits[:, -1]
         next_pos = next_pos + 1
@@ -312,13 +332,15 @@ def generate(
     top_p: float = 1.0,
     batch_size: int = 256,
     share_prefill: bool = True,
+    drop_finished: bool = True,
 ) -> Rollout:
     """Sample ``samples_per_prompt`` responses for each prompt (temperature 0 = greedy).
 
     Sampling draws from the global torch RNG, so a seeded, checkpointed run resamples identically. Prompts are
     tokenised exactly as for training (`prompt_token_ids`: the chat template when the tokenizer has one). With
     ``share_prefill`` a prompt's samples share one prefill (its KV cache repeated for each): the same tokens and
-    log-probs as prefilling every row (within float rounding), for 1/k of the prompt's FLOPs.
+    log-probs as prefilling every row (within float rounding), for 1/k of the prompt's FLOPs. With
+    ``drop_finished`` rows that have ended leave the decode batch (same draws: `_sample_batch`).
     """
     was_training = model.training
     model.eval()
@@ -333,12 +355,13 @@ def generate(
             unique, repeats = torch.unique_consecutive(torch.tensor(idx), return_counts=True)
             p_ids, p_mask = left_pad([prompt_tokens[i] for i in unique.tolist()], pad_id)
             gen, logp, gen_mask = _sample_batch(model, p_ids.to(device), p_mask.to(device), max_new_tokens, eos_id,
-                                                pad_id, temperature, top_k, top_p, repeats=repeats.to(device))
+                                                pad_id, temperature, top_k, top_p, repeats=repeats.to(device),
+                                                drop_finished=drop_finished)
             p_ids, p_mask = p_ids.repeat_interleave(repeats, 0), p_mask.repeat_interleave(repeats, 0)
         else:
             p_ids, p_mask = left_pad([prompt_tokens[i] for i in idx], pad_id)
             gen, logp, gen_mask = _sample_batch(model, p_ids.to(device), p_mask.to(device), max_new_tokens,
-                                                eos_id, pad_id, temperature, top_k, top_p)
+                                                eos_id, pad_id, temperature, top_k, top_p, drop_finished=drop_finished)
         chunks.append((p_ids, p_mask, gen.cpu(), logp.cpu(), gen_mask.cpu()))
     model.train(was_training)
     return _assemble(chunks, list(prompts), torch.tensor(rows), tokenizer)

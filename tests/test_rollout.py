@@ -175,3 +175,51 @@ def test_shared_prefill_runs_each_prompt_once(tiny_model, tokenizer):
                                      with_kwargs=True)
     generate(tiny_model, tokenizer, ["12+3=", "7+1="], max_new_tokens=3, samples_per_prompt=4)
     assert rows[0][0] == 2 and all(shape == (8, 1) for shape in rows[1:])  # prefill: 2 prompts; decode: 8 rows
+
+
+def _make_eos_common(model, tokenizer, share: float = 0.2):
+    """Point eos's head row along the mean last hidden state, scaled so eos takes about ``share`` of the probability
+    at a typical position: rows end often, at different steps."""
+    import math
+
+    import preftune.rollout as rollout
+
+    body, head = rollout.lm_body_and_head(model)
+    ids = torch.randint(4, 60, (4, 8), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        states = body(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state
+        others = torch.logsumexp(head(states), -1).mean()  # eos's own logit is small next to the rest at init
+        mean = states.mean((0, 1))
+        head.weight[tokenizer.eos_token_id] = mean * (others + math.log(share / (1 - share))) / mean.square().sum()
+
+
+def test_dropping_finished_rows_keeps_the_samples(tokenizer):
+    """Rows that ended leave the decode batch; the draws (one uniform per row per step) and so the samples stay."""
+    models = _head_only_models(tokenizer)
+    for model in models.values():
+        _make_eos_common(model, tokenizer)
+    for name, model in models.items():
+        for kwargs in ({"temperature": 1.0}, {"temperature": 1.0, "top_k": 100}):
+            got = {}
+            for drop in (True, False):
+                torch.manual_seed(4)
+                got[drop] = generate(model, tokenizer, ["12+3=", "7+1=", "100+20="], max_new_tokens=16,
+                                     samples_per_prompt=4, drop_finished=drop, **kwargs)
+            a, b = got[True], got[False]
+            lengths = a.response_lengths
+            assert len(set(lengths.tolist())) > 2 and int((lengths < 15).sum()) > 6, name  # the batch shrank
+            assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.response_mask, b.response_mask), name
+            assert torch.allclose(a.logprobs, b.logprobs, atol=1e-5), name
+
+
+def test_the_decode_batch_shrinks_as_rows_finish(tiny_model, tokenizer):
+    _make_eos_common(tiny_model, tokenizer, share=0.3)
+    rows = []
+    tiny_model.register_forward_hook(lambda module, args, kwargs, out: rows.append(kwargs["input_ids"].shape[0]),
+                                     with_kwargs=True)
+    torch.manual_seed(0)
+    r = generate(tiny_model, tokenizer, ["12+3="] * 8, max_new_tokens=16)
+    decode = rows[1:]
+    assert decode == sorted(decode, reverse=True) and decode[-1] < 8  # it shrank, never grew
+    assert sum(decode) < 8 * len(decode)
+    assert int(r.response_mask.sum()) <= sum(decode) + 8  # every generated token came from a live row
