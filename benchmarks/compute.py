@@ -5,6 +5,7 @@
   without gradients (reference scoring) and forward + backward (a training step's forward).
 - generation: `rollout.generate` with k samples per prompt, every row prefilled (``share_prefill=False``) and one
   prefill per prompt (the default), with the prefill's share of each (a generate of one new token).
+- decoding: finished rows kept in the decode batch (``drop_finished=False``) and dropped (the default).
 - optimizer: one AdamW step on the trainable weights, ``adamw_torch`` and ``adamw_torch_fused``.
 
 Same process, same model, same batch; each pair runs interleaved A, B, A, B, ... ``repeats`` times after one warm-up
@@ -67,9 +68,10 @@ def run_compute_bench(model: str = "tiny", lora: bool = False, num_prompts: int 
     prompts = get_task(task).prompts("train", num_prompts, seed)
     k = samples_per_prompt
 
-    def sample(share: bool, new_tokens: int = max_new_tokens):
+    def sample(share: bool, new_tokens: int = max_new_tokens, drop: bool = True):
         torch.manual_seed(seed)
-        return generate(policy, tokenizer, prompts, new_tokens, k, batch_size=len(prompts) * k, share_prefill=share)
+        return generate(policy, tokenizer, prompts, new_tokens, k, batch_size=len(prompts) * k, share_prefill=share,
+                        drop_finished=drop)
 
     rollout = sample(True)
     ids, attn, mask = rollout.input_ids, rollout.attention_mask, rollout.labels_mask
@@ -102,8 +104,12 @@ def run_compute_bench(model: str = "tiny", lora: bool = False, num_prompts: int 
         "scoring_max_abs_diff": float((full_head(False) - used_head(False)).abs().max()),
     }
     unshared, shared = sample(False), sample(True)
-    results["same_samples"] = bool(torch.equal(unshared.input_ids, shared.input_ids))
-    results["generation_logprob_max_abs_diff"] = float((unshared.logprobs - shared.logprobs).abs().max())
+    kept = sample(True, drop=False)
+    results["same_samples"] = bool(torch.equal(unshared.input_ids, shared.input_ids)
+                                   and torch.equal(kept.input_ids, shared.input_ids))
+    results["mean_response_share"] = float(shared.response_lengths.float().mean() / max_new_tokens)
+    results["generation_logprob_max_abs_diff"] = float(max((unshared.logprobs - shared.logprobs).abs().max(),
+                                                           (kept.logprobs - shared.logprobs).abs().max()))
 
     log(f"compute: {model}{' (LoRA)' if lora else ''}, {ids.shape[0]} rows × {ids.shape[1]} tokens, "
         f"{results['scored_position_share']:.0%} of positions scored, vocabulary {config.vocab_size}, "
@@ -116,6 +122,7 @@ def run_compute_bench(model: str = "tiny", lora: bool = False, num_prompts: int 
                                                                               lambda: sample(True)),
         f"prefill alone (1 new token), k = {k}: every row -> one per prompt": (lambda: sample(False, 1),
                                                                               lambda: sample(True, 1)),
+        "decode: finished rows kept -> dropped": (lambda: sample(True, drop=False), lambda: sample(True)),
     }
     for p in weights:
         p.grad = torch.randn_like(p) * 1e-3

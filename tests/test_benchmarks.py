@@ -38,7 +38,7 @@ def test_the_compute_study_measures_pairs_that_agree(tmp_path):
     out = run_compute_bench(num_prompts=2, samples_per_prompt=2, max_new_tokens=4, repeats=1,
                             output=tmp_path / "compute.json", log=lambda line: None)
     assert out["head_only_path"] and out["same_samples"] and out["scoring_max_abs_diff"] < 1e-4
-    assert len(out["pairs"]) == 5 and all(v["old_cpu_s"] > 0 and v["new_cpu_s"] > 0 for v in out["pairs"].values())
+    assert len(out["pairs"]) == 6 and all(v["old_cpu_s"] > 0 and v["new_cpu_s"] > 0 for v in out["pairs"].values())
     assert (tmp_path / "compute.json").exists()
 
 
