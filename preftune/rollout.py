@@ -55,12 +55,15 @@ class LabelScores:
 
 def lm_body_and_head(model):
     """``(body, head)`` of a transformers causal LM (LoRA-wrapped too) whose logits are ``head(body(...)[0])``, or
-    None: a wrapper (DDP, `tiny.ResponseSpaceLM`) or a model that changes logits after its head runs whole."""
+    None, and the model runs whole: a wrapper (DDP, `tiny.ResponseSpaceLM`), a model that changes logits after its
+    head, or one whose forward Accelerate wrapped in an autocast (``mixed_precision`` bf16/fp16)."""
     from transformers import PreTrainedModel
 
     lm = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft: LoRA lives inside lm
     if not isinstance(lm, PreTrainedModel) or getattr(lm.config, "model_type", None) not in HEAD_ONLY_MODEL_TYPES:
         return None
+    if hasattr(model, "_original_forward") or hasattr(lm, "_original_forward"):
+        return None  # Accelerate's mixed precision: the autocast lives in the patched forward, so the model runs whole
     body, head = getattr(lm, lm.base_model_prefix, None), lm.get_output_embeddings()
     if body is None or head is None or not type(lm).__name__.endswith(("ForCausalLM", "LMHeadModel")):
         return None

@@ -127,6 +127,17 @@ def test_head_at_scored_positions_equals_the_full_head_with_gradients(tokenizer,
             assert torch.equal(got.logprobs != 0, resp[:, 1:].bool()), name
 
 
+def test_a_model_under_accelerates_autocast_runs_whole(tokenizer):
+    """Accelerate puts mixed precision's autocast in a patched ``forward``; calling the body and head directly would
+    leave it, so such a model runs whole."""
+    import preftune.rollout as rollout
+
+    model = _head_only_models(tokenizer)["llama"]
+    assert rollout.lm_body_and_head(model) is not None
+    model._original_forward = model.forward  # what Accelerator.prepare_model sets with native AMP
+    assert rollout.lm_body_and_head(model) is None
+
+
 def test_head_runs_at_the_response_positions_only(tokenizer):
     model = _head_only_models(tokenizer)["llama"]
     seen = []
