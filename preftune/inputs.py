@@ -67,9 +67,9 @@ def prompts_with_references(task, data: Path | None, num_prompts: int, seed: int
 def make_reward(spec: str, task=None, references: Sequence[Demo] | None = None, seed: int = 0,
                 link: str = "bradley-terry", flip_prob: float = 0.0, max_length: int = 96) -> RewardFn:
     """The reward ``--reward`` names: ``oracle`` (``task.reward``), ``annotator`` (an `Annotator` of the task's
-    reward comparing each sample with the reference response of its prompt), or the directory of a saved
-    `RewardModel`, which scores with its own tokenizer."""
-    from preftune.rewards import AnnotatorReward, oracle_reward, reward_model_reward
+    reward comparing each sample with the reference response of its prompt), or a reward-model folder (preftune's
+    or any ``AutoModelForSequenceClassification`` with one label), which scores with its own tokenizer."""
+    from preftune.rewards import AnnotatorReward, load_reward_model, oracle_reward
 
     if spec in ("oracle", "annotator") and task is None:
         raise ConfigError(f"--reward {spec} needs --task (its oracle is the reward)")
@@ -84,9 +84,7 @@ def make_reward(spec: str, task=None, references: Sequence[Demo] | None = None, 
                                {r.prompt: r.response for r in references}, seed=seed)
     if not Path(spec).is_dir():
         raise ConfigError(f"--reward must be 'oracle', 'annotator' or a reward-model directory; {spec!r} is none")
-    from preftune.models import RewardModel, load_tokenizer
-
-    return reward_model_reward(RewardModel.from_pretrained(spec), load_tokenizer(spec), max_length)
+    return load_reward_model(spec, max_length)
 
 
 def task_defaults(method, task, chosen: set[str]) -> dict:
