@@ -113,11 +113,16 @@ REWARD_FN = inspect.Parameter("reward_fn", inspect.Parameter.KEYWORD_ONLY, annot
                "fn(prompts, completions, **kwargs) -> list[float | None]; repeat for several (summed)."))
 REWARD_WEIGHTS = _option("reward_weights", None, "Comma-separated weights of --reward (first, when given) and each "
                                                  "--reward-fn; default 1 each.")
+FEEDBACK = _option("feedback", None, "Who judges, instead of the task's simulated annotators ('annotator'): your "
+                                     "function module:function or file.py:function, fn(prompt, candidates) -> index "
+                                     "or probabilities; rm:DIR, a reward model; judge:DIR[:TEMPLATE.txt], a causal "
+                                     "LM as judge (docs/your-data.md).")
 OPTIONS = {"demos": [TASK, DATA, SPLIT, CONFIG, NUM_EXAMPLES],
            "pairs": [TASK, DATA, SPLIT, CONFIG, NUM_EXAMPLES, LABEL_NOISE, LINK],
            "prompts": [TASK, DATA, SPLIT, CONFIG, NUM_PROMPTS, REWARD, REWARD_FN, REWARD_WEIGHTS, LABEL_NOISE, LINK],
-           "comparisons": [TASK, CONFIG, NUM_PROMPTS],
-           "choices": [TASK.replace(default=typer.Option("population", help="The task: 'population'.")), CONFIG],
+           "comparisons": [TASK, DATA, SPLIT, CONFIG, NUM_PROMPTS, FEEDBACK],
+           "choices": [TASK.replace(default=typer.Option("population", help="The task: 'population'.")), DATA, CONFIG,
+                       FEEDBACK],
            "pipeline": [CONFIG]}
 
 

@@ -89,7 +89,11 @@ def make_reward(spec: str, task=None, references: Sequence[Demo] | None = None, 
 
 def task_defaults(method, task, chosen: set[str]) -> dict:
     """Config defaults that depend on the task (under the user's YAML and flags): a response length that fits it,
-    and for ZPG on an LM the settings of docs/benchmarks.md's LM study."""
+    and for ZPG on an LM the settings of docs/benchmarks.md's LM study. ZPG without a task runs on a user's prompts
+    and judge (`--data`, `--feedback`): the LM settings with one label per pair, as a user's judge is asked once per
+    label."""
+    if method.inputs == "comparisons" and task is None:
+        return {**zpg_lm_defaults(None, chosen), "annotators_per_pair": 1}
     if task is None:
         return {}
     if method.inputs == "comparisons":
@@ -105,10 +109,11 @@ ZPG_LM_DEFAULTS = {"lr": 0.05, "mu": 4.0, "batch_size": 32, "annotators_per_pair
                    "param_filter": r"(^|\.)(norm|ln_f)\.weight$"}
 
 
-def zpg_lm_defaults(max_new_tokens: int, chosen: set[str]) -> dict:
-    """The LM defaults; the final-norm block is only a default when the user picked neither ``perturb`` nor
-    ``param_filter`` (``--perturb lora`` or ``all`` must not inherit it)."""
-    defaults = {**ZPG_LM_DEFAULTS, "max_new_tokens": max_new_tokens}
+def zpg_lm_defaults(max_new_tokens: int | None, chosen: set[str]) -> dict:
+    """The LM defaults (with a response length when the task gives one); the final-norm block is only a default
+    when the user picked neither ``perturb`` nor ``param_filter`` (``--perturb lora`` or ``all`` must not inherit
+    it)."""
+    defaults = {**ZPG_LM_DEFAULTS, **({"max_new_tokens": max_new_tokens} if max_new_tokens else {})}
     if chosen & {"perturb", "param_filter"}:
         defaults.pop("param_filter")
     return defaults
@@ -139,11 +144,28 @@ def rewards_from_inputs(reward: str | None, reward_fn: Sequence[str] | None, rew
     return CombinedReward(functions, weights)
 
 
+def comparison_feedback(spec: str | None, task, method_name: str, max_length: int):
+    """Who judges ZPG's comparisons: a task's simulated annotators (``None`` or ``annotator``: its oracle reward,
+    which `train_zpg_lm` turns into annotators) or the source ``--feedback`` names."""
+    if spec in (None, "annotator"):
+        if task is None:
+            from preftune.judges import FEEDBACK_SPECS
+
+            raise ConfigError(f"train {method_name} on --data prompts needs --feedback, who judges the comparisons: "
+                              f"{'; '.join(FEEDBACK_SPECS[1:])}")
+        return task.reward
+    from preftune.judges import feedback_from_spec
+
+    return feedback_from_spec(spec, max_length=max_length)
+
+
 def train_from_inputs(method, config, task=None, data: Path | None = None, num_examples: int = 2000,
                       num_prompts: int = 2000, reward: str | None = None, label_noise: float = 0.0,
                       link: str = "bradley-terry", reward_fn: Sequence[str] | None = None,
-                      reward_weights: str | None = None, split: str = "train"):
-    """Build ``method``'s input from a built-in task or a data file and train it: what `preftune train` runs."""
+                      reward_weights: str | None = None, split: str = "train", feedback: str | None = None):
+    """Build ``method``'s input from a built-in task or a data file and train it: what `preftune train` runs.
+    ``feedback`` (a `preftune.judges.feedback_from_spec` string) judges ZPG's comparisons, joint learning's choices
+    and ``--reward annotator``'s comparisons instead of the task's simulated annotators."""
     kind, seed = method.inputs, config.seed
     if task is not None and kind not in task.inputs:
         from preftune.methods import METHODS
@@ -174,18 +196,34 @@ def train_from_inputs(method, config, task=None, data: Path | None = None, num_e
         return method.train(config, prompts, rewards_from_inputs(reward, reward_fn, reward_weights, task, references,
                                                                  seed, link, label_noise, config.max_length))
     if kind == "comparisons":
-        if task is None:
-            raise ConfigError(f"train {method.name} needs --task: gridworld, or a text task (see `preftune tasks`)")
-        if task.name == "gridworld":
+        if task is not None and task.name == "gridworld":
+            if feedback not in (None, "annotator"):
+                raise ConfigError("--task gridworld is judged by its simulated annotators (its trajectories are not "
+                                  "text); --feedback is for an LM on prompts")
             from preftune.methods.zpg import train_zpg_gridworld
 
             return train_zpg_gridworld(config)
-        return method.train(config, task.prompts("train", num_prompts, seed), task.reward)
+        if task is None and data is None:
+            raise ConfigError(f"train {method.name} needs --task (gridworld, or a text task: see `preftune tasks`) or "
+                              f"--data prompts.jsonl with --feedback (your judge)")
+        prompts = prompts_with_references(task, data, num_prompts, seed, False, split)[0] if data is not None \
+            else task.prompts("train", num_prompts, seed)
+        judge = comparison_feedback(feedback, task, method.name, config.max_length)
+        oracle = task.reward if task is not None and feedback not in (None, "annotator") else None
+        return method.train(config, prompts, judge, oracle=oracle)
     if kind == "choices":
+        if data is not None:
+            raise ConfigError(f"train {method.name} runs on --task population only: it scores every response of an "
+                              f"enumerable response space; on your own prompts (choices among the policy's own "
+                              f"samples) it is not built yet")
         if task is None or task.name != "population":
             raise ConfigError(f"train {method.name} needs --task population (its responses are enumerable), got "
                               f"{getattr(task, 'name', None)!r}")
-        return method.train(config, task)
+        if feedback in (None, "annotator"):
+            return method.train(config, task)
+        from preftune.judges import feedback_from_spec
+
+        return method.train(config, task, feedback=feedback_from_spec(feedback))
     if kind == "pipeline":
         return method.train(config)
     raise ValueError(f"unknown input kind {kind!r}")
