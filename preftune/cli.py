@@ -119,7 +119,11 @@ FEEDBACK = _option("feedback", None, "Who judges, instead of the task's simulate
                                      "LM as judge (docs/your-data.md).")
 OPTIONS = {"demos": [TASK, DATA, SPLIT, CONFIG, NUM_EXAMPLES],
            "pairs": [TASK, DATA, SPLIT, CONFIG, NUM_EXAMPLES, LABEL_NOISE, LINK],
-           "prompts": [TASK, DATA, SPLIT, CONFIG, NUM_PROMPTS, REWARD, REWARD_FN, REWARD_WEIGHTS, LABEL_NOISE, LINK],
+           "prompts": [TASK, DATA, SPLIT, CONFIG, NUM_PROMPTS, REWARD, REWARD_FN, REWARD_WEIGHTS, LABEL_NOISE, LINK,
+                       FEEDBACK.replace(default=typer.Option(None, help="Who compares each sample with its prompt's "
+                                                             "reference response (--reward annotator, implied): "
+                                                             "module:function, rm:DIR or judge:DIR[:TEMPLATE.txt] "
+                                                             "(docs/your-data.md)."))],
            "comparisons": [TASK, DATA, SPLIT, CONFIG, NUM_PROMPTS, FEEDBACK],
            "choices": [TASK.replace(default=typer.Option("population", help="The task: 'population'.")), DATA, CONFIG,
                        FEEDBACK],

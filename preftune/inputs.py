@@ -65,23 +65,28 @@ def prompts_with_references(task, data: Path | None, num_prompts: int, seed: int
 
 
 def make_reward(spec: str, task=None, references: Sequence[Demo] | None = None, seed: int = 0,
-                link: str = "bradley-terry", flip_prob: float = 0.0, max_length: int = 96) -> RewardFn:
-    """The reward ``--reward`` names: ``oracle`` (``task.reward``), ``annotator`` (an `Annotator` of the task's
-    reward comparing each sample with the reference response of its prompt), or a reward-model folder (preftune's
-    or any ``AutoModelForSequenceClassification`` with one label), which scores with its own tokenizer."""
+                link: str = "bradley-terry", flip_prob: float = 0.0, max_length: int = 96,
+                feedback: str | None = None) -> RewardFn:
+    """The reward ``--reward`` names: ``oracle`` (``task.reward``), ``annotator`` (1 when a simulated `Annotator`
+    of the task's reward, or the source ``feedback`` names, prefers the sample to the reference response of its
+    prompt), or a reward-model folder (preftune's or any ``AutoModelForSequenceClassification`` with one label),
+    which scores with its own tokenizer."""
     from preftune.rewards import AnnotatorReward, load_reward_model, oracle_reward
 
-    if spec in ("oracle", "annotator") and task is None:
-        raise ConfigError(f"--reward {spec} needs --task (its oracle is the reward)")
+    if task is None and (spec == "oracle" or (spec == "annotator" and feedback is None)):
+        raise ConfigError(f"--reward {spec} needs --task (its oracle is the reward)" +
+                          (" or --feedback (who compares)" if spec == "annotator" else ""))
     if spec == "oracle":
         return oracle_reward(task)
     if spec == "annotator":
         from preftune.feedback import Annotator
+        from preftune.judges import feedback_from_spec
 
         if not references:
             raise ConfigError("--reward annotator needs reference responses (a task's demonstrations or --data)")
-        return AnnotatorReward(Annotator(task.reward, link=link, flip_prob=flip_prob),
-                               {r.prompt: r.response for r in references}, seed=seed)
+        simulated = Annotator(task.reward, link=link, flip_prob=flip_prob) if task is not None else None
+        judge = feedback_from_spec(feedback, simulated, max_length) if feedback is not None else simulated
+        return AnnotatorReward(judge, {r.prompt: r.response for r in references}, seed=seed)
     if not Path(spec).is_dir():
         raise ConfigError(f"--reward must be 'oracle', 'annotator' or a reward-model directory; {spec!r} is none")
     return load_reward_model(spec, max_length)
@@ -120,19 +125,23 @@ def zpg_lm_defaults(max_new_tokens: int | None, chosen: set[str]) -> dict:
 
 
 def rewards_from_inputs(reward: str | None, reward_fn: Sequence[str] | None, reward_weights: str | None, task,
-                        references, seed: int, link: str, label_noise: float, max_length: int) -> RewardFn:
+                        references, seed: int, link: str, label_noise: float, max_length: int,
+                        feedback: str | None = None) -> RewardFn:
     """The reward ``--reward`` (a built-in or a reward-model folder; ``oracle`` when nothing is given) and the user's
-    ``--reward-fn module:function`` (TRL's signature), summed with ``--reward-weights``."""
+    ``--reward-fn module:function`` (TRL's signature), summed with ``--reward-weights``. ``--reward annotator`` asks
+    ``feedback`` when given."""
     from preftune.rewards import CombinedReward, load_function, trl_style
 
     if not reward_fn:
         if reward is None and task is None:
             raise ConfigError("nothing to reward the samples: give --reward-fn module:function, --reward DIR (a "
-                              "reward model), or --task NAME for its oracle")
-        return make_reward(reward or "oracle", task, references, seed, link, label_noise, max_length)
+                              "reward model), --feedback SPEC (a judge against the reference responses), or --task "
+                              "NAME for its oracle")
+        return make_reward(reward or "oracle", task, references, seed, link, label_noise, max_length, feedback)
     functions = {}
     if reward is not None:
-        functions[reward] = trl_style(make_reward(reward, task, references, seed, link, label_noise, max_length))
+        functions[reward] = trl_style(make_reward(reward, task, references, seed, link, label_noise, max_length,
+                                                  feedback))
     for spec in reward_fn:
         functions[spec.rpartition(":")[2]] = load_function(spec)
     weights = None
@@ -180,6 +189,10 @@ def train_from_inputs(method, config, task=None, data: Path | None = None, num_e
     if kind == "pairs":
         return method.train(config, preference_pairs(task, data, num_examples, seed, label_noise, link, split))
     if kind == "prompts":
+        if feedback is not None and reward not in (None, "annotator"):
+            raise ConfigError(f"--feedback judges --reward annotator's comparisons with the reference responses, not "
+                              f"--reward {reward}")
+        reward = "annotator" if feedback is not None else reward
         need_references = reward == "annotator"
         if method.name == "bon":  # answers held-out prompts
             if data is None and task is not None:
@@ -188,13 +201,13 @@ def train_from_inputs(method, config, task=None, data: Path | None = None, num_e
             else:
                 prompts, references = prompts_with_references(task, data, num_prompts, seed, need_references, split)
             scorer = rewards_from_inputs(reward, reward_fn, reward_weights, task, references, seed, link, label_noise,
-                                         config.max_length)
+                                         config.max_length, feedback)
             from preftune.rewards import oracle_reward
 
             return method.train(config, prompts, scorer, oracle=oracle_reward(task) if task is not None else None)
         prompts, references = prompts_with_references(task, data, num_prompts, seed, need_references, split)
         return method.train(config, prompts, rewards_from_inputs(reward, reward_fn, reward_weights, task, references,
-                                                                 seed, link, label_noise, config.max_length))
+                                                                 seed, link, label_noise, config.max_length, feedback))
     if kind == "comparisons":
         if task is not None and task.name == "gridworld":
             if feedback not in (None, "annotator"):

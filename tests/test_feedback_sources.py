@@ -315,3 +315,48 @@ def test_cli_joint_choices_by_a_user_function(user_folder):
     r = runner.invoke(app, ["train", "joint", "--data", "prompts.jsonl", "--feedback", "user_judges:chooser",
                             "--output-dir", "joint2"])
     assert r.exit_code == 2 and "not built yet" in r.output, r.output
+
+
+def test_reward_annotator_asks_a_user_function_against_the_references(user_folder):
+    from preftune.data import Demo
+    from preftune.inputs import make_reward
+
+    references = [Demo("Describe a tree:", "a tree"), Demo("What is rain?", "water")]
+    reward = make_reward("annotator", None, references, feedback="user_judges:judge")
+    assert reward(["Describe a tree:", "What is rain?"], ["a tall green tree", "w"]) == [1.0, 0.0]  # the longer wins
+    assert reward.ledger.by_tag() == {"online": 2} and len(sys.modules["user_judges"].CALLS) == 2
+    with pytest.raises(Exception, match="--feedback"):
+        make_reward("annotator", None, references)
+
+
+def test_cli_bon_rewarded_by_a_user_judge_against_the_reference_responses(user_folder):
+    from typer.testing import CliRunner
+
+    from preftune.cli import app
+
+    (user_folder / "demos.jsonl").write_text("".join(json.dumps({"prompt": p, "completion": c}) + "\n" for p, c in
+                                                     (("Describe a tree:", "a tree"), ("What is rain?", "water"))))
+    r = CliRunner().invoke(app, ["train", "bon", "--data", "demos.jsonl", "--feedback", "user_judges:judge",
+                                 "--model", "model", "--n", "2", "--max-new-tokens", "4", "--output-dir", "bon"])
+    assert r.exit_code == 0, r.output
+    assert len(sys.modules["user_judges"].CALLS) == 2 * 2  # each of the N samples of each prompt, once
+    r = CliRunner().invoke(app, ["train", "bon", "--data", "demos.jsonl", "--feedback", "user_judges:judge",
+                                 "--reward", "oracle", "--model", "model", "--output-dir", "bon2"])
+    assert r.exit_code == 2 and "--reward annotator" in r.output, r.output
+
+
+def test_rlp_labels_its_pairs_with_the_configured_feedback(user_folder, monkeypatch, tiny_model, tokenizer):
+    from preftune.methods import rlp_pipeline
+    from preftune.methods.rlp import RLPConfig
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(rlp_pipeline, "train_sft", stop)  # the labels are asked first; stop before training
+    cfg = RLPConfig(output_dir="rlp", human_pairs=10, feedback="user_judges:judge", progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        rlp_pipeline.train_rlp(cfg, model=tiny_model, tokenizer=tokenizer)
+    assert len(sys.modules["user_judges"].CALLS) == 10
+    with pytest.raises(ValueError, match="not a feedback source"):
+        rlp_pipeline.train_rlp(RLPConfig(output_dir="rlp2", feedback="nonsense", progress=False), model=tiny_model,
+                               tokenizer=tokenizer)
