@@ -153,9 +153,10 @@ def rewards_from_inputs(reward: str | None, reward_fn: Sequence[str] | None, rew
     return CombinedReward(functions, weights)
 
 
-def comparison_feedback(spec: str | None, task, method_name: str, max_length: int):
+def comparison_feedback(spec: str | None, task, method_name: str, config):
     """Who judges ZPG's comparisons: a task's simulated annotators (``None`` or ``annotator``: its oracle reward,
-    which `train_zpg_lm` turns into annotators) or the source ``--feedback`` names."""
+    which `train_zpg_lm` turns into annotators) or the source ``--feedback`` names (a reward model's choice model
+    takes the config's annotator temperature and link)."""
     if spec in (None, "annotator"):
         if task is None:
             from preftune.judges import FEEDBACK_SPECS
@@ -165,7 +166,8 @@ def comparison_feedback(spec: str | None, task, method_name: str, max_length: in
         return task.reward
     from preftune.judges import feedback_from_spec
 
-    return feedback_from_spec(spec, max_length=max_length)
+    return feedback_from_spec(spec, max_length=config.max_length, temperature=config.annotator_temperature,
+                              link=config.annotator_link)
 
 
 def train_from_inputs(method, config, task=None, data: Path | None = None, num_examples: int = 2000,
@@ -221,7 +223,7 @@ def train_from_inputs(method, config, task=None, data: Path | None = None, num_e
                               f"--data prompts.jsonl with --feedback (your judge)")
         prompts = prompts_with_references(task, data, num_prompts, seed, False, split)[0] if data is not None \
             else task.prompts("train", num_prompts, seed)
-        judge = comparison_feedback(feedback, task, method.name, config.max_length)
+        judge = comparison_feedback(feedback, task, method.name, config)
         oracle = task.reward if task is not None and feedback not in (None, "annotator") else None
         return method.train(config, prompts, judge, oracle=oracle)
     if kind == "choices":
