@@ -125,8 +125,8 @@ OPTIONS = {"demos": [TASK, DATA, SPLIT, CONFIG, NUM_EXAMPLES],
                                                              "module:function, rm:DIR or judge:DIR[:TEMPLATE.txt] "
                                                              "(docs/your-data.md)."))],
            "comparisons": [TASK, DATA, SPLIT, CONFIG, NUM_PROMPTS, FEEDBACK],
-           "choices": [TASK.replace(default=typer.Option("population", help="The task: 'population'.")), DATA, CONFIG,
-                       FEEDBACK],
+           "choices": [TASK.replace(default=typer.Option("population", help="The task: 'population' (unless --data).")),
+                       DATA, SPLIT, CONFIG, FEEDBACK],
            "pipeline": [CONFIG]}
 
 

@@ -153,21 +153,24 @@ def rewards_from_inputs(reward: str | None, reward_fn: Sequence[str] | None, rew
     return CombinedReward(functions, weights)
 
 
+def user_feedback(spec: str | None, method_name: str, max_length: int, **choice_model):
+    """The source ``--feedback`` names (`preftune.judges.feedback_from_spec`), required when there is no task."""
+    from preftune.judges import FEEDBACK_SPECS, feedback_from_spec
+
+    if spec in (None, "annotator"):
+        raise ConfigError(f"train {method_name} on --data prompts needs --feedback, who judges: "
+                          f"{'; '.join(FEEDBACK_SPECS[1:])}")
+    return feedback_from_spec(spec, max_length=max_length, **choice_model)
+
+
 def comparison_feedback(spec: str | None, task, method_name: str, config):
     """Who judges ZPG's comparisons: a task's simulated annotators (``None`` or ``annotator``: its oracle reward,
     which `train_zpg_lm` turns into annotators) or the source ``--feedback`` names (a reward model's choice model
     takes the config's annotator temperature and link)."""
-    if spec in (None, "annotator"):
-        if task is None:
-            from preftune.judges import FEEDBACK_SPECS
-
-            raise ConfigError(f"train {method_name} on --data prompts needs --feedback, who judges the comparisons: "
-                              f"{'; '.join(FEEDBACK_SPECS[1:])}")
+    if spec in (None, "annotator") and task is not None:
         return task.reward
-    from preftune.judges import feedback_from_spec
-
-    return feedback_from_spec(spec, max_length=config.max_length, temperature=config.annotator_temperature,
-                              link=config.annotator_link)
+    return user_feedback(spec, method_name, config.max_length, temperature=config.annotator_temperature,
+                         link=config.annotator_link)
 
 
 def train_from_inputs(method, config, task=None, data: Path | None = None, num_examples: int = 2000,
@@ -227,10 +230,12 @@ def train_from_inputs(method, config, task=None, data: Path | None = None, num_e
         oracle = task.reward if task is not None and feedback not in (None, "annotator") else None
         return method.train(config, prompts, judge, oracle=oracle)
     if kind == "choices":
-        if data is not None:
-            raise ConfigError(f"train {method.name} runs on --task population only: it scores every response of an "
-                              f"enumerable response space; on your own prompts (choices among the policy's own "
-                              f"samples) it is not built yet")
+        if data is not None:  # your prompts and model: choices among the policy's own samples
+            from preftune.methods.joint_lm import train_joint_lm
+
+            chooser = user_feedback(feedback, method.name, config.max_length)
+            return train_joint_lm(config, prompts_with_references(None, data, num_prompts, seed, False, split)[0],
+                                  chooser)
         if task is None or task.name != "population":
             raise ConfigError(f"train {method.name} needs --task population (its responses are enumerable), got "
                               f"{getattr(task, 'name', None)!r}")

@@ -312,9 +312,75 @@ def test_cli_joint_choices_by_a_user_function(user_folder):
     assert r.exit_code == 0, r.output
     rows = [json.loads(line) for line in (user_folder / "joint" / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["queries"] == 6 and len(sys.modules["user_judges"].CALLS) == 6
-    r = runner.invoke(app, ["train", "joint", "--data", "prompts.jsonl", "--feedback", "user_judges:chooser",
-                            "--output-dir", "joint2"])
-    assert r.exit_code == 2 and "not built yet" in r.output, r.output
+
+
+def test_cli_joint_on_user_prompts_and_model_chooses_among_policy_samples(user_folder):
+    from transformers import AutoModelForCausalLM
+    from typer.testing import CliRunner
+
+    from preftune.cli import app
+
+    runner = CliRunner()
+    r = runner.invoke(app, ["train", "joint", "--data", "prompts.jsonl", "--feedback", "user_judges:judge",
+                            "--model", "model", "--steps", "2", "--queries-per-round", "3", "--candidates", "3",
+                            "--updates-per-round", "2", "--batch-size", "4", "--max-new-tokens", "5", "--output-dir",
+                            "joint", "--progress", "false"])
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(line) for line in (user_folder / "joint" / "metrics.jsonl").read_text().splitlines()]
+    assert [row["queries"] for row in rows] == [3, 6] and len(sys.modules["user_judges"].CALLS) == 6
+    assert "choice_nll" in rows[-1] and "kl" not in rows[-1]  # no population to measure against
+    final = user_folder / "joint" / "final"
+    assert AutoModelForCausalLM.from_pretrained(final).config.hidden_size == 32
+    assert (final / "epistemic_head.safetensors").exists()
+    r = runner.invoke(app, ["train", "joint", "--data", "prompts.jsonl", "--model", "model", "--output-dir", "j2"])
+    assert r.exit_code == 2 and "needs --feedback" in r.output, r.output
+    r = runner.invoke(app, ["train", "joint", "--model", "model", "--output-dir", "j3"])
+    assert r.exit_code == 2 and "--data prompts.jsonl" in r.output, r.output
+
+
+def _choice_nll(policy, tokenizer, choices) -> float:
+    from preftune.data import Demo, collate_demos
+    from preftune.losses import choice_loss
+    from preftune.rollout import score_logprobs
+
+    demos = [Demo(p, t) for p, texts, _ in choices.rows for t in texts]
+    batch = collate_demos(tokenizer, demos, 96)
+    logps = score_logprobs(policy, batch.input_ids, batch.attention_mask, batch.response_mask).sum(-1)
+    return float(choice_loss(logps.view(len(choices.rows), -1), torch.tensor([c for _, _, c in choices.rows])))
+
+
+@pytest.mark.parametrize("explore", ["double-ts", "infomax"])
+def test_joint_on_user_prompts_fits_the_choices_and_resumes_to_the_same_weights(tmp_path, tokenizer, explore):
+    import copy
+    import shutil
+
+    from preftune.methods.joint import JointConfig
+    from preftune.methods.joint_lm import train_joint_lm
+    from preftune.tiny import TinySpec, build_tiny_model
+
+    start = build_tiny_model("tiny", tokenizer, TinySpec(hidden_size=32, num_layers=1, num_heads=2), seed=0)
+    shortest = FunctionFeedback(lambda prompt, candidates: min(range(len(candidates)),
+                                                               key=lambda i: len(candidates[i])))
+    prompts = ["about sun:", "about rain:", "about sea:"]
+
+    def run(out, **kw):
+        cfg = JointConfig(output_dir=str(out), steps=3, queries_per_round=4, updates_per_round=5, batch_size=8,
+                          max_new_tokens=6, candidate_pool=4, explore=explore, lr=3e-3, progress=False,
+                          mixed_precision="no", **kw)
+        return train_joint_lm(cfg, prompts, shortest, model=copy.deepcopy(start), tokenizer=tokenizer)
+
+    full = run(tmp_path / "full", save_every=1, keep_checkpoints=5)
+    choices = full.extra["choices"]
+    assert full.extra["ledger"].by_tag() == {"joint": 12} and len(choices.rows) == 12
+    assert choices.features.shape == (12, 2, 32)
+    assert all(c == min(range(2), key=lambda i: len(texts[i])) for _, texts, c in choices.rows)
+    assert _choice_nll(full.model.policy, tokenizer, choices) < _choice_nll(start, tokenizer, choices)
+    (tmp_path / "cut").mkdir()
+    shutil.copytree(tmp_path / "full" / "checkpoint-2", tmp_path / "cut" / "checkpoint-2")
+    resumed = run(tmp_path / "cut", save_every=1, resume=True)
+    for (name, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert resumed.extra["choices"].rows == choices.rows
 
 
 def test_reward_annotator_asks_a_user_function_against_the_references(user_folder):

@@ -72,7 +72,10 @@ class JointConfig(TrainConfig):
     candidate_pool: int = field(default=0, metadata=doc(
         "infomax / ts / double-ts choose among this many distinct policy samples per query (Gumbel-top-M on "
         "log π / boltzmann_temperature), as Dwaracherla et al. choose among an LM's sampled responses; 0 = among "
-        "every response.", ge=0))
+        "every response. On your prompts: policy samples per query, every scheme choosing among them; 0 = 2·K.",
+        ge=0))
+    max_new_tokens: int = field(default=30, metadata=doc("On your prompts: longest sampled candidate in tokens.",
+                                                         ge=1))
     # --- training
     updates_per_round: int = field(default=20, metadata=doc("Optimizer steps after each round's queries.", ge=1))
     # --- epistemic head
@@ -96,9 +99,6 @@ class JointConfig(TrainConfig):
         if self.candidate_pool and not self.candidates <= self.candidate_pool <= 64:
             raise ConfigError(f"config field 'candidate_pool' must be 0 or between candidates ({self.candidates}) and "
                               f"the 64 responses, got {self.candidate_pool}")
-        if self.model != "tiny":
-            raise ConfigError(f"config field 'model' must be 'tiny' for joint (the population task has its own "
-                              f"word-level response space), got {self.model!r}")
 
 
 class JointModel(nn.Module):
@@ -217,6 +217,10 @@ def train_joint(config: JointConfig, task: PopulationTask | None = None, model: 
     """Joint learning on the population task (module docstring). ``feedback`` chooses instead of the task's
     population (the distances logged stay those to the population's choices). ``extra``: the query ``ledger``, the
     choice ``records`` and ``head_features`` (the starting LM's features when the head reads those, else None)."""
+    if model is None and config.model != "tiny":
+        raise ConfigError(f"config field 'model' must be 'tiny' for joint on the population task (it has its own "
+                          f"word-level response space), got {config.model!r}; your model learns on your prompts: "
+                          f"--data prompts.jsonl --feedback SPEC")
     task = task or PopulationTask()
     chooser = feedback if feedback is not None else task.population
     tokenizer = tokenizer or build_population_tokenizer()
