@@ -194,6 +194,8 @@ def eval_command(
                                                  "the task's held-out annotator labels, next to the ceiling (the "
                                                  "annotator's own agreement with the oracle on them)."),
     num_pairs: int = typer.Option(2000, min=1, help="Held-out labelled pairs for --reward-model."),
+    feedback: str = typer.Option(None, help="With --reference: who judges annotator_win_rate ('annotator', "
+                                            "module:function, rm:DIR, judge:DIR[:TEMPLATE.txt]; docs/your-data.md)."),
 ):
     _quiet_libraries()
     from preftune.evaluate import evaluate_saved
@@ -204,7 +206,7 @@ def eval_command(
     try:
         metrics = evaluate_saved(task, model, reference, reward_from, reward_model, num_prompts=num_prompts,
                                  samples_per_prompt=samples_per_prompt, temperature=temperature, seed=seed,
-                                 num_pairs=num_pairs)
+                                 num_pairs=num_pairs, feedback=feedback)
     except _expected_errors() as e:
         _fail(str(e))
     except Exception as e:  # noqa: BLE001

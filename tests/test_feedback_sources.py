@@ -426,3 +426,19 @@ def test_rlp_labels_its_pairs_with_the_configured_feedback(user_folder, monkeypa
     with pytest.raises(ValueError, match="not a feedback source"):
         rlp_pipeline.train_rlp(RLPConfig(output_dir="rlp2", feedback="nonsense", progress=False), model=tiny_model,
                                tokenizer=tokenizer)
+
+
+def test_cli_eval_win_rate_judged_by_a_user_function(user_folder):
+    from typer.testing import CliRunner
+
+    from preftune.cli import app
+
+    r = CliRunner().invoke(app, ["eval", "--task", "arithmetic", "--model", "model", "--reference", "model",
+                                 "--feedback", "user_judges:judge", "--num-prompts", "4", "--samples-per-prompt", "1",
+                                 "--output", "eval.json"])
+    assert r.exit_code == 0, r.output
+    metrics = json.loads((user_folder / "eval.json").read_text())
+    assert metrics["annotator_queries"] == 4 and len(sys.modules["user_judges"].CALLS) == 4
+    assert 0 <= metrics["annotator_win_rate"] <= 1
+    r = CliRunner().invoke(app, ["eval", "--task", "arithmetic", "--model", "model", "--feedback", "user_judges:judge"])
+    assert r.exit_code == 2 and "--reference" in r.output, r.output
