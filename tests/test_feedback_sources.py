@@ -442,3 +442,22 @@ def test_cli_eval_win_rate_judged_by_a_user_function(user_folder):
     assert 0 <= metrics["annotator_win_rate"] <= 1
     r = CliRunner().invoke(app, ["eval", "--task", "arithmetic", "--model", "model", "--feedback", "user_judges:judge"])
     assert r.exit_code == 2 and "--reference" in r.output, r.output
+
+
+@pytest.mark.slow
+def test_zpg_from_a_user_folder_in_a_fresh_process(user_folder):
+    """As a user runs it: `python -m preftune` in the folder that holds the prompts, the judge and the model."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    import preftune
+
+    env = {**os.environ, "PYTHONPATH": str(Path(preftune.__file__).resolve().parent.parent)}
+    proc = subprocess.run([sys.executable, "-m", "preftune", "train", "zpg", "--data", "prompts.jsonl", "--feedback",
+                           "user_judges:judge", "--model", "model", "--steps", "2", "--batch-size", "2",
+                           "--max-new-tokens", "4", "--output-dir", "out", "--progress", "false"],
+                          cwd=user_folder, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in (user_folder / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["queries"] == 4 and (user_folder / "out" / "final" / "model.safetensors").exists()
