@@ -177,13 +177,13 @@ class Annotator:
 
 @dataclass
 class Population:
-    exact_probabilities = True
-
     """A mixture of annotator types: each query is answered by one type drawn by weight.
 
     Its choice probability is the weighted mixture of its members', which no single Bradley–Terry utility need
     reproduce when the types disagree.
     """
+
+    exact_probabilities = True
 
     annotators: list[Annotator]
     weights: list[float]
