@@ -93,13 +93,16 @@ def _expected_errors() -> tuple[type[Exception], ...]:
 def _option(name: str, default, help: str) -> inspect.Parameter:
     kind = type(default) if default is not None else str
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=typer.Option(default, help=help),
-                             annotation=Path if name in ("data", "config") else kind)
+                             annotation=Path if name in ("data", "config", "eval_data") else kind)
 
 
 TASK = _option("task", None, "Built-in task to draw data from (see `preftune tasks`).")
 DATA = _option("data", None, "A data file in TRL's formats (JSONL, JSON, CSV, Parquet) or a saved dataset folder, "
                              "instead of a task (docs/your-data.md).")
 SPLIT = _option("split", "train", "The split of a saved DatasetDict given as --data.")
+EVAL_DATA = _option("eval_data", None, "Held-out data in the same formats as --data, scored every --eval-every "
+                                       "steps and at the end (eval_loss, eval_<metric> in metrics.jsonl).")
+EVAL_SPLIT = _option("eval_split", "test", "The split of a saved DatasetDict given as --eval-data.")
 CONFIG = _option("config", None, "YAML file of config fields.")
 NUM_EXAMPLES = _option("num_examples", 2000, "Examples to generate from --task.")
 NUM_PROMPTS = _option("num_prompts", 2000, "Prompts to draw from --task.")
@@ -113,8 +116,8 @@ REWARD_FN = inspect.Parameter("reward_fn", inspect.Parameter.KEYWORD_ONLY, annot
                "fn(prompts, completions, **kwargs) -> list[float | None]; repeat for several (summed)."))
 REWARD_WEIGHTS = _option("reward_weights", None, "Comma-separated weights of --reward (first, when given) and each "
                                                  "--reward-fn; default 1 each.")
-OPTIONS = {"demos": [TASK, DATA, SPLIT, CONFIG, NUM_EXAMPLES],
-           "pairs": [TASK, DATA, SPLIT, CONFIG, NUM_EXAMPLES, LABEL_NOISE, LINK],
+OPTIONS = {"demos": [TASK, DATA, SPLIT, EVAL_DATA, EVAL_SPLIT, CONFIG, NUM_EXAMPLES],
+           "pairs": [TASK, DATA, SPLIT, EVAL_DATA, EVAL_SPLIT, CONFIG, NUM_EXAMPLES, LABEL_NOISE, LINK],
            "prompts": [TASK, DATA, SPLIT, CONFIG, NUM_PROMPTS, REWARD, REWARD_FN, REWARD_WEIGHTS, LABEL_NOISE, LINK],
            "comparisons": [TASK, CONFIG, NUM_PROMPTS],
            "choices": [TASK.replace(default=typer.Option("population", help="The task: 'population'.")), CONFIG],

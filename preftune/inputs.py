@@ -144,7 +144,8 @@ def rewards_from_inputs(reward: str | None, reward_fn: Sequence[str] | None, rew
 def train_from_inputs(method, config, task=None, data: Path | None = None, num_examples: int = 2000,
                       num_prompts: int = 2000, reward: str | None = None, label_noise: float = 0.0,
                       link: str = "bradley-terry", reward_fn: Sequence[str] | None = None,
-                      reward_weights: str | None = None, split: str = "train"):
+                      reward_weights: str | None = None, split: str = "train", eval_data: Path | None = None,
+                      eval_split: str = "test"):
     """Build ``method``'s input from a built-in task or a data file and train it: what `preftune train` runs."""
     kind, seed = method.inputs, config.seed
     if task is not None and kind not in task.inputs:
@@ -156,9 +157,12 @@ def train_from_inputs(method, config, task=None, data: Path | None = None, num_e
         raise ConfigError(f"train {method.name} cannot use --task {task.name}; its tasks: {', '.join(tasks)} "
                           f"(--task {task.name} is for {', '.join(methods)})")
     if kind == "demos":
-        return method.train(config, demonstrations(task, data, num_examples, seed, split))
+        held_out = load_records(eval_data, Demo, eval_split) if eval_data is not None else None
+        return method.train(config, demonstrations(task, data, num_examples, seed, split), eval_data=held_out)
     if kind == "pairs":
-        return method.train(config, preference_pairs(task, data, num_examples, seed, label_noise, link, split))
+        held_out = load_records(eval_data, Pair, eval_split) if eval_data is not None else None
+        return method.train(config, preference_pairs(task, data, num_examples, seed, label_noise, link, split),
+                            eval_data=held_out)
     if kind == "prompts":
         need_references = reward == "annotator"
         if method.name == "bon":  # answers held-out prompts

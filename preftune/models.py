@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 
@@ -134,6 +134,24 @@ def save_causal_lm(model, tokenizer, directory: str | Path, merge_lora: bool = F
         adapter_config["base_model_name_or_path"] = str((directory / "base").resolve())
         (directory / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2))
     return directory
+
+
+def enable_gradient_checkpointing(model) -> None:
+    """Turn on activation checkpointing in the Hugging Face model inside ``model`` (itself, a peft wrapper's base, a
+    reward model's body). Non-reentrant, so it needs no inputs that require grad (LoRA works unchanged)."""
+    from transformers import PreTrainedModel
+
+    for module in model.modules():
+        if isinstance(module, PreTrainedModel):
+            if not module.supports_gradient_checkpointing:
+                raise ModelError(f"gradient_checkpointing: {type(module).__name__} does not support it")
+            kwargs = {"use_reentrant": False}
+            if hasattr(module, "activation_checkpointing_enable"):  # its name from transformers 5.2x
+                module.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+            else:
+                module.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+            return
+    raise ModelError(f"gradient_checkpointing: {type(model).__name__} holds no Hugging Face model to checkpoint")
 
 
 def merge_lora(model):
