@@ -114,3 +114,35 @@ def test_report_to_a_tracker_that_is_not_installed_is_a_config_error(tmp_path, t
     with pytest.raises(ConfigError, match="'report_to' asks for wandb, which is not installed"):
         Trainer(_cfg(SFTConfig, tmp_path, report_to="wandb"), tiny_model)
     assert not tmp_path.joinpath("config.yaml").exists()
+
+
+def test_eval_on_your_prompts_reward_function_and_pairs(tmp_path, monkeypatch, tiny_model, tokenizer):
+    """`preftune eval --data` with a user's prompts and reward function (a policy against a reference) and a user's
+    labelled pairs (a reward model), from a user's folder."""
+    from typer.testing import CliRunner
+
+    from preftune.models import RewardModel, save_causal_lm
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "myreward.py").write_text(
+        "def length(prompts, completions, **kwargs):\n    return [float(len(c)) for c in completions]\n")
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"prompt": f"{a}+1="}) + "\n" for a in range(6)))
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps({"prompt": p.prompt, "chosen": p.chosen,
+                                                              "rejected": p.rejected}) + "\n" for p in PAIRS))
+    save_causal_lm(tiny_model, tokenizer, tmp_path / "policy")
+    RewardModel.from_causal_lm(tiny_model).save_pretrained(tmp_path / "rm", tokenizer)
+    runner = CliRunner()
+    r = runner.invoke(app, ["eval", "--data", "prompts.jsonl", "--model", "policy", "--reference", "policy",
+                            "--reward-fn", "myreward:length", "--samples-per-prompt", "2", "--max-new-tokens", "8",
+                            "--output", "m.json"])
+    assert r.exit_code == 0, r.output
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["num_prompts"] == 6 and 0.0 <= metrics["win_rate"] <= 1.0
+    assert metrics["reward"] >= 0 and "rewards/length/mean" in metrics and "kl_to_reference" in metrics
+    r = runner.invoke(app, ["eval", "--data", "pairs.jsonl", "--reward-model", "rm", "--output", "rm.json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "rm.json").read_text())["reward_model"]["pairs"] == len(PAIRS)
+    r = runner.invoke(app, ["eval", "--data", "prompts.jsonl", "--model", "policy"])
+    assert r.exit_code == 2 and "--reward-fn" in r.output
+    r = runner.invoke(app, ["eval", "--data", "prompts.jsonl", "--task", "arithmetic", "--model", "policy"])
+    assert r.exit_code == 2 and "not both" in r.output
