@@ -166,6 +166,9 @@ def train_from_inputs(method, config, task=None, data: Path | None = None, num_e
     if kind == "prompts":
         need_references = reward == "annotator"
         if method.name == "bon":  # answers held-out prompts
+            if eval_data is not None:
+                raise ConfigError("bon answers the prompts it is given (--data or the task's eval prompts); it "
+                                  "takes no --eval-data")
             if data is None and task is not None:
                 prompts, references = task.prompts("eval", num_prompts, seed), task.demonstrations("eval", num_prompts,
                                                                                                      seed)
@@ -177,8 +180,10 @@ def train_from_inputs(method, config, task=None, data: Path | None = None, num_e
 
             return method.train(config, prompts, scorer, oracle=oracle_reward(task) if task is not None else None)
         prompts, references = prompts_with_references(task, data, num_prompts, seed, need_references, split)
+        held_out = list(dict.fromkeys(load_prompts(eval_data, eval_split))) if eval_data is not None else None
         return method.train(config, prompts, rewards_from_inputs(reward, reward_fn, reward_weights, task, references,
-                                                                 seed, link, label_noise, config.max_length))
+                                                                 seed, link, label_noise, config.max_length),
+                            eval_data=held_out)
     if kind == "comparisons":
         if task is None:
             raise ConfigError(f"train {method.name} needs --task: gridworld, or a text task (see `preftune tasks`)")

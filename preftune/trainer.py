@@ -377,12 +377,20 @@ class Trainer:
         return out
 
     def _truncate_metrics(self, path: Path, start: int) -> None:
-        """On resume, drop logged rows after the checkpoint so the log reads as one uninterrupted run."""
-        if not self.is_main or not path.exists():
-            return
-        rows = [line for line in path.read_text().splitlines() if line.strip()]
-        kept = [r for r in rows if json.loads(r).get("iteration", 0) <= start]
-        path.write_text("".join(r + "\n" for r in kept))
+        """On resume, drop logged rows after the checkpoint so the logs read as one uninterrupted run."""
+        for log in (path, self.output_dir / "completions.jsonl"):
+            if not self.is_main or not log.exists():
+                continue
+            rows = [line for line in log.read_text().splitlines() if line.strip()]
+            kept = [r for r in rows if json.loads(r).get("iteration", 0) <= start]
+            log.write_text("".join(r + "\n" for r in kept))
+
+    def append_rows(self, name: str, rows: Sequence[dict]) -> None:
+        """Append JSON rows (each with its ``iteration``, so a resume can drop the later ones) to a log file of the
+        run, ``output_dir/<name>``."""
+        with (self.output_dir / name).open("a") as f:
+            f.writelines(json.dumps({k: _json_number(v) for k, v in row.items()}, allow_nan=False) + "\n"
+                         for row in rows)
 
     def _log(self, path: Path, metrics: dict) -> None:
         row = {k: _json_number(v) for k, v in metrics.items() if _jsonable(v)}

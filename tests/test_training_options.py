@@ -146,3 +146,22 @@ def test_eval_on_your_prompts_reward_function_and_pairs(tmp_path, monkeypatch, t
     assert r.exit_code == 2 and "--reward-fn" in r.output
     r = runner.invoke(app, ["eval", "--data", "prompts.jsonl", "--task", "arithmetic", "--model", "policy"])
     assert r.exit_code == 2 and "not both" in r.output
+
+
+def test_grpo_eval_prompts_and_logged_completions_change_nothing_of_the_run(tmp_path, tiny_model, tokenizer):
+    from preftune.methods.rloo import GRPOConfig, train_grpo
+
+    def reward(prompts, completions, **kwargs):
+        return [float(len(c)) for c in completions]
+
+    prompts = [f"{a}+1=" for a in range(8)]
+    cfg = dict(steps=3, batch_size=4, samples_per_prompt=2, max_new_tokens=4, log_every=1)
+    plain = train_grpo(_cfg(GRPOConfig, tmp_path / "a", **cfg), prompts, reward, copy.deepcopy(tiny_model), tokenizer)
+    evaluated = train_grpo(_cfg(GRPOConfig, tmp_path / "b", eval_every=2, log_completions=True, **cfg), prompts,
+                           reward, copy.deepcopy(tiny_model), tokenizer, eval_data=prompts[:3])
+    assert [h["iteration"] for h in evaluated.history if "eval_score" in h] == [2, 3]
+    for x, y in zip(plain.model.state_dict().values(), evaluated.model.state_dict().values()):
+        assert torch.equal(x, y)  # the eval samples come from their own generator
+    rows = [json.loads(line) for line in (tmp_path / "b" / "completions.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 * 4 * 2 and {"iteration", "prompt", "completion", "score"} <= set(rows[0])
+    assert rows[0]["score"] == float(len(rows[0]["completion"]))
