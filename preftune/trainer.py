@@ -218,8 +218,8 @@ class Trainer:
                 if self.config.save_every and self.iteration % self.config.save_every == 0 \
                         and self.iteration < iterations:
                     self.save_checkpoint()
-        if self.accelerator.log_with:
-            self.accelerator.end_training()
+        for tracker in self.accelerator.trackers:  # not `end_training`: it also ends the process group
+            tracker.finish()
         return self.history
 
     def fit_dataset(self, num_examples: int, step: GradientStep, loss_fn: LossFn, description: str | None = None,
