@@ -176,7 +176,8 @@ def comparison_feedback(spec: str | None, task, method_name: str, config):
 def train_from_inputs(method, config, task=None, data: Path | None = None, num_examples: int = 2000,
                       num_prompts: int = 2000, reward: str | None = None, label_noise: float = 0.0,
                       link: str = "bradley-terry", reward_fn: Sequence[str] | None = None,
-                      reward_weights: str | None = None, split: str = "train", feedback: str | None = None):
+                      reward_weights: str | None = None, split: str = "train", eval_data: Path | None = None,
+                      eval_split: str = "test", feedback: str | None = None):
     """Build ``method``'s input from a built-in task or a data file and train it: what `preftune train` runs.
     ``feedback`` (a `preftune.judges.feedback_from_spec` string) judges ZPG's comparisons, joint learning's choices
     and ``--reward annotator``'s comparisons instead of the task's simulated annotators."""
@@ -190,9 +191,12 @@ def train_from_inputs(method, config, task=None, data: Path | None = None, num_e
         raise ConfigError(f"train {method.name} cannot use --task {task.name}; its tasks: {', '.join(tasks)} "
                           f"(--task {task.name} is for {', '.join(methods)})")
     if kind == "demos":
-        return method.train(config, demonstrations(task, data, num_examples, seed, split))
+        held_out = load_records(eval_data, Demo, eval_split) if eval_data is not None else None
+        return method.train(config, demonstrations(task, data, num_examples, seed, split), eval_data=held_out)
     if kind == "pairs":
-        return method.train(config, preference_pairs(task, data, num_examples, seed, label_noise, link, split))
+        held_out = load_records(eval_data, Pair, eval_split) if eval_data is not None else None
+        return method.train(config, preference_pairs(task, data, num_examples, seed, label_noise, link, split),
+                            eval_data=held_out)
     if kind == "prompts":
         if feedback is not None and reward not in (None, "annotator"):
             raise ConfigError(f"--feedback judges --reward annotator's comparisons with the reference responses, not "
@@ -200,6 +204,9 @@ def train_from_inputs(method, config, task=None, data: Path | None = None, num_e
         reward = "annotator" if feedback is not None else reward
         need_references = reward == "annotator"
         if method.name == "bon":  # answers held-out prompts
+            if eval_data is not None:
+                raise ConfigError("bon answers the prompts it is given (--data or the task's eval prompts); it "
+                                  "takes no --eval-data")
             if data is None and task is not None:
                 prompts, references = task.prompts("eval", num_prompts, seed), task.demonstrations("eval", num_prompts,
                                                                                                      seed)
@@ -211,8 +218,10 @@ def train_from_inputs(method, config, task=None, data: Path | None = None, num_e
 
             return method.train(config, prompts, scorer, oracle=oracle_reward(task) if task is not None else None)
         prompts, references = prompts_with_references(task, data, num_prompts, seed, need_references, split)
+        held_out = list(dict.fromkeys(load_prompts(eval_data, eval_split))) if eval_data is not None else None
         return method.train(config, prompts, rewards_from_inputs(reward, reward_fn, reward_weights, task, references,
-                                                                 seed, link, label_noise, config.max_length, feedback))
+                                                                 seed, link, label_noise, config.max_length, feedback),
+                            eval_data=held_out)
     if kind == "comparisons":
         if task is not None and task.name == "gridworld":
             if feedback not in (None, "annotator"):

@@ -32,50 +32,23 @@ def reward_model_reward(reward_model, tokenizer, max_length: int) -> RewardFn:
     return score
 
 
-def sequence_classifier_reward(model, tokenizer, max_length: int) -> RewardFn:
-    """Score (prompt, response) texts with a Hugging Face ``AutoModelForSequenceClassification`` of one label (a
-    TRL reward model): prompt (through the chat template when the tokenizer has one), response and eos, read one
-    row at a time, so no padding convention of the model's head matters."""
-    import torch
-
-    from preftune.data import encode_prompt_responses
-
-    def score(prompts: list[str], responses: list[str]) -> list[float]:
-        was_training = model.training
-        model.eval()
-        device = next(model.parameters()).device
-        with torch.no_grad():
-            scores = [float(model(input_ids=torch.tensor([ids], device=device)).logits[0, 0])
-                      for ids, _ in encode_prompt_responses(tokenizer, prompts, responses, max_length)]
-        model.train(was_training)
-        return scores
-
-    return score
-
-
 def load_reward_model(directory: str, max_length: int) -> RewardFn:
-    """The reward a saved reward model gives: preftune's (`RewardModel`, with ``preftune_reward.json``) or any
-    ``AutoModelForSequenceClassification`` folder with ``num_labels=1``; each scores with its own tokenizer."""
+    """The reward a saved reward model gives, scoring with its own tokenizer: preftune's folder or any
+    ``AutoModelForSequenceClassification`` folder (`RewardModel.from_pretrained`). A folder that is neither (a plain
+    causal LM would load with a fresh random head) is refused."""
     import json
     from pathlib import Path
 
     from preftune.models import RewardModel, load_tokenizer
 
     path = Path(directory)
-    if (path / "preftune_reward.json").is_file():
-        return reward_model_reward(RewardModel.from_pretrained(path), load_tokenizer(str(path)), max_length)
     config_path = path / "config.json"
     architectures = (json.loads(config_path.read_text()).get("architectures") or []) if config_path.is_file() else []
-    if not any(a.endswith("ForSequenceClassification") for a in architectures):
+    if not (path / "preftune_reward.json").is_file() and \
+            not any(a.endswith("ForSequenceClassification") for a in architectures):
         raise ValueError(f"{directory} is not a reward model: it has neither preftune_reward.json (`preftune train "
                          f"reward`) nor a config.json of a ...ForSequenceClassification model")
-    from transformers import AutoModelForSequenceClassification
-
-    model = AutoModelForSequenceClassification.from_pretrained(path, use_safetensors=True)
-    if model.config.num_labels != 1:
-        raise ValueError(f"{directory}: a reward model has one output (num_labels=1), this one has "
-                         f"{model.config.num_labels}")
-    return sequence_classifier_reward(model, load_tokenizer(str(path)), max_length)
+    return reward_model_reward(RewardModel.from_pretrained(path), load_tokenizer(str(path)), max_length)
 
 
 class AnnotatorReward:

@@ -127,10 +127,6 @@ def test_reward_model_folders_of_both_kinds(tmp_path, tokenizer, tiny_model):
     assert probs == pytest.approx(torch.tensor(hf_scores).softmax(-1).tolist(), abs=1e-6)
     assert hf_scores[0] != hf_scores[1]
 
-    config.num_labels = 2
-    AutoModelForSequenceClassification.from_config(config).save_pretrained(tmp_path / "two-labels")
-    with pytest.raises(ValueError, match="num_labels=1"):
-        feedback_from_spec(f"rm:{tmp_path / 'two-labels'}")
     tiny_model.save_pretrained(tmp_path / "causal-lm")
     with pytest.raises(ValueError, match="not a reward model"):
         feedback_from_spec(f"rm:{tmp_path / 'causal-lm'}")
