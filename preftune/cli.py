@@ -219,13 +219,12 @@ def eval_command(
               "--reward-model DIR (a reward model to score on held-out labels)")
     if data is not None and reward_from is not None:
         _fail("--reward-from correlates with a task's oracle: give --task, not --data")
-    if data is not None and feedback is not None:
-        _fail("--feedback judges the win rate on a --task; on your --data prompts give --reward-fn or --reward")
     try:
         if data is not None:
             metrics = evaluate_data(data, split, model, reference, reward, reward_fn, reward_weights, reward_model,
                                     num_prompts=num_prompts, samples_per_prompt=samples_per_prompt,
-                                    temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
+                                    temperature=temperature, max_new_tokens=max_new_tokens, seed=seed,
+                                    feedback=feedback)
         else:
             metrics = evaluate_saved(task, model, reference, reward_from, reward_model, num_prompts=num_prompts,
                                      samples_per_prompt=samples_per_prompt, temperature=temperature, seed=seed,
