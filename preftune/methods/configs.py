@@ -85,6 +85,9 @@ class OnlineConfig(TrainConfig):
     temperature: float = field(default=1.0, metadata=doc(
         "Sampling temperature; policy, behaviour and reference log-probs all use softmax(logits / T).", gt=0))
     generation_batch_size: int = field(default=256, metadata=doc("Sequences decoded together.", ge=1))
+    log_completions: bool = field(default=False, metadata=doc(
+        "Append every logged iteration's samples (prompt, completion, score) to output_dir/completions.jsonl "
+        "(TRL's log_completions)."))
     # --- optimisation of each rollout batch
     ppo_epochs: int = field(default=1, metadata=doc(
         "Passes over each rollout batch (1 = on-policy: the ratio is 1 at every step's start).", ge=1))
@@ -242,7 +245,10 @@ class JointConfig(TrainConfig):
     candidate_pool: int = field(default=0, metadata=doc(
         "infomax / ts / double-ts choose among this many distinct policy samples per query (Gumbel-top-M on "
         "log π / boltzmann_temperature), as Dwaracherla et al. choose among an LM's sampled responses; 0 = among "
-        "every response.", ge=0))
+        "every response. On your prompts: policy samples per query, every scheme choosing among them; 0 = 2·K.",
+        ge=0))
+    max_new_tokens: int = field(default=30, metadata=doc("On your prompts: longest sampled candidate in tokens.",
+                                                         ge=1))
     # --- training
     updates_per_round: int = field(default=20, metadata=doc("Optimizer steps after each round's queries.", ge=1))
     # --- epistemic head
@@ -266,9 +272,6 @@ class JointConfig(TrainConfig):
         if self.candidate_pool and not self.candidates <= self.candidate_pool <= 64:
             raise ConfigError(f"config field 'candidate_pool' must be 0 or between candidates ({self.candidates}) and "
                               f"the 64 responses, got {self.candidate_pool}")
-        if self.model != "tiny":
-            raise ConfigError(f"config field 'model' must be 'tiny' for joint (the population task has its own "
-                              f"word-level response space), got {self.model!r}")
 
 
 @dataclass
@@ -285,6 +288,9 @@ class RLPConfig(TrainConfig):
     demos: int = field(default=4000, metadata=doc("Teacher demonstrations for SFT.", ge=1))
     sft_steps: int = field(default=800, metadata=doc("SFT optimizer steps.", ge=1))
     human_pairs: int = field(default=40000, metadata=doc("Annotator-labelled pairs D for the reward model.", ge=1))
+    feedback: str = field(default="annotator", metadata=doc(
+        "Who labels the pairs D: 'annotator' (the task's simulated annotator) or a feedback source, module:function, "
+        "rm:DIR or judge:DIR[:TEMPLATE.txt] (docs/your-data.md)."))
     reward_steps: int = field(default=350, metadata=doc("Optimizer steps of the first reward model.", ge=1))
     ppo_steps: int = field(default=100, metadata=doc("PPO iterations (both PPO stages).", ge=1))
     ppo_kl_coef: float = field(default=0.2, metadata=doc(

@@ -12,7 +12,8 @@ One round (an iteration of `Trainer.fit`):
    largest mutual information with the index), ts (the K best under one posterior sample), double-ts (each
    candidate the best under its own posterior sample, resampled if already picked); with ``candidate_pool`` the
    last three choose among that many policy samples instead of among every response;
-3. ask the population (every query recorded in the `QueryLedger`) and keep the choice;
+3. ask the population, or any `FeedbackSource` given as ``feedback`` (every query recorded in the `QueryLedger`),
+   and keep the choice;
 4. ``updates_per_round`` optimizer steps on minibatches of all choices so far: the choice NLL of log π/τ trains
    the LM; the same NLL of u_z averaged over indices z (LM utilities held fixed) plus an L2 trains the head;
 5. log the exact distances of π_θ(·|x) to the population's choice distribution.
@@ -28,7 +29,7 @@ from torch import nn
 
 from preftune.config import ConfigError
 from preftune.epistemic import build_epistemic_head, learnable_l2, set_feature_scaling
-from preftune.feedback import QueryLedger
+from preftune.feedback import FeedbackSource, QueryLedger
 from preftune.losses import choice_loss, sequence_logprobs
 from preftune.methods.configs import JointConfig
 from preftune.metrics import distribution_metrics
@@ -151,10 +152,16 @@ def build_joint_model(config: JointConfig, tokenizer) -> JointModel:
 
 
 def train_joint(config: JointConfig, task: PopulationTask | None = None, model: JointModel | None = None,
-                tokenizer=None) -> TrainResult:
-    """Joint learning on the population task (module docstring). ``extra``: the query ``ledger``, the choice
-    ``records`` and ``head_features`` (the starting LM's features when the head reads those, else None)."""
+                tokenizer=None, feedback: FeedbackSource | None = None) -> TrainResult:
+    """Joint learning on the population task (module docstring). ``feedback`` chooses instead of the task's
+    population (the distances logged stay those to the population's choices). ``extra``: the query ``ledger``, the
+    choice ``records`` and ``head_features`` (the starting LM's features when the head reads those, else None)."""
+    if model is None and config.model != "tiny":
+        raise ConfigError(f"config field 'model' must be 'tiny' for joint on the population task (it has its own "
+                          f"word-level response space), got {config.model!r}; your model learns on your prompts: "
+                          f"--data prompts.jsonl --feedback SPEC")
     task = task or PopulationTask()
+    chooser = feedback if feedback is not None else task.population
     tokenizer = tokenizer or build_population_tokenizer()
     model = model or build_joint_model(config, tokenizer)
     prompts, all_prompts = task.split_prompts("train"), task.all_prompts()
@@ -191,7 +198,7 @@ def train_joint(config: JointConfig, task: PopulationTask | None = None, model: 
                                       config.boltzmann_temperature, config.infomax_samples, config.max_resamples,
                                       config.posterior_pick, config.candidate_pool)
             ledger.record("joint")
-            chosen = task.population.choose(prompts[p], [task.responses[i] for i in shown], people)
+            chosen = chooser.choose(prompts[p], [task.responses[i] for i in shown], people)
             records.rows.append((p, shown, chosen))
 
         def loss_fn(rows: list[tuple[int, list[int], int]], index: torch.Tensor):  # 4. E_z choice NLL + head's L2

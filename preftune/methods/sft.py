@@ -12,19 +12,24 @@ from preftune.rollout import label_scores
 from preftune.trainer import GradientStep, Trainer, TrainResult
 
 
-def train_sft(config: SFTConfig, demos: Sequence[Demo], model=None, tokenizer=None) -> TrainResult:
-    """SFT on `Demo` records or TRL prompt-completion rows (a ``datasets.Dataset`` or dicts)."""
-    demos = as_records(demos, Demo)
+def train_sft(config: SFTConfig, demos: Sequence[Demo], model=None, tokenizer=None,
+              eval_data: Sequence[Demo] | None = None) -> TrainResult:
+    """SFT on `Demo` records or TRL prompt-completion rows (a ``datasets.Dataset`` or dicts); ``eval_data`` (the
+    same kinds) is scored every ``eval_every`` steps (``eval_loss``)."""
+    demos, eval_demos = as_records(demos, Demo), as_records(eval_data or [], Demo)
     model, tokenizer = load_policy(config, model, tokenizer)
-    check_fits(tokenizer, [d.prompt for d in demos], config.max_length, model)
-    trainer = Trainer(config, model, name="sft")
+    check_fits(tokenizer, [d.prompt for d in demos + eval_demos], config.max_length, model)
+    trainer = Trainer(config, model, name="sft", num_examples=len(demos))
     step = GradientStep(trainer)
 
-    def loss_fn(indices: list[int]):
-        batch = collate_demos(tokenizer, [demos[i] for i in indices], config.max_length).to(trainer.device)
-        mask = batch.response_mask[:, 1:]  # the head runs at the response tokens only
-        logprobs = label_scores(trainer.model, batch.input_ids, batch.attention_mask, mask.bool()).logprobs
-        return response_nll(logprobs, mask), {}
+    def loss_on(rows: Sequence[Demo]):
+        def loss_fn(indices: list[int]):
+            batch = collate_demos(tokenizer, [rows[i] for i in indices], config.max_length).to(trainer.device)
+            mask = batch.response_mask[:, 1:]  # the head runs at the response tokens only
+            logprobs = label_scores(trainer.model, batch.input_ids, batch.attention_mask, mask.bool()).logprobs
+            return response_nll(logprobs, mask), {}
+        return loss_fn
 
-    trainer.fit_dataset(len(demos), step, loss_fn, description="sft")
+    trainer.fit_dataset(len(demos), step, loss_on(demos), description="sft", eval_examples=len(eval_demos),
+                        eval_loss_fn=loss_on(eval_demos))
     return trainer.finish(tokenizer)
