@@ -7,6 +7,7 @@ The CLI only parses; everything that knows about tasks, files and rewards is her
 from __future__ import annotations
 
 import dataclasses
+import json
 import random
 from collections.abc import Sequence
 from pathlib import Path
@@ -50,13 +51,25 @@ def preference_pairs(task, data: Path | None, num_examples: int, seed: int, labe
     return label_pairs(task.candidate_pairs("train", num_examples, seed), annotator, random.Random(seed))
 
 
+def unique_prompts(prompts: Sequence) -> list:
+    """Prompts in order without repeats; the same prompt with other columns (another answer for the reward
+    functions) is another row and is kept."""
+    seen, out = set(), []
+    for p in prompts:
+        key = (type(p).__name__, p, json.dumps(getattr(p, "columns", {}), sort_keys=True, default=str))
+        if key not in seen:
+            seen.add(key)
+            out.append(p)
+    return out
+
+
 def prompts_with_references(task, data: Path | None, num_prompts: int, seed: int, need_references: bool = True,
                             split: str = "train") -> tuple[list[str], list[Demo]]:
     """Training prompts (unique, in order) and the demonstrations they came from (the reference responses of
     ``--reward annotator``). A data file may be prompt-only (TRL's format for online methods) unless references
     are needed."""
     if data is not None:
-        prompts = list(dict.fromkeys(load_prompts(data, split)))
+        prompts = unique_prompts(load_prompts(data, split))
         return prompts, load_records(data, Demo, split) if need_references else []
     if task is None:
         raise ConfigError("give --task NAME (see `preftune tasks`) or --data FILE.jsonl of prompts")

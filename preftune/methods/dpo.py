@@ -42,8 +42,8 @@ def reference_logprobs(model, tokenizer, pairs: Sequence[Pair], max_length: int,
 
 def train_dpo(config: DPOConfig, pairs: Sequence[Pair], model=None, tokenizer=None) -> TrainResult:
     """DPO on `Pair` records or TRL preference rows (a ``datasets.Dataset`` or dicts)."""
-    pairs = as_records(pairs, Pair)
     model, tokenizer = load_policy(config, model, tokenizer)
+    pairs = as_records(pairs, Pair, tokenizer)
     check_fits(tokenizer, [p.prompt for p in pairs], config.max_length, model)
     ref = reference_logprobs(model, tokenizer, pairs, config.max_length)
     trainer = Trainer(config, model, name="dpo")

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from preftune.config import ConfigError, doc
-from preftune.data import Demo, as_records, check_fits, collate_demos
+from preftune.data import DataError, Demo, as_records, check_fits, collate_demos
 from preftune.losses import iq_online_loss, iq_sequence_rewards, iq_td_loss
 from preftune.methods.sft import SFTConfig
 from preftune.metrics import reward_model_accuracy, spearman
@@ -78,8 +78,11 @@ def train_iqlearn(config: IQLearnConfig, demos: Sequence[Demo], model=None, toke
     """Offline (``alpha`` = 0) or online IQLearn on demonstrations. ``callback(step, model)`` runs after every
     step (e.g. a held-out evaluation); it must leave the model's weights alone. ``demos``: `Demo` records or TRL
     prompt-completion rows."""
-    demos = as_records(demos, Demo)
     model, tokenizer = load_policy(config, model, tokenizer)
+    demos = as_records(demos, Demo, tokenizer)
+    if any(d.turns for d in demos):
+        raise DataError("iqlearn learns from single-turn demonstrations (prompt, completion); a multi-turn "
+                        "'messages' row is for sft")
     check_fits(tokenizer, [d.prompt for d in demos], config.max_length, model)
     trainer = Trainer(config, model, name="iqlearn")
     step = GradientStep(trainer)

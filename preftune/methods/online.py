@@ -205,7 +205,7 @@ class OnlineRun:
 
     def __init__(self, name: str, config: OnlineConfig, prompts: Sequence[str], reward, policy, tokenizer,
                  trained: torch.nn.Module | None = None):
-        prompts = as_prompts(prompts)  # strings, or TRL prompt-only rows
+        prompts = as_prompts(prompts, tokenizer)  # strings, or TRL prompt-only rows (conversational: templated)
         if not prompts:
             raise TrainingError(f"{name}: no training prompts")
         self.name, self.config, self.prompts = name, config, prompts

@@ -19,9 +19,10 @@ class SFTConfig(TrainConfig):
 
 
 def train_sft(config: SFTConfig, demos: Sequence[Demo], model=None, tokenizer=None) -> TrainResult:
-    """SFT on `Demo` records or TRL prompt-completion rows (a ``datasets.Dataset`` or dicts)."""
-    demos = as_records(demos, Demo)
+    """SFT on `Demo` records or TRL rows (a ``datasets.Dataset`` or dicts): prompt-completion, ``text``, or
+    conversational (``messages``: the loss is on the assistant turns only)."""
     model, tokenizer = load_policy(config, model, tokenizer)
+    demos = as_records(demos, Demo, tokenizer)
     check_fits(tokenizer, [d.prompt for d in demos], config.max_length, model)
     trainer = Trainer(config, model, name="sft")
     step = GradientStep(trainer)
