@@ -115,6 +115,7 @@ REWARD_WEIGHTS = _option("reward_weights", None, "Comma-separated weights of --r
                                                  "--reward-fn; default 1 each.")
 OPTIONS = {"demos": [TASK, DATA, SPLIT, CONFIG, NUM_EXAMPLES],
            "pairs": [TASK, DATA, SPLIT, CONFIG, NUM_EXAMPLES, LABEL_NOISE, LINK],
+           "unpaired": [TASK, DATA, SPLIT, CONFIG, NUM_EXAMPLES, LABEL_NOISE, LINK],
            "prompts": [TASK, DATA, SPLIT, CONFIG, NUM_PROMPTS, REWARD, REWARD_FN, REWARD_WEIGHTS, LABEL_NOISE, LINK],
            "comparisons": [TASK, CONFIG, NUM_PROMPTS],
            "choices": [TASK.replace(default=typer.Option("population", help="The task: 'population'.")), CONFIG],

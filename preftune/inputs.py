@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from preftune.config import ConfigError
-from preftune.data import Demo, Pair, load_prompts, load_records
+from preftune.data import Demo, Pair, Unpaired, load_prompts, load_records
 from preftune.rewards import RewardFn
 
 
@@ -49,6 +49,16 @@ def preference_pairs(task, data: Path | None, num_examples: int, seed: int, labe
 
     annotator = Annotator(task.reward, link=link, flip_prob=label_noise)
     return label_pairs(task.candidate_pairs("train", num_examples, seed), annotator, random.Random(seed))
+
+
+def unpaired_examples(task, data: Path | None, num_examples: int, seed: int, label_noise: float = 0.0,
+                      link: str = "bradley-terry", split: str = "train") -> list[Unpaired]:
+    """Unpaired preferences from a file, or a task's labelled pairs unpaired as TRL's ``unpair_preference_dataset``
+    does: each pair's chosen completion desirable, its rejected one not."""
+    if data is not None:
+        return load_records(data, Unpaired, split)
+    pairs = preference_pairs(task, None, num_examples, seed, label_noise, link)
+    return [Unpaired(p.prompt, c, label) for p in pairs for c, label in ((p.chosen, True), (p.rejected, False))]
 
 
 def unique_prompts(prompts: Sequence) -> list:
@@ -172,6 +182,8 @@ def train_from_inputs(method, config, task=None, data: Path | None = None, num_e
         return method.train(config, demonstrations(task, data, num_examples, seed, split))
     if kind == "pairs":
         return method.train(config, preference_pairs(task, data, num_examples, seed, label_noise, link, split))
+    if kind == "unpaired":
+        return method.train(config, unpaired_examples(task, data, num_examples, seed, label_noise, link, split))
     if kind == "prompts":
         need_references = reward == "annotator"
         if method.name == "bon":  # answers held-out prompts

@@ -15,6 +15,7 @@ from preftune.methods.bon import BoNConfig, run_bon
 from preftune.methods.dpo import DPOConfig, train_dpo
 from preftune.methods.iqlearn import IQLearnConfig, train_iqlearn
 from preftune.methods.joint import JointConfig, train_joint
+from preftune.methods.kto import KTOConfig, train_kto
 from preftune.methods.ppo import PPOConfig, train_ppo
 from preftune.methods.reward import RewardConfig, train_reward
 from preftune.methods.rloo import GRPOConfig, RLOOConfig, train_grpo, train_rloo
@@ -23,9 +24,10 @@ from preftune.methods.rlp_pipeline import train_rlp
 from preftune.methods.sft import SFTConfig, train_sft
 from preftune.methods.zpg import ZPGConfig, train_zpg_lm
 
-# demos: {prompt, response}; pairs: {prompt, chosen, rejected}; prompts: prompts and a reward; comparisons: a
-# GridWorld or prompts, judged by annotators; choices: the population task; pipeline: the config says it all
-InputKind = Literal["demos", "pairs", "prompts", "comparisons", "choices", "pipeline"]
+# demos: {prompt, response}; pairs: {prompt, chosen, rejected}; unpaired: {prompt, completion, label}; prompts:
+# prompts and a reward; comparisons: a GridWorld or prompts, judged by annotators; choices: the population task;
+# pipeline: the config says it all
+InputKind = Literal["demos", "pairs", "unpaired", "prompts", "comparisons", "choices", "pipeline"]
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,9 @@ METHODS = {m.name: m for m in (
            "Bradley–Terry reward model on pairs {prompt, chosen, rejected}.", shows=("loss", "accuracy")),
     Method("dpo", DPOConfig, "pairs", train_dpo,
            "Direct Preference Optimization on pairs {prompt, chosen, rejected}.", shows=("loss", "reward_accuracy")),
+    Method("kto", KTOConfig, "unpaired", train_kto,
+           "KTO (Kahneman–Tversky Optimization) on unpaired preferences {prompt, completion, label}; with --task, "
+           "the task's labelled pairs unpaired (chosen: desirable, rejected: not).", shows=("loss", "kl")),
     Method("iqlearn", IQLearnConfig, "demos", train_iqlearn,
            "IQLearn (inverse RL as TD-regularised MLE) on demonstrations {prompt, response}; --alpha > 0 mixes fresh "
            "policy samples into each batch (online IQLearn).", shows=("loss",)),
