@@ -111,12 +111,13 @@ TABULAR_SUFFIXES = {".json": "json", ".csv": "csv", ".parquet": "parquet"}  # re
 ROLES = ("system", "user", "assistant", "tool")
 # Conversations need a chat template; a tokenizer without one (the tiny models') renders them with this one. Its
 # {% generation %} markers let HF's ``return_assistant_tokens_mask`` (and TRL's ``assistant_only_loss``) find the
-# assistant turns too; an assistant turn ends with the tokenizer's eos, so sampling stops there.
+# assistant turns too; an assistant turn ends with the tokenizer's eos, so sampling stops there. No newlines: the
+# tiny tokenizer has printable ASCII only.
 DEFAULT_CHAT_TEMPLATE = (
     "{%- for message in messages -%}"
     "{%- if message['role'] == 'assistant' -%}"
     "{{- '<|assistant|>' -}}{%- generation -%}{{- message['content'] + eos_token -}}{%- endgeneration -%}"
-    "{%- else -%}{{- '<|' + message['role'] + '|>' + message['content'] + '\\n' -}}{%- endif -%}"
+    "{%- else -%}{{- '<|' + message['role'] + '|>' + message['content'] -}}{%- endif -%}"
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{- '<|assistant|>' -}}{%- endif -%}"
 )
