@@ -103,7 +103,7 @@ def trl_reward_arguments(prompts: Sequence[str], completions: Sequence[str]) -> 
     and every other column of each sample's dataset row (`preftune.data.Text.columns`; the k samples of a prompt
     repeat its row), as TRL passes them."""
     conversational = bool(prompts) and all(getattr(p, "messages", None) is not None for p in prompts)
-    arguments = {"prompts": [p.messages for p in prompts] if conversational else list(prompts),
+    arguments = {"prompts": [p.messages for p in prompts] if conversational else [str(p) for p in prompts],
                  "completions": [[{"role": "assistant", "content": c}] for c in completions] if conversational
                  else list(completions)}
     names = dict.fromkeys(name for p in prompts for name in getattr(p, "columns", {}))

@@ -84,10 +84,11 @@ def tokenizer_for(name, tokenizer, chat_tokenizer):
 
 
 def trl_args(cls, tmp_path, **kw):
-    return cls(output_dir=str(tmp_path / "trl"), max_steps=1, per_device_train_batch_size=2, use_cpu=True,
-               report_to="none", save_strategy="no", disable_tqdm=True, dataloader_num_workers=0, logging_steps=1,
-               bf16=False, gradient_checkpointing=False,
-               **kw)
+    """One step of TRL on the CPU, nothing saved or reported."""
+    settings = dict(output_dir=str(tmp_path / "trl"), max_steps=1, per_device_train_batch_size=2, use_cpu=True,
+                    report_to="none", save_strategy="no", disable_tqdm=True, dataloader_num_workers=0,
+                    logging_steps=1, bf16=False, gradient_checkpointing=False)
+    return cls(**{**settings, **kw})
 
 
 def trl_dataset(path):
@@ -262,10 +263,23 @@ def test_prompt_only_formats_train_grpo_and_reward_functions_get_trls_arguments(
     expected = {json.dumps(FORMATS[name]["prompt"]): "blue", json.dumps(grass): "green"}
     assert [expected[json.dumps(p)] for p in prompts] == answers
     if name == "conversational_prompt_only":
-        assert prompts[0] == SKY and completions[0][0]["role"] == "assistant"
+        assert prompts[0] in (SKY, grass) and completions[0][0]["role"] == "assistant"
         assert isinstance(completions[0][0]["content"], str)
     else:
-        assert prompts[0] == "The sky is" and isinstance(completions[0], str)
+        assert prompts[0] in ("The sky is", "Grass is") and isinstance(completions[0], str)
+    # TRL's GRPOTrainer on the same file calls the same function with arguments of the same shapes
+    import trl
+
+    calls.clear()
+    args = trl_args(trl.GRPOConfig, tmp_path, per_device_train_batch_size=4, num_generations=2,
+                    max_completion_length=4)
+    trl.GRPOTrainer(tiny(tok), reward_funcs=[says_answer], args=args, train_dataset=trl_dataset(path),
+                    processing_class=tok).train()
+    trl_prompts, trl_completions, trl_answers = calls[0]
+    assert [expected[json.dumps(p)] for p in trl_prompts] == trl_answers
+    assert type(trl_prompts[0]) is type(prompts[0]) and type(trl_completions[0]) is type(completions[0])
+    if name == "conversational_prompt_only":
+        assert set(trl_completions[0][0]) == set(completions[0][0]) == {"role", "content"}
 
 
 def test_conversational_prompts_reach_the_sampler_templated_once(chat_tokenizer):
