@@ -354,3 +354,30 @@ def test_a_hub_id_not_in_the_cache_is_a_clear_error(monkeypatch, tmp_path):
         load_records("no-such-org/no-such-set", Demo)
     with pytest.raises(DataError, match=r"^\./missing\.jsonl: no such file or dataset folder$"):
         load_records("./missing.jsonl", Demo)
+
+
+def test_a_hub_id_in_the_local_cache_is_read_offline(monkeypatch, tmp_path):
+    """A Hub dataset as `datasets` caches it (``<cache>/<org>___<name>/<config>/<version>/<hash>/<name>-train.arrow``;
+    built here from a local file, as nothing can be downloaded) is read by its id, with the Hub switched off for the
+    call and the setting restored after."""
+    import glob
+    import shutil
+
+    import datasets
+
+    cache = tmp_path / "datasets"
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
+    source = write_rows(tmp_path / "src.jsonl", [FORMATS["conversational_prompt_completion"]])
+    datasets.load_dataset("json", data_files=str(source), split="train")
+    [built] = [p for p in glob.glob(str(cache / "json" / "*" / "*" / "*")) if (tmp_path / p).is_dir()]
+    cached = cache / "my-org___my-set" / "default" / "0.0.0" / "abc123"
+    shutil.copytree(built, cached)
+    for arrow in cached.glob("json-*.arrow"):
+        arrow.rename(cached / arrow.name.replace("json-", "my-set-"))
+    info = json.loads((cached / "dataset_info.json").read_text())
+    (cached / "dataset_info.json").write_text(json.dumps({**info, "dataset_name": "my-set", "builder_name": "my-set"}))
+    offline = datasets.config.HF_HUB_OFFLINE
+    [demo] = load_records("my-org/my-set", Demo)
+    assert demo.prompt == tuple((m["role"], m["content"]) for m in SKY) and demo.response[0] == ("assistant",
+                                                                                                "It is blue.")
+    assert datasets.config.HF_HUB_OFFLINE == offline
