@@ -81,7 +81,10 @@ class Chat(tuple):
 class Demo:
     """A demonstration: the response is trained, the prompt is not. ``turns`` continues a multi-turn conversation
     after the response, as ``(text, trained)`` segments (a ``messages`` row: every later assistant turn is trained,
-    the user and system turns between them are not)."""
+    the user and system turns between them are not).
+
+    The fields of every record kind are text, or `Chat` for a conversational row until `render` applies the chat
+    template (a ``messages`` row reads as ``Demo(Chat(), messages)``)."""
 
     prompt: str
     response: str
@@ -338,7 +341,8 @@ def _cached_hub_dataset(source: str, split: str):
     """A Hugging Face Hub dataset id, read from the local cache only (nothing is downloaded)."""
     import datasets
 
-    if source.count("/") > 1 or not source.strip("/") or source.startswith((".", "/", "~")):
+    if source.count("/") > 1 or not source.strip("/") or source.startswith((".", "/", "~")) \
+            or Path(source).suffix in {".jsonl", *TABULAR_SUFFIXES}:  # a path, not an id
         raise DataError(f"{source}: no such file or dataset folder")
     offline = datasets.config.HF_HUB_OFFLINE
     datasets.config.HF_HUB_OFFLINE = True  # the cached copy or nothing, never a download

@@ -4,6 +4,7 @@ through TRL 1.16 on the same tiny model and tokenizer, so "accepted by both" is 
 
 import copy
 import json
+import re
 
 import pytest
 import torch
@@ -175,6 +176,10 @@ def test_sft_formats_train_in_preftune_and_in_trl(tmp_path, tokenizer, chat_toke
     demos = load_records(path, Demo)
     result = train_sft(config(SFTConfig, tmp_path, "sft"), demos, tiny(tok), tok)
     assert_trained(result)
+    if "prompt_completion" in name:  # IQLearn learns from the same prompt-completion rows
+        from preftune.methods.iqlearn import IQLearnConfig, train_iqlearn
+
+        assert_trained(train_iqlearn(config(IQLearnConfig, tmp_path, "iq"), demos, tiny(tok), tok))
     extra = {"assistant_only_loss": True} if name == "conversational_language_modeling" else {}
     trainer = trl.SFTTrainer(tiny(tok), args=trl_args(trl.SFTConfig, tmp_path, max_length=64, **extra),
                              train_dataset=trl_dataset(path), processing_class=tok)
@@ -193,7 +198,7 @@ def test_sft_formats_train_in_preftune_and_in_trl(tmp_path, tokenizer, chat_toke
 
 @pytest.mark.parametrize("name", ["preference", "preference_implicit_prompt", "conversational_preference",
                                   "conversational_preference_implicit_prompt"])
-def test_preference_formats_train_dpo_and_reward_in_preftune_and_dpo_in_trl(tmp_path, tokenizer, chat_tokenizer, name):
+def test_preference_formats_train_dpo_and_reward_in_preftune_and_in_trl(tmp_path, tokenizer, chat_tokenizer, name):
     import trl
 
     from preftune.methods.dpo import DPOConfig, train_dpo
@@ -213,6 +218,13 @@ def test_preference_formats_train_dpo_and_reward_in_preftune_and_dpo_in_trl(tmp_
     assert_trained(train_reward(config(RewardConfig, tmp_path, "rm"), pairs, tiny(tok), tok))
     trainer = trl.DPOTrainer(tiny(tok), ref_model=tiny(tok), args=trl_args(trl.DPOConfig, tmp_path, max_length=64),
                              train_dataset=trl_dataset(path), processing_class=tok)
+    assert trainer.train().global_step == 1
+    from transformers import AutoModelForSequenceClassification
+
+    scorer = AutoModelForSequenceClassification.from_config(tiny(tok).config.__class__(**{
+        **tiny(tok).config.to_dict(), "num_labels": 1}))
+    trainer = trl.RewardTrainer(scorer, args=trl_args(trl.RewardConfig, tmp_path, max_length=64),
+                                train_dataset=trl_dataset(path), processing_class=tok)
     assert trainer.train().global_step == 1
 
 
@@ -352,8 +364,9 @@ def test_a_hub_id_not_in_the_cache_is_a_clear_error(monkeypatch, tmp_path):
     with pytest.raises(DataError, match=r"no-such-org/no-such-set: no such file or dataset folder, and not a dataset "
                                         r"in the local Hugging Face cache"):
         load_records("no-such-org/no-such-set", Demo)
-    with pytest.raises(DataError, match=r"^\./missing\.jsonl: no such file or dataset folder$"):
-        load_records("./missing.jsonl", Demo)
+    for path in ("./missing.jsonl", "missing.parquet", "data/missing.jsonl"):
+        with pytest.raises(DataError, match=rf"^{re.escape(path)}: no such file or dataset folder$"):
+            load_records(path, Demo)
 
 
 def test_a_hub_id_in_the_local_cache_is_read_offline(monkeypatch, tmp_path):
