@@ -1,4 +1,5 @@
-"""Measure a policy on a task against its exact oracle: one function every report and command uses."""
+"""Measure a policy: on a built-in task against its exact oracle (`evaluate_policy`, what every report uses), or on
+your own prompts and reward (`evaluate_on_prompts`)."""
 
 from __future__ import annotations
 
@@ -58,6 +59,50 @@ def evaluate_policy(task, policy, tokenizer, reference=None, num_prompts: int = 
     return out
 
 
+def evaluate_on_prompts(policy, tokenizer, prompts: list[str], reward, reference=None, samples_per_prompt: int = 4,
+                        temperature: float = 1.0, max_new_tokens: int = 64, seed: int = 0) -> dict:
+    """A policy on your prompts and reward (a ``(prompts, completions) -> scores`` function; no oracle): the reward's
+    mean and spread (and each function's, for a combined reward), length and diversity; with a ``reference`` policy,
+    the reward win rate of each prompt's first sample over the reference's (ties ½) and the KL estimate."""
+    from preftune.data import as_prompts
+
+    prompts = as_prompts(prompts, tokenizer)  # strings, or TRL prompt-only rows (conversational: templated)
+    torch.manual_seed(seed)
+    rollout = generate(policy, tokenizer, prompts, max_new_tokens, samples_per_prompt=samples_per_prompt,
+                       temperature=temperature)
+    scores = _scores(reward, rollout.row_prompts(), rollout.texts)
+    given = [x for x in scores if x is not None]
+    mean = sum(given) / len(given) if given else float("nan")
+    groups = [rollout.texts[i * samples_per_prompt:(i + 1) * samples_per_prompt] for i in range(len(prompts))]
+    out = {"num_prompts": len(prompts), "samples_per_prompt": samples_per_prompt, "temperature": temperature,
+           "reward": mean, "reward_std": (sum((x - mean) ** 2 for x in given) / len(given)) ** 0.5 if given else 0.0,
+           **getattr(reward, "last_metrics", {}),
+           "completions/mean_length": float(rollout.response_lengths.float().mean()),
+           "distinct_1": M.distinct_n(rollout.texts, 1), "distinct_2": M.distinct_n(rollout.texts, 2)}
+    if samples_per_prompt > 1:
+        out["self_bleu"] = M.self_bleu(groups)
+    if reference is not None:
+        torch.manual_seed(seed + 1)
+        ref_rollout = generate(reference, tokenizer, prompts, max_new_tokens, temperature=temperature)
+        ours = [scores[i * samples_per_prompt] for i in range(len(prompts))]
+        theirs = _scores(reward, list(prompts), ref_rollout.texts)
+        both = [(a, b) for a, b in zip(ours, theirs) if a is not None and b is not None]
+        out["win_rate"] = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in both) / len(both) if both \
+            else float("nan")
+        if temperature == 1.0:  # the estimator needs samples from π itself
+            ref_logps = score_logprobs(reference, rollout.input_ids, rollout.attention_mask,
+                                       rollout.response_mask).sum(-1)
+            out["kl_to_reference"] = M.kl_from_logprobs(rollout.logprobs.sum(-1).tolist(), ref_logps.tolist())
+    return out
+
+
+def _scores(reward, prompts: list[str], completions: list[str]) -> list[float | None]:
+    scores = list(reward(prompts, completions))
+    if len(scores) != len(completions):
+        raise ValueError(f"the reward returned {len(scores)} scores for {len(completions)} completions")
+    return [None if x is None else float(x) for x in scores]
+
+
 def evaluate_saved(task_name: str, model: Path | None = None, reference: Path | None = None,
                    reward_from: Path | None = None, reward_model: Path | None = None, num_prompts: int = 200,
                    samples_per_prompt: int = 4, temperature: float = 1.0, seed: int = 0,
@@ -89,4 +134,39 @@ def evaluate_saved(task_name: str, model: Path | None = None, reference: Path | 
         max_length = getattr(rm.config, "max_position_embeddings", 2048)
         metrics["reward_model"] = heldout_report(rm, load_tokenizer(str(reward_model)), task,
                                                  heldout_labels(task, num_pairs, seed), max_length)
+    return metrics
+
+
+def evaluate_data(data: Path, split: str = "train", model: Path | None = None, reference: Path | None = None,
+                  reward: str | None = None, reward_fn: list[str] | None = None, reward_weights: str | None = None,
+                  reward_model: Path | None = None, num_prompts: int = 200, samples_per_prompt: int = 4,
+                  temperature: float = 1.0, max_new_tokens: int = 64, seed: int = 0) -> dict:
+    """What `preftune eval --data` prints: a saved policy on your prompts, scored by your reward (``reward``, a reward
+    model folder, and/or ``reward_fn`` functions, as `preftune train grpo` takes them), and a reward model's
+    accuracy on your labelled pairs (``reward_model``)."""
+    from preftune.data import Pair, as_records, load_prompts, load_records
+    from preftune.inputs import rewards_from_inputs, unique_prompts
+    from preftune.models import RewardModel, load_tokenizer, load_trained_causal_lm
+
+    metrics: dict = {}
+    if model is not None:
+        if reward is None and not reward_fn:
+            raise ValueError("eval --data --model needs what scores the samples: --reward-fn module:function or "
+                             "--reward DIR (a reward model)")
+        policy, tokenizer = load_trained_causal_lm(model)
+        ref = load_trained_causal_lm(reference)[0] if reference else None
+        prompts = unique_prompts(load_prompts(data, split))[:num_prompts]
+        scorer = rewards_from_inputs(reward, reward_fn, reward_weights, None, [], seed, "bradley-terry", 0.0,
+                                     getattr(policy.config, "max_position_embeddings", 2048))
+        metrics = evaluate_on_prompts(policy, tokenizer, prompts, scorer, ref, samples_per_prompt, temperature,
+                                      max_new_tokens, seed)
+    if reward_model is not None:
+        from preftune.methods.reward import heldout_accuracy
+
+        rm = RewardModel.from_pretrained(reward_model).eval()
+        rm_tokenizer = load_tokenizer(str(reward_model))
+        pairs = as_records(load_records(data, Pair, split), Pair, rm_tokenizer)  # conversational: templated
+        max_length = getattr(rm.config, "max_position_embeddings", 2048)
+        metrics["reward_model"] = {"accuracy": heldout_accuracy(rm, rm_tokenizer, pairs, max_length),
+                                   "pairs": len(pairs)}
     return metrics

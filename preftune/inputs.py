@@ -167,7 +167,8 @@ def rewards_from_inputs(reward: str | None, reward_fn: Sequence[str] | None, rew
 def train_from_inputs(method, config, task=None, data: Path | None = None, num_examples: int = 2000,
                       num_prompts: int = 2000, reward: str | None = None, label_noise: float = 0.0,
                       link: str = "bradley-terry", reward_fn: Sequence[str] | None = None,
-                      reward_weights: str | None = None, split: str = "train"):
+                      reward_weights: str | None = None, split: str = "train", eval_data: Path | None = None,
+                      eval_split: str = "test"):
     """Build ``method``'s input from a built-in task or a data file and train it: what `preftune train` runs."""
     kind, seed = method.inputs, config.seed
     if task is not None and kind not in task.inputs:
@@ -179,14 +180,22 @@ def train_from_inputs(method, config, task=None, data: Path | None = None, num_e
         raise ConfigError(f"train {method.name} cannot use --task {task.name}; its tasks: {', '.join(tasks)} "
                           f"(--task {task.name} is for {', '.join(methods)})")
     if kind == "demos":
-        return method.train(config, demonstrations(task, data, num_examples, seed, split))
+        held_out = load_records(eval_data, Demo, eval_split) if eval_data is not None else None
+        return method.train(config, demonstrations(task, data, num_examples, seed, split), eval_data=held_out)
     if kind == "pairs":
-        return method.train(config, preference_pairs(task, data, num_examples, seed, label_noise, link, split))
+        held_out = load_records(eval_data, Pair, eval_split) if eval_data is not None else None
+        return method.train(config, preference_pairs(task, data, num_examples, seed, label_noise, link, split),
+                            eval_data=held_out)
     if kind == "unpaired":
-        return method.train(config, unpaired_examples(task, data, num_examples, seed, label_noise, link, split))
+        held_out = load_records(eval_data, Unpaired, eval_split) if eval_data is not None else None
+        return method.train(config, unpaired_examples(task, data, num_examples, seed, label_noise, link, split),
+                            eval_data=held_out)
     if kind == "prompts":
         need_references = reward == "annotator"
         if method.name == "bon":  # answers held-out prompts
+            if eval_data is not None:
+                raise ConfigError("bon answers the prompts it is given (--data or the task's eval prompts); it "
+                                  "takes no --eval-data")
             if data is None and task is not None:
                 prompts, references = task.prompts("eval", num_prompts, seed), task.demonstrations("eval", num_prompts,
                                                                                                      seed)
@@ -198,8 +207,10 @@ def train_from_inputs(method, config, task=None, data: Path | None = None, num_e
 
             return method.train(config, prompts, scorer, oracle=oracle_reward(task) if task is not None else None)
         prompts, references = prompts_with_references(task, data, num_prompts, seed, need_references, split)
+        held_out = unique_prompts(load_prompts(eval_data, eval_split)) if eval_data is not None else None
         return method.train(config, prompts, rewards_from_inputs(reward, reward_fn, reward_weights, task, references,
-                                                                 seed, link, label_noise, config.max_length))
+                                                                 seed, link, label_noise, config.max_length),
+                            eval_data=held_out)
     if kind == "comparisons":
         if task is None:
             raise ConfigError(f"train {method.name} needs --task: gridworld, or a text task (see `preftune tasks`)")

@@ -238,9 +238,10 @@ def test_unpaired_formats_train_kto_in_preftune_and_in_trl(tmp_path, tokenizer, 
     path = format_file(tmp_path, name)
     rows = load_records(path, Unpaired)
     assert [r.label for r in rows] == [True, False, True, False]
-    result = train_kto(config(KTOConfig, tmp_path, "kto"), rows, tiny(tok), tok)
+    result = train_kto(config(KTOConfig, tmp_path, "kto"), rows, tiny(tok), tok, eval_data=trl_dataset(path))
     assert_trained(result)
     assert {"kl", "rewards/chosen", "rewards/rejected", "logps/chosen"} <= set().union(*result.history)
+    assert {"eval_loss", "eval_kl"} <= set(result.history[-1])  # the eval set, scored after the last step
     trainer = trl.KTOTrainer(tiny(tok), ref_model=tiny(tok), args=trl_args(trl.KTOConfig, tmp_path, max_length=64),
                              train_dataset=trl_dataset(path), processing_class=tok)
     assert trainer.train().global_step == 1

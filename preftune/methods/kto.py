@@ -33,56 +33,69 @@ class KTOConfig(TrainConfig):
         "λ_U, the weight of undesirable rows' losses.", gt=0))
 
 
-def kto_sequences(rows: Sequence[Unpaired], mismatched: Sequence[Unpaired]) -> list[Demo]:
-    """Each row as a demonstration, then each row's prompt with its mismatched row's completion (the KL pairs)."""
-    return [Demo(r.prompt, r.completion) for r in rows] + [Demo(r.prompt, m.completion)
-                                                           for r, m in zip(rows, mismatched)]
+def kto_sequences(rows: Sequence[Unpaired]) -> list[Demo]:
+    """Each row as a demonstration, then the KL pairs: each row's prompt with its mismatched row's completion, row
+    i−1's (cyclically), as TRL pairs them."""
+    return [Demo(r.prompt, r.completion) for r in rows] + [Demo(r.prompt, rows[i - 1].completion)
+                                                           for i, r in enumerate(rows)]
 
 
-def train_kto(config: KTOConfig, rows: Sequence[Unpaired], model=None, tokenizer=None) -> TrainResult:
-    """KTO on `Unpaired` records or TRL unpaired-preference rows ``{"prompt", "completion", "label"}`` (standard or
-    conversational; a ``datasets.Dataset`` or dicts)."""
-    model, tokenizer = load_policy(config, model, tokenizer)
-    rows = as_records(rows, Unpaired, tokenizer)
-    if len(rows) < 2:
-        raise DataError("kto needs at least 2 rows: its KL term pairs each prompt with another row's completion")
-    check_fits(tokenizer, [r.prompt for r in rows], config.max_length, model)
-    mismatched = [len(rows) - 1, *range(len(rows) - 1)]  # row i's KL completion is row i−1's, as TRL pairs them
-    labels = torch.tensor([r.label for r in rows])
-
-    def batch(indices: list[int]):
-        return collate_demos(tokenizer, kto_sequences([rows[i] for i in indices],
-                                                      [rows[mismatched[i]] for i in indices]), config.max_length)
-
-    ref = []  # [N, 2]: matched and KL sequence log-probs under the starting policy, computed once
-    for s in range(0, len(rows), 128):
-        indices = list(range(s, min(s + 128, len(rows))))
-        b = batch(indices)
+def kto_reference_logprobs(model, tokenizer, rows: Sequence[Unpaired], max_length: int,
+                           chunk: int = 128) -> torch.Tensor:
+    """Sequence log-probs ``[N, 2]`` (the row, its KL pair) of every row under ``model``, computed once."""
+    sequences = kto_sequences(rows)
+    matched, kl = sequences[: len(rows)], sequences[len(rows):]
+    out = []
+    for s in range(0, len(rows), chunk):
+        b = collate_demos(tokenizer, matched[s:s + chunk] + kl[s:s + chunk], max_length)
         seq = score_logprobs(model, b.input_ids, b.attention_mask, b.response_mask).sum(-1)
-        ref.append(torch.stack([seq[: len(indices)], seq[len(indices):]], dim=1))
-    ref = torch.cat(ref)
-    trainer = Trainer(config, model, name="kto")
+        n = len(matched[s:s + chunk])
+        out.append(torch.stack([seq[:n], seq[n:]], dim=1))
+    return torch.cat(out)
+
+
+def train_kto(config: KTOConfig, rows: Sequence[Unpaired], model=None, tokenizer=None,
+              eval_data: Sequence[Unpaired] | None = None) -> TrainResult:
+    """KTO on `Unpaired` records or TRL unpaired-preference rows ``{"prompt", "completion", "label"}`` (standard or
+    conversational; a ``datasets.Dataset`` or dicts); ``eval_data`` (the same kinds) is scored every ``eval_every``
+    steps (``eval_loss``, ``eval_kl``, …)."""
+    model, tokenizer = load_policy(config, model, tokenizer)
+    rows, eval_rows = as_records(rows, Unpaired, tokenizer), as_records(eval_data or [], Unpaired, tokenizer)
+    for name, part in (("training", rows), ("eval", eval_rows)):
+        if len(part) == 1:
+            raise DataError(f"kto needs at least 2 {name} rows: its KL term pairs each prompt with another row's "
+                            f"completion")
+    check_fits(tokenizer, [r.prompt for r in rows + eval_rows], config.max_length, model)
+    ref = kto_reference_logprobs(model, tokenizer, rows, config.max_length)
+    eval_ref = kto_reference_logprobs(model, tokenizer, eval_rows, config.max_length) if eval_rows else None
+    trainer = Trainer(config, model, name="kto", num_examples=len(rows))
     step = GradientStep(trainer)
 
-    def loss_fn(indices: list[int]):
-        b = batch(indices).to(trainer.device)
-        n, device = len(indices), trainer.device
-        logps = response_token_logprobs(trainer.model, b.input_ids[:n], b.attention_mask[:n],
-                                        b.response_mask[:n]).sum(-1)
-        with torch.no_grad():  # the reference point is detached: no gradient through the KL pairs
-            kl_logps = response_token_logprobs(trainer.model, b.input_ids[n:], b.attention_mask[n:],
-                                               b.response_mask[n:]).sum(-1)
-        loss, stats = kto_loss(logps, ref[indices, 0].to(device), labels[indices].to(device), kl_logps,
-                               ref[indices, 1].to(device), config.beta, config.desirable_weight,
-                               config.undesirable_weight)
-        metrics = {"kl": stats["kl"].item()}  # TRL's names
-        for name in ("chosen", "rejected"):
-            if f"{name}_rewards" in stats:
-                metrics[f"rewards/{name}"] = stats[f"{name}_rewards"].item()
-                metrics[f"logps/{name}"] = stats[f"{name}_logps"].item()
-        if "rewards/chosen" in metrics and "rewards/rejected" in metrics:
-            metrics["rewards/margins"] = metrics["rewards/chosen"] - metrics["rewards/rejected"]
-        return loss, metrics
+    def loss_on(part: Sequence[Unpaired], ref: torch.Tensor):
+        sequences, labels = kto_sequences(part), torch.tensor([r.label for r in part])
 
-    trainer.fit_dataset(len(rows), step, loss_fn, description="kto")
+        def loss_fn(indices: list[int]):
+            n, device = len(indices), trainer.device
+            demos = [sequences[i] for i in indices] + [sequences[len(part) + i] for i in indices]
+            b = collate_demos(tokenizer, demos, config.max_length).to(device)
+            logps = response_token_logprobs(trainer.model, b.input_ids[:n], b.attention_mask[:n],
+                                            b.response_mask[:n]).sum(-1)
+            with torch.no_grad():  # the reference point is detached: no gradient through the KL pairs
+                kl_logps = response_token_logprobs(trainer.model, b.input_ids[n:], b.attention_mask[n:],
+                                                   b.response_mask[n:]).sum(-1)
+            loss, stats = kto_loss(logps, ref[indices, 0].to(device), labels[indices].to(device), kl_logps,
+                                   ref[indices, 1].to(device), config.beta, config.desirable_weight,
+                                   config.undesirable_weight)
+            metrics = {"kl": stats["kl"].item()}  # TRL's names
+            for name in ("chosen", "rejected"):
+                if f"{name}_rewards" in stats:
+                    metrics[f"rewards/{name}"] = stats[f"{name}_rewards"].item()
+                    metrics[f"logps/{name}"] = stats[f"{name}_logps"].item()
+            if "rewards/chosen" in metrics and "rewards/rejected" in metrics:
+                metrics["rewards/margins"] = metrics["rewards/chosen"] - metrics["rewards/rejected"]
+            return loss, metrics
+        return loss_fn
+
+    trainer.fit_dataset(len(rows), step, loss_on(rows, ref), description="kto", eval_examples=len(eval_rows),
+                        eval_loss_fn=loss_on(eval_rows, eval_ref))
     return trainer.finish(tokenizer)

@@ -18,19 +18,24 @@ class SFTConfig(TrainConfig):
     method_name = "sft"
 
 
-def train_sft(config: SFTConfig, demos: Sequence[Demo], model=None, tokenizer=None) -> TrainResult:
+def train_sft(config: SFTConfig, demos: Sequence[Demo], model=None, tokenizer=None,
+              eval_data: Sequence[Demo] | None = None) -> TrainResult:
     """SFT on `Demo` records or TRL rows (a ``datasets.Dataset`` or dicts): prompt-completion, ``text``, or
-    conversational (``messages``: the loss is on the assistant turns only)."""
+    conversational (``messages``: the loss is on the assistant turns only); ``eval_data`` (the same kinds) is
+    scored every ``eval_every`` steps (``eval_loss``)."""
     model, tokenizer = load_policy(config, model, tokenizer)
-    demos = as_records(demos, Demo, tokenizer)
-    check_fits(tokenizer, [d.prompt for d in demos], config.max_length, model)
-    trainer = Trainer(config, model, name="sft")
+    demos, eval_demos = as_records(demos, Demo, tokenizer), as_records(eval_data or [], Demo, tokenizer)
+    check_fits(tokenizer, [d.prompt for d in demos + eval_demos], config.max_length, model)
+    trainer = Trainer(config, model, name="sft", num_examples=len(demos))
     step = GradientStep(trainer)
 
-    def loss_fn(indices: list[int]):
-        batch = collate_demos(tokenizer, [demos[i] for i in indices], config.max_length).to(trainer.device)
-        logits = model_logits(trainer.model, batch.input_ids, batch.attention_mask)[:, :-1]
-        return sft_loss(logits, batch.input_ids[:, 1:], batch.response_mask[:, 1:]), {}
+    def loss_on(rows: Sequence[Demo]):
+        def loss_fn(indices: list[int]):
+            batch = collate_demos(tokenizer, [rows[i] for i in indices], config.max_length).to(trainer.device)
+            logits = model_logits(trainer.model, batch.input_ids, batch.attention_mask)[:, :-1]
+            return sft_loss(logits, batch.input_ids[:, 1:], batch.response_mask[:, 1:]), {}
+        return loss_fn
 
-    trainer.fit_dataset(len(demos), step, loss_fn, description="sft")
+    trainer.fit_dataset(len(demos), step, loss_on(demos), description="sft", eval_examples=len(eval_demos),
+                        eval_loss_fn=loss_on(eval_demos))
     return trainer.finish(tokenizer)
