@@ -116,13 +116,22 @@ REWARD_FN = inspect.Parameter("reward_fn", inspect.Parameter.KEYWORD_ONLY, annot
                "fn(prompts, completions, **kwargs) -> list[float | None]; repeat for several (summed)."))
 REWARD_WEIGHTS = _option("reward_weights", None, "Comma-separated weights of --reward (first, when given) and each "
                                                  "--reward-fn; default 1 each.")
+FEEDBACK = _option("feedback", None, "Who judges, instead of the task's simulated annotators ('annotator'): your "
+                                     "function module:function or file.py:function, fn(prompt, candidates) -> index "
+                                     "or probabilities; rm:DIR, a reward model; judge:DIR[:TEMPLATE.txt], a causal "
+                                     "LM as judge (docs/your-data.md).")
 OPTIONS = {"demos": [TASK, DATA, SPLIT, EVAL_DATA, EVAL_SPLIT, CONFIG, NUM_EXAMPLES],
            "pairs": [TASK, DATA, SPLIT, EVAL_DATA, EVAL_SPLIT, CONFIG, NUM_EXAMPLES, LABEL_NOISE, LINK],
            "unpaired": [TASK, DATA, SPLIT, EVAL_DATA, EVAL_SPLIT, CONFIG, NUM_EXAMPLES, LABEL_NOISE, LINK],
            "prompts": [TASK, DATA, SPLIT, EVAL_DATA, EVAL_SPLIT, CONFIG, NUM_PROMPTS, REWARD, REWARD_FN, REWARD_WEIGHTS,
-                       LABEL_NOISE, LINK],
-           "comparisons": [TASK, CONFIG, NUM_PROMPTS],
-           "choices": [TASK.replace(default=typer.Option("population", help="The task: 'population'.")), CONFIG],
+                       LABEL_NOISE, LINK,
+                       FEEDBACK.replace(default=typer.Option(None, help="Who compares each sample with its prompt's "
+                                                             "reference response (--reward annotator, implied): "
+                                                             "module:function, rm:DIR or judge:DIR[:TEMPLATE.txt] "
+                                                             "(docs/your-data.md)."))],
+           "comparisons": [TASK, DATA, SPLIT, CONFIG, NUM_PROMPTS, FEEDBACK],
+           "choices": [TASK.replace(default=typer.Option("population", help="The task: 'population' (unless --data).")),
+                       DATA, SPLIT, CONFIG, FEEDBACK],
            "pipeline": [CONFIG]}
 
 
@@ -198,6 +207,8 @@ def eval_command(
                                                  "classifier): its accuracy on the task's held-out annotator labels, "
                                                  "next to the ceiling, or on your --data pairs."),
     num_pairs: int = typer.Option(2000, min=1, help="Held-out labelled pairs for --reward-model."),
+    feedback: str = typer.Option(None, help="With --reference: who judges annotator_win_rate ('annotator', "
+                                            "module:function, rm:DIR, judge:DIR[:TEMPLATE.txt]; docs/your-data.md)."),
 ):
     _quiet_libraries()
     from preftune.evaluate import evaluate_data, evaluate_saved
@@ -213,11 +224,12 @@ def eval_command(
         if data is not None:
             metrics = evaluate_data(data, split, model, reference, reward, reward_fn, reward_weights, reward_model,
                                     num_prompts=num_prompts, samples_per_prompt=samples_per_prompt,
-                                    temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
+                                    temperature=temperature, max_new_tokens=max_new_tokens, seed=seed,
+                                    feedback=feedback)
         else:
             metrics = evaluate_saved(task, model, reference, reward_from, reward_model, num_prompts=num_prompts,
                                      samples_per_prompt=samples_per_prompt, temperature=temperature, seed=seed,
-                                     num_pairs=num_pairs)
+                                     num_pairs=num_pairs, feedback=feedback)
     except _expected_errors() as e:
         _fail(str(e))
     except Exception as e:  # noqa: BLE001

@@ -164,7 +164,8 @@ def test_every_method_gets_a_train_command_with_the_options_of_its_input(tmp_pat
         r = runner.invoke(app, ["train", name, "--help"], terminal_width=200)
         assert r.exit_code == 0, name
         assert ("--reward " in r.output) == (method.inputs == "prompts"), name
-        assert ("--data" in r.output) == (method.inputs in ("demos", "pairs", "unpaired", "prompts")), name
+        assert ("--data" in r.output) == (method.inputs != "pipeline"), name
+        assert ("--feedback" in r.output) == (method.inputs in ("prompts", "comparisons", "choices", "pipeline")), name
     r = runner.invoke(app, ["train", "sft", "--task", "gridworld", "--output-dir", str(tmp_path)])
     out = " ".join(r.output.split())
     assert r.exit_code == 2 and "cannot use --task gridworld" in out and "is for zpg, zbcpg" in out

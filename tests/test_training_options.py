@@ -142,6 +142,13 @@ def test_eval_on_your_prompts_reward_function_and_pairs(tmp_path, monkeypatch, t
     r = runner.invoke(app, ["eval", "--data", "pairs.jsonl", "--reward-model", "rm", "--output", "rm.json"])
     assert r.exit_code == 0, r.output
     assert json.loads((tmp_path / "rm.json").read_text())["reward_model"]["pairs"] == len(PAIRS)
+    # a user's judge decides the win rate: it always picks the first candidate (the policy's sample)
+    (tmp_path / "myjudge.py").write_text("def first(prompt, candidates):\n    return 0\n")
+    r = runner.invoke(app, ["eval", "--data", "prompts.jsonl", "--model", "policy", "--reference", "policy",
+                            "--feedback", "myjudge:first", "--max-new-tokens", "4", "--output", "j.json"])
+    assert r.exit_code == 0, r.output
+    judged = json.loads((tmp_path / "j.json").read_text())
+    assert judged["annotator_win_rate"] == 1.0 and judged["annotator_queries"] == 6 and "reward" not in judged
     r = runner.invoke(app, ["eval", "--data", "prompts.jsonl", "--model", "policy"])
     assert r.exit_code == 2 and "--reward-fn" in r.output
     r = runner.invoke(app, ["eval", "--data", "prompts.jsonl", "--task", "arithmetic", "--model", "policy"])
