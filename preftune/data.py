@@ -470,10 +470,14 @@ class TokenBatch:
         return self.input_ids.shape[0]
 
 
-def pad_batch(sequences: Sequence[list[int]], trained: Sequence[list[int]], pad_id: int) -> TokenBatch:
-    """Right-pad token lists into a `TokenBatch`; ``trained`` (0/1 per token) becomes the response_mask."""
+def pad_batch(sequences: Sequence[list[int]], prompt_lengths: Sequence[int] | None, pad_id: int,
+              trained: Sequence[list[int]] | None = None) -> TokenBatch:
+    """Right-pad token lists into a `TokenBatch`; response_mask covers the tokens after the prompt, or — given
+    ``trained`` (0/1 per token, a multi-turn conversation's assistant turns) — exactly those."""
     width = max(len(s) for s in sequences)
     ids = torch.tensor([list(s) + [pad_id] * (width - len(s)) for s in sequences], dtype=torch.long)
+    if trained is None:
+        trained = [[0] * n + [1] * (len(s) - n) for s, n in zip(sequences, prompt_lengths)]
     resp = torch.tensor([list(m) + [0] * (width - len(m)) for m in trained], dtype=torch.long)
     attn = (torch.arange(width) < torch.tensor([len(s) for s in sequences])[:, None]).long()
     return TokenBatch(ids, attn, resp)
@@ -555,7 +559,7 @@ def check_fits(tokenizer, prompts: Sequence[str], max_length: int, model=None) -
 
 def collate_demos(tokenizer, demos: Sequence[Demo], max_length: int) -> TokenBatch:
     encoded = encode_demos(tokenizer, demos, max_length)
-    return pad_batch([e[0] for e in encoded], [e[1] for e in encoded], tokenizer.pad_token_id)
+    return pad_batch([e[0] for e in encoded], None, tokenizer.pad_token_id, trained=[e[1] for e in encoded])
 
 
 def collate_pairs(tokenizer, pairs: Sequence[Pair], max_length: int) -> TokenBatch:
