@@ -122,6 +122,7 @@ FEEDBACK = _option("feedback", None, "Who judges, instead of the task's simulate
                                      "LM as judge (docs/your-data.md).")
 OPTIONS = {"demos": [TASK, DATA, SPLIT, EVAL_DATA, EVAL_SPLIT, CONFIG, NUM_EXAMPLES],
            "pairs": [TASK, DATA, SPLIT, EVAL_DATA, EVAL_SPLIT, CONFIG, NUM_EXAMPLES, LABEL_NOISE, LINK],
+           "unpaired": [TASK, DATA, SPLIT, EVAL_DATA, EVAL_SPLIT, CONFIG, NUM_EXAMPLES, LABEL_NOISE, LINK],
            "prompts": [TASK, DATA, SPLIT, EVAL_DATA, EVAL_SPLIT, CONFIG, NUM_PROMPTS, REWARD, REWARD_FN, REWARD_WEIGHTS,
                        LABEL_NOISE, LINK,
                        FEEDBACK.replace(default=typer.Option(None, help="Who compares each sample with its prompt's "

@@ -1,21 +1,31 @@
 """Records, file IO and batching.
 
-Two record kinds, read from TRL's standard dataset formats so the same files work in both libraries:
-- `Demo`: a demonstration, prompt-completion ``{"prompt", "completion"}`` (``response`` is accepted for
-  ``completion``).
+Three record kinds, read from TRL's dataset formats, standard (strings) or conversational (message lists), so the
+same files work in both libraries:
+- `Demo`: a demonstration: prompt-completion ``{"prompt", "completion"}`` (``response`` is accepted for
+  ``completion``), or language modelling ``{"text"}`` / ``{"messages"}`` (a conversation: every assistant turn is
+  trained, nothing else).
 - `Pair`: a preference, ``{"prompt", "chosen", "rejected"}``, or implicit-prompt ``{"chosen", "rejected"}``.
-Online methods read prompt-only rows ``{"prompt"}`` (`load_prompts`). Files are JSONL, JSON, CSV or Parquet, or a
-dataset folder saved with ``save_to_disk``.
+- `Unpaired`: an unpaired preference ``{"prompt", "completion", "label"}`` (KTO).
+Online methods read prompt-only rows ``{"prompt"}`` (`load_prompts`), their other fields kept for the reward
+functions. Files are JSONL, JSON, CSV or Parquet, a dataset folder saved with ``save_to_disk``, or a Hub dataset
+id already in the local Hugging Face cache. Every row is checked when it is read; an error names file, line or
+row, and field.
+
+Conversational fields are read as `Chat` and made text by the method's tokenizer (`render`): its chat template, as
+TRL's ``apply_chat_template`` splits prompt and completion, or — for a ``messages`` row — rendered turn by turn
+(`chat_turns`) so the loss covers exactly the assistant turns. The result is `Text` flagged ``templated``, so the
+one tokenisation path below does not apply a template twice.
 
 Token layout used everywhere in preftune: ``input_ids = prompt_ids + response_ids + [eos]``, with a
-``response_mask`` that is 1 exactly on the response tokens (and the eos), 0 on the prompt and padding.
-Loss functions score ``labels = input_ids[:, 1:]`` with ``logits[:, :-1]``, so the prompt is masked out
-of every loss by construction.
+``response_mask`` that is 1 exactly on the trained tokens (the response and the eos; for a multi-turn conversation
+every assistant turn), 0 on the prompt and padding. Loss functions score ``labels = input_ids[:, 1:]`` with
+``logits[:, :-1]``, so the prompt is masked out of every loss by construction.
 
-Prompts are plain text everywhere (tasks, files, rewards). When the tokenizer has a chat template (an
+Plain prompts (tasks, standard files) stay plain text. When the tokenizer has a chat template (an
 instruction-tuned model such as SmolLM2), `prompt_token_ids` — the one place prompts become tokens, for training
-batches and for sampling alike — wraps each prompt as a user turn followed by the assistant header, so the model
-sees the conversation format it was tuned on and the response is the assistant's reply.
+batches and for sampling alike — wraps each plain prompt as a user turn followed by the assistant header, so the
+model sees the conversation format it was tuned on and the response is the assistant's reply.
 """
 
 from __future__ import annotations
@@ -32,10 +42,53 @@ class DataError(ValueError):
     """A data file or dataset is malformed; the message names the file and line."""
 
 
+class Text(str):
+    """A string from a dataset row, with what preftune must remember about it.
+
+    ``templated``: the chat template already produced it (a conversational row), so `chat_prompt_texts` leaves it as
+    it is and a response gets no extra eos (the template's end of turn ends it). ``messages``: the conversation a
+    templated prompt renders, which reward functions receive as TRL passes it. ``columns``: the row's other fields,
+    passed to reward functions as keywords (TRL's ``**kwargs``)."""
+
+    templated: bool
+    messages: list | None
+    columns: dict
+
+    def __new__(cls, text: str, templated: bool = False, messages: list | None = None, columns: dict | None = None):
+        self = super().__new__(cls, text)
+        self.templated, self.messages, self.columns = templated, messages, dict(columns or {})
+        return self
+
+
+class Chat(tuple):
+    """A conversational field as read, ``((role, content), ...)``, before the chat template makes it text (the
+    tokenizer is not known when rows are read); ``where`` names its row for errors found when rendering, ``columns``
+    are the row's other fields (prompt-only rows)."""
+
+    where: str
+    columns: dict
+
+    def __new__(cls, messages: Iterable = (), where: str = "", columns: dict | None = None):
+        self = super().__new__(cls, messages)
+        self.where, self.columns = where, dict(columns or {})
+        return self
+
+    def dicts(self) -> list[dict]:
+        return [{"role": role, "content": content} for role, content in self]
+
+
 @dataclass(frozen=True)
 class Demo:
+    """A demonstration: the response is trained, the prompt is not. ``turns`` continues a multi-turn conversation
+    after the response, as ``(text, trained)`` segments (a ``messages`` row: every later assistant turn is trained,
+    the user and system turns between them are not).
+
+    The fields of every record kind are text, or `Chat` for a conversational row until `render` applies the chat
+    template (a ``messages`` row reads as ``Demo(Chat(), messages)``)."""
+
     prompt: str
     response: str
+    turns: tuple[tuple[str, bool], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -45,8 +98,32 @@ class Pair:
     rejected: str
 
 
-RECORD_FIELDS = {Demo: ("prompt", "completion"), Pair: ("prompt", "chosen", "rejected")}
+@dataclass(frozen=True)
+class Unpaired:
+    """An unpaired preference (TRL's ``{"prompt", "completion", "label"}``, KTO's data): ``label`` is True when the
+    completion is desirable."""
+
+    prompt: str
+    completion: str
+    label: bool
+
+
+RECORD_FIELDS = {Demo: ("prompt", "completion"), Pair: ("prompt", "chosen", "rejected"),
+                 Unpaired: ("prompt", "completion", "label")}
 TABULAR_SUFFIXES = {".json": "json", ".csv": "csv", ".parquet": "parquet"}  # read by `datasets`
+ROLES = ("system", "user", "assistant", "tool")
+# Conversations need a chat template; a tokenizer without one (the tiny models') renders them with this one. Its
+# {% generation %} markers let HF's ``return_assistant_tokens_mask`` (and TRL's ``assistant_only_loss``) find the
+# assistant turns too; an assistant turn ends with the tokenizer's eos, so sampling stops there. No newlines: the
+# tiny tokenizer has printable ASCII only.
+DEFAULT_CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'assistant' -%}"
+    "{{- '<|assistant|>' -}}{%- generation -%}{{- message['content'] + eos_token -}}{%- endgeneration -%}"
+    "{%- else -%}{{- '<|' + message['role'] + '|>' + message['content'] -}}{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|assistant|>' -}}{%- endif -%}"
+)
 
 
 def implicit_prompt(chosen: str, rejected: str) -> tuple[str, str, str]:
@@ -61,38 +138,187 @@ def implicit_prompt(chosen: str, rejected: str) -> tuple[str, str, str]:
     return chosen[:n], chosen[n:], rejected[n:]
 
 
+def implicit_chat_prompt(chosen: Chat, rejected: Chat) -> tuple[Chat, Chat, Chat]:
+    """The conversational form of `implicit_prompt`: the messages both conversations share are the prompt (TRL's
+    ``extract_prompt``)."""
+    n = 0
+    while n < min(len(chosen), len(rejected)) and chosen[n] == rejected[n]:
+        n += 1
+    return Chat(chosen[:n], chosen.where), Chat(chosen[n:], chosen.where), Chat(rejected[n:], rejected.where)
+
+
 def _strings(row: dict, names: Sequence[str], where: str) -> None:
     bad = [f for f in names if not isinstance(row[f], str)]
     if bad:
         raise DataError(f"{where}: field(s) {bad} must be strings")
 
 
+def _messages(value: object, where: str, name: str) -> Chat:
+    """A conversational field checked: a non-empty list of ``{"role", "content"}`` messages with string values and a
+    role TRL knows."""
+    if not isinstance(value, list) or not value:
+        raise DataError(f"{where}: field '{name}' must be a string or a non-empty list of messages "
+                        f"{{'role': ..., 'content': ...}}")
+    for j, message in enumerate(value):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str) \
+                or not isinstance(message.get("content"), str):
+            raise DataError(f"{where}: field '{name}' message {j} must be an object with string 'role' and "
+                            f"'content', got {message!r:.80}")
+        if message["role"] not in ROLES:
+            raise DataError(f"{where}: field '{name}' message {j} has role {message['role']!r}; roles are "
+                            f"{list(ROLES)}")
+    return Chat(((m["role"], m["content"]) for m in value), where)
+
+
+def _field(row: dict, name: str, where: str) -> str | Chat:
+    """A standard (string) or conversational (message list) field."""
+    value = row[name]
+    return value if isinstance(value, str) else _messages(value, where, name)
+
+
+def _same_form(where: str, **values) -> None:
+    if len({isinstance(v, Chat) for v in values.values()}) > 1:
+        raise DataError(f"{where}: fields {list(values)} must all be strings or all be message lists")
+
+
+def _label(row: dict, where: str) -> bool:
+    label = row["label"]
+    if isinstance(label, bool) or (isinstance(label, int) and label in (0, 1)):
+        return bool(label)
+    raise DataError(f"{where}: field 'label' must be true or false (is the completion desirable?), got {label!r}")
+
+
 def _record_from_dict(kind: type, row: object, where: str):
-    """One row in TRL's standard formats: prompt-completion (``response`` accepted for ``completion``) for `Demo`,
-    preference with an explicit or implicit prompt for `Pair`."""
+    """One row in TRL's formats, standard (strings) or conversational (message lists): language modelling (``text``
+    or ``messages``) or prompt-completion (``response`` accepted for ``completion``) for `Demo`; preference with an
+    explicit or implicit prompt for `Pair`; unpaired preference for `Unpaired`. Conversational fields stay `Chat`
+    until `render` applies the tokenizer's chat template."""
     fields = RECORD_FIELDS[kind]
     if not isinstance(row, dict):
         raise DataError(f"{where}: expected an object with fields {list(fields)}, got {type(row).__name__}")
-    if "messages" in row or (kind is Demo and "text" in row and "prompt" not in row):
-        raise DataError(f"{where}: conversational and language-modelling rows (messages / text) are not supported "
-                        f"yet; give {list(fields)}")
     if kind is Demo:
-        completion = "completion" if "completion" in row else "response"
-        missing = [f for f, name in (("prompt", "prompt"), ("completion", completion)) if name not in row]
+        if "messages" in row and "prompt" not in row:
+            chat = _messages(row["messages"], where, "messages")
+            if not any(role == "assistant" for role, _ in chat):
+                raise DataError(f"{where}: field 'messages' has no assistant turn to train on")
+            return Demo(Chat(), chat)
+        if "text" in row and "prompt" not in row:
+            _strings(row, ("text",), where)
+            return Demo(Text("", templated=True), row["text"])  # language modelling: every token is trained
+    if kind in (Demo, Unpaired):
+        completion = "completion" if "completion" in row or kind is Unpaired else "response"
+        names = ("prompt", completion) + (("label",) if kind is Unpaired else ())
+        missing = [f for f in names if f not in row]
         if missing:
-            raise DataError(f"{where}: missing field(s) {missing}; a demonstration needs {list(fields)} "
-                            f"(or 'response' for 'completion')")
-        _strings(row, ("prompt", completion), where)
-        return Demo(row["prompt"], row[completion])
+            what = "a demonstration" if kind is Demo else "an unpaired preference"
+            also = " (or 'response' for 'completion'; or 'text' or 'messages' alone)" if kind is Demo else ""
+            raise DataError(f"{where}: missing field(s) {missing}; {what} needs {list(fields)}{also}")
+        prompt, response = _field(row, "prompt", where), _field(row, completion, where)
+        _same_form(where, prompt=prompt, **{completion: response})
+        if kind is Demo:
+            return Demo(prompt, response)
+        return Unpaired(prompt, response, _label(row, where))
     missing = [f for f in ("chosen", "rejected") if f not in row]
     if missing:
         raise DataError(f"{where}: missing field(s) {missing}; a preference pair needs {list(fields)} (or chosen and "
                         f"rejected alone, which share their prompt)")
-    if "prompt" not in row:
-        _strings(row, ("chosen", "rejected"), where)
-        return Pair(*implicit_prompt(row["chosen"], row["rejected"]))
-    _strings(row, fields, where)
-    return Pair(row["prompt"], row["chosen"], row["rejected"])
+    chosen, rejected = _field(row, "chosen", where), _field(row, "rejected", where)
+    _same_form(where, chosen=chosen, rejected=rejected)
+    # TRL's maybe_extract_prompt: a prompt of the other form than chosen/rejected is ignored, the prompt is implicit
+    prompt = _field(row, "prompt", where) if "prompt" in row else None
+    if prompt is None or isinstance(prompt, Chat) != isinstance(chosen, Chat):
+        if isinstance(chosen, Chat):
+            return Pair(*implicit_chat_prompt(chosen, rejected))
+        return Pair(*implicit_prompt(chosen, rejected))
+    return Pair(prompt, chosen, rejected)
+
+
+# ----------------------------------------------------------------------------------------------
+# Conversations through the chat template
+
+
+def _apply_template(tokenizer, messages: list[dict], where: str, **kwargs) -> str:
+    template = getattr(tokenizer, "chat_template", None) or DEFAULT_CHAT_TEMPLATE
+    try:
+        return tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False, **kwargs)
+    except Exception as e:  # noqa: BLE001 - a template raises what its author wrote; the user needs the row
+        raise DataError(f"{where}: the chat template cannot render this conversation ({type(e).__name__}: "
+                        f"{e})") from None
+
+
+def _common_prefix(a: str, b: str) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def chat_prompt_text(tokenizer, prompt: Chat) -> str:
+    """A conversational prompt as text, TRL's way: the assistant header follows a user/system/tool turn
+    (``add_generation_prompt``); a final assistant turn is continued (``continue_final_message``)."""
+    if prompt[-1][0] == "assistant":
+        return _apply_template(tokenizer, prompt.dicts(), prompt.where, continue_final_message=True)
+    return _apply_template(tokenizer, prompt.dicts(), prompt.where, add_generation_prompt=True)
+
+
+def chat_prompt_completions(tokenizer, prompt: Chat, *completions: Chat) -> list[Text]:
+    """A conversational prompt and completions as texts, as TRL's ``apply_chat_template`` splits them: the prompt is
+    the part its rendering shares with every prompt+completion rendering, each completion the rest (so a template
+    that renders the generation prompt differently inside a conversation still splits at the same place)."""
+    if not prompt:
+        raise DataError(f"{prompt.where}: chosen and rejected share no message, so there is no prompt")
+    prompt_text = chat_prompt_text(tokenizer, prompt)
+    fulls = [_apply_template(tokenizer, prompt.dicts() + c.dicts(), c.where or prompt.where) for c in completions]
+    n = min(_common_prefix(prompt_text, full) for full in fulls)
+    return [Text(prompt_text[:n], templated=True, messages=prompt.dicts())] + \
+        [Text(full[n:], templated=True) for full in fulls]
+
+
+def chat_turns(tokenizer, messages: Chat) -> list[tuple[str, bool]]:
+    """A conversation (a ``messages`` row) as ``(text, trained)`` segments whose concatenation is its rendering, the
+    assistant turns trained, everything else not (TRL's ``assistant_only_loss``).
+
+    Rendered incrementally, so any template works (no ``{% generation %}`` markers needed): assistant turn i spans
+    from the end of the conversation before it, rendered with the generation prompt, to the end of the conversation
+    up to it. A template that renders earlier turns differently once later ones follow (one that drops the
+    reasoning of past turns) cannot be split this way and is refused."""
+    where, dicts = messages.where, messages.dicts()
+    if dicts[0]["role"] == "assistant":
+        raise DataError(f"{where}: field 'messages' starts with an assistant turn; a conversation starts with a "
+                        f"system or user turn")
+    full = _apply_template(tokenizer, dicts, where)
+    segments, end = [], 0
+    for i, message in enumerate(dicts):
+        if message["role"] != "assistant":
+            continue
+        before = _apply_template(tokenizer, dicts[:i], where, add_generation_prompt=True)
+        upto = _apply_template(tokenizer, dicts[:i + 1], where)
+        start = _common_prefix(before, upto)
+        if not full.startswith(upto) or start < end:
+            raise DataError(f"{where}: the chat template renders turn {i} differently once later turns follow, so "
+                            f"its assistant turns cannot be told apart; give prompt/completion rows instead")
+        segments += [(full[end:start], False), (full[start:len(upto)], True)]
+        end = len(upto)
+    return segments
+
+
+def render(record, tokenizer):
+    """A record whose conversational fields (`Chat`) are made text by the tokenizer's chat template (its own, or
+    `DEFAULT_CHAT_TEMPLATE` when it has none); a standard record as it is."""
+    if isinstance(record, Demo) and isinstance(record.response, Chat):
+        if not record.prompt:  # a messages row
+            (prompt, _), (response, _), *turns = chat_turns(tokenizer, record.response)
+            return Demo(Text(prompt, templated=True, messages=[]), Text(response, templated=True), tuple(turns))
+        return Demo(*chat_prompt_completions(tokenizer, record.prompt, record.response))
+    if isinstance(record, Pair) and isinstance(record.chosen, Chat):
+        return Pair(*chat_prompt_completions(tokenizer, record.prompt, record.chosen, record.rejected))
+    if isinstance(record, Unpaired) and isinstance(record.completion, Chat):
+        return Unpaired(*chat_prompt_completions(tokenizer, record.prompt, record.completion), record.label)
+    return record
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading
 
 
 def _jsonl_rows(path: Path) -> Iterable[tuple[str, object]]:
@@ -111,10 +337,29 @@ def _jsonl_rows(path: Path) -> Iterable[tuple[str, object]]:
                 raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
 
 
+def _cached_hub_dataset(source: str, split: str):
+    """A Hugging Face Hub dataset id, read from the local cache only (nothing is downloaded)."""
+    import datasets
+
+    if source.count("/") > 1 or not source.strip("/") or source.startswith((".", "/", "~")) \
+            or Path(source).suffix in {".jsonl", *TABULAR_SUFFIXES}:  # a path, not an id
+        raise DataError(f"{source}: no such file or dataset folder")
+    offline = datasets.config.HF_HUB_OFFLINE
+    datasets.config.HF_HUB_OFFLINE = True  # the cached copy or nothing, never a download
+    try:
+        return datasets.load_dataset(source, split=split)
+    except Exception as e:  # noqa: BLE001 - datasets raises many kinds; the user needs the source and the reason
+        raise DataError(f"{source}: no such file or dataset folder, and not a dataset in the local Hugging Face "
+                        f"cache ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    finally:
+        datasets.config.HF_HUB_OFFLINE = offline
+
+
 def read_rows(source: str | Path, split: str = "train") -> list[tuple[str, object]]:
     """Every row of a data source with where it came from (``file:line`` or ``source row i``): a JSONL file, a
-    JSON / CSV / Parquet file (read by `datasets`), or a dataset folder saved with ``save_to_disk``."""
-    source = Path(source)
+    JSON / CSV / Parquet file (read by `datasets`), a dataset folder saved with ``save_to_disk``, or the id of a
+    Hub dataset already in the local Hugging Face cache."""
+    name, source = str(source), Path(source)
     if source.is_file() and source.suffix in TABULAR_SUFFIXES:
         import datasets
 
@@ -138,7 +383,7 @@ def read_rows(source: str | Path, split: str = "train") -> list[tuple[str, objec
             ds = ds[split]
         rows = [(f"{source} row {i}", row) for i, row in enumerate(ds)]
     else:
-        raise DataError(f"{source}: no such file or dataset directory")
+        rows = [(f"{name} row {i}", row) for i, row in enumerate(_cached_hub_dataset(name, split))]
     if not rows:
         raise DataError(f"{source}: the file holds no records")
     return rows
@@ -160,36 +405,50 @@ def write_jsonl(path: str | Path, records: Iterable) -> Path:
 
 
 def load_records(source: str | Path, kind: type, split: str = "train") -> list:
-    """`Demo` or `Pair` records from any `read_rows` source, every row checked as it is read."""
+    """`Demo`, `Pair` or `Unpaired` records from any `read_rows` source, every row checked as it is read
+    (conversational fields stay `Chat` until a method renders them with its tokenizer, `as_records`)."""
     return [_record_from_dict(kind, row, where) for where, row in read_rows(source, split)]
 
 
-def as_records(data, kind: type) -> list:
-    """The Python API's data as records: `Demo`/`Pair` objects as they are, or rows in TRL's formats — a
-    ``datasets.Dataset`` or a list of dicts — checked row by row."""
-    rows = list(data)
-    return [r if isinstance(r, kind) else _record_from_dict(kind, r, f"row {i}") for i, r in enumerate(rows)]
+def as_records(data, kind: type, tokenizer=None) -> list:
+    """The Python API's data as records: `Demo`/`Pair`/`Unpaired` objects as they are, or rows in TRL's formats — a
+    ``datasets.Dataset`` or a list of dicts — checked row by row. With ``tokenizer``, conversational records are
+    rendered by its chat template (`render`)."""
+    records = [r if isinstance(r, kind) else _record_from_dict(kind, r, f"row {i}") for i, r in enumerate(data)]
+    return records if tokenizer is None else [render(r, tokenizer) for r in records]
 
 
-def as_prompts(data) -> list[str]:
-    """Prompts from strings, or from rows (a ``datasets.Dataset`` or dicts) with a ``prompt`` field."""
-    out = []
-    for i, row in enumerate(data):
-        prompt = row if isinstance(row, str) else row.get("prompt") if isinstance(row, dict) else None
-        if not isinstance(prompt, str):
-            raise DataError(f"row {i}: a prompt must be a string or a row with a string field 'prompt'")
-        out.append(prompt)
-    return out
+def _prompt_from_row(row: object, where: str) -> Text | Chat:
+    """A prompt-only row: ``prompt`` a string or a message list; every other field but ``completion`` is kept as a
+    column for the reward functions (TRL passes them as keywords)."""
+    if isinstance(row, Text | Chat):
+        return row
+    if isinstance(row, str):
+        return Text(row)
+    if not isinstance(row, dict) or "prompt" not in row:
+        raise DataError(f"{where}: a prompt row needs a string field 'prompt' (or a list of messages)")
+    columns = {k: v for k, v in row.items() if k not in ("prompt", "completion", "response")}
+    prompt = _field(row, "prompt", where)
+    if isinstance(prompt, Chat):
+        return Chat(prompt, where, columns)
+    return Text(prompt, columns=columns)
 
 
-def load_prompts(source: str | Path, split: str = "train") -> list[str]:
-    """The prompts of a prompt-only dataset (TRL's format for online methods), or of any rows with a ``prompt``."""
-    prompts = []
-    for where, row in read_rows(source, split):
-        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
-            raise DataError(f"{where}: a prompt row needs a string field 'prompt'")
-        prompts.append(row["prompt"])
-    return prompts
+def as_prompts(data, tokenizer=None) -> list[Text | Chat]:
+    """Prompts from strings, or from rows (a ``datasets.Dataset`` or dicts) with a ``prompt`` field (standard or
+    conversational), each row's other fields kept as `Text.columns`. With ``tokenizer``, a conversational prompt
+    becomes its chat-template text (`chat_prompt_text`), which keeps its messages and columns."""
+    prompts = [_prompt_from_row(row, f"row {i}") for i, row in enumerate(data)]
+    if tokenizer is None:
+        return prompts
+    return [Text(chat_prompt_text(tokenizer, p), templated=True, messages=p.dicts(), columns=p.columns)
+            if isinstance(p, Chat) else p for p in prompts]
+
+
+def load_prompts(source: str | Path, split: str = "train") -> list[Text | Chat]:
+    """The prompts of a prompt-only dataset (TRL's format for online methods), or of any rows with a ``prompt``,
+    with their other fields as columns (`as_prompts`)."""
+    return [_prompt_from_row(row, where) for where, row in read_rows(source, split)]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -211,15 +470,16 @@ class TokenBatch:
         return self.input_ids.shape[0]
 
 
-def pad_batch(sequences: Sequence[list[int]], prompt_lengths: Sequence[int], pad_id: int) -> TokenBatch:
-    """Right-pad token lists into a `TokenBatch`; response_mask covers tokens after the prompt."""
+def pad_batch(sequences: Sequence[list[int]], prompt_lengths: Sequence[int] | None, pad_id: int,
+              trained: Sequence[list[int]] | None = None) -> TokenBatch:
+    """Right-pad token lists into a `TokenBatch`; response_mask covers the tokens after the prompt, or — given
+    ``trained`` (0/1 per token, a multi-turn conversation's assistant turns) — exactly those."""
     width = max(len(s) for s in sequences)
     ids = torch.tensor([list(s) + [pad_id] * (width - len(s)) for s in sequences], dtype=torch.long)
-    columns = torch.arange(width)
-    lengths = torch.tensor([len(s) for s in sequences], dtype=torch.long)[:, None]
-    starts = torch.tensor(list(prompt_lengths), dtype=torch.long)[:, None]
-    attn = (columns < lengths).long()
-    resp = ((columns >= starts) & (columns < lengths)).long()
+    if trained is None:
+        trained = [[0] * n + [1] * (len(s) - n) for s, n in zip(sequences, prompt_lengths)]
+    resp = torch.tensor([list(m) + [0] * (width - len(m)) for m in trained], dtype=torch.long)
+    attn = (torch.arange(width) < torch.tensor([len(s) for s in sequences])[:, None]).long()
     return TokenBatch(ids, attn, resp)
 
 
@@ -231,12 +491,14 @@ def _token_ids(tokenizer, texts: Sequence[str]) -> list[list[int]]:
 
 
 def chat_prompt_texts(tokenizer, prompts: Sequence[str]) -> list[str]:
-    """Prompts as the model should read them: unchanged, or — when the tokenizer has a chat template — each one
-    a user turn followed by the assistant header (``add_generation_prompt``), as text."""
+    """Prompts as the model should read them: unchanged, or — when the tokenizer has a chat template — each plain
+    prompt a user turn followed by the assistant header (``add_generation_prompt``), as text. A prompt the chat
+    template already produced (a conversational row, `Text.templated`) is left as it is."""
     if not getattr(tokenizer, "chat_template", None):
         return list(prompts)
-    return [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                          add_generation_prompt=True) for p in prompts]
+    return [p if getattr(p, "templated", False) else
+            tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+            for p in prompts]
 
 
 def prompt_token_ids(tokenizer, prompts: Sequence[str]) -> list[list[int]]:
@@ -245,21 +507,39 @@ def prompt_token_ids(tokenizer, prompts: Sequence[str]) -> list[list[int]]:
     return _token_ids(tokenizer, chat_prompt_texts(tokenizer, prompts))
 
 
-def encode_prompt_responses(tokenizer, prompts: Sequence[str], responses: Sequence[str],
-                            max_length: int) -> list[tuple[list[int], int]]:
-    """Token ids of each prompt+response+eos, and its number of prompt tokens.
+def encode_demos(tokenizer, demos: Sequence[Demo], max_length: int) -> list[tuple[list[int], list[int]]]:
+    """Token ids of each demonstration, prompt + response (+ its later turns) + eos, and which tokens are trained
+    (0/1): the response and eos, and a multi-turn conversation's later trained turns; never the prompt.
 
-    Prompts and responses are tokenised separately so the boundary is exact, in two batched calls (much less
-    per-call overhead than one call per text). Over-long examples are cut from the *end of the response* (the
-    prompt is kept whole), never dropped silently: the caller sees the truncated length.
+    Every part is tokenised separately so the boundaries are exact, in two batched calls (much less per-call
+    overhead than one call per text). A response the chat template produced gets no eos: its template's end of turn
+    ends it. Over-long examples are cut from the *end* (the prompt is kept whole), never dropped silently: the
+    caller sees the truncated length.
     """
     eos = tokenizer.eos_token_id
+    parts = [[(d.response, True), *d.turns] for d in demos]
+    part_ids = iter(_token_ids(tokenizer, [text for segments in parts for text, _ in segments]))
     out = []
-    for prompt, p, r in zip(prompts, prompt_token_ids(tokenizer, prompts), _token_ids(tokenizer, responses)):
+    for demo, p, segments in zip(demos, prompt_token_ids(tokenizer, [d.prompt for d in demos]), parts):
         if len(p) >= max_length:
-            raise DataError(f"prompt of {len(p)} tokens does not fit max_length={max_length}: {prompt[:60]!r}")
-        out.append(((p + r + [eos])[:max_length], len(p)))
+            raise DataError(f"prompt of {len(p)} tokens does not fit max_length={max_length}: {demo.prompt[:60]!r}")
+        ids, trained = list(p), [0] * len(p)
+        for _, is_trained in segments:
+            tokens = next(part_ids)
+            ids += tokens
+            trained += [int(is_trained)] * len(tokens)
+        if not getattr(demo.response, "templated", False):
+            ids.append(eos)
+            trained.append(1)
+        out.append((ids[:max_length], trained[:max_length]))
     return out
+
+
+def encode_prompt_responses(tokenizer, prompts: Sequence[str], responses: Sequence[str],
+                            max_length: int) -> list[tuple[list[int], int]]:
+    """Token ids of each prompt+response+eos, and its number of prompt tokens (`encode_demos`)."""
+    encoded = encode_demos(tokenizer, [Demo(p, r) for p, r in zip(prompts, responses)], max_length)
+    return [(ids, trained.index(1) if 1 in trained else len(ids)) for ids, trained in encoded]
 
 
 def check_fits(tokenizer, prompts: Sequence[str], max_length: int, model=None) -> None:
@@ -278,8 +558,8 @@ def check_fits(tokenizer, prompts: Sequence[str], max_length: int, model=None) -
 
 
 def collate_demos(tokenizer, demos: Sequence[Demo], max_length: int) -> TokenBatch:
-    encoded = encode_prompt_responses(tokenizer, [d.prompt for d in demos], [d.response for d in demos], max_length)
-    return pad_batch([e[0] for e in encoded], [e[1] for e in encoded], tokenizer.pad_token_id)
+    encoded = encode_demos(tokenizer, demos, max_length)
+    return pad_batch([e[0] for e in encoded], None, tokenizer.pad_token_id, trained=[e[1] for e in encoded])
 
 
 def collate_pairs(tokenizer, pairs: Sequence[Pair], max_length: int) -> TokenBatch:

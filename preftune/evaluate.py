@@ -71,6 +71,9 @@ def evaluate_on_prompts(policy, tokenizer, prompts: list[str], reward=None, refe
     mean and spread (and each function's, for a combined reward), length and diversity; with a ``reference`` policy,
     the reward win rate of each prompt's first sample over the reference's (ties ½), the KL estimate, and with a
     ``judge`` (any `FeedbackSource`) the win rate it judges (``annotator_win_rate``, its ``annotator_queries``)."""
+    from preftune.data import as_prompts
+
+    prompts = as_prompts(prompts, tokenizer)  # strings, or TRL prompt-only rows (conversational: templated)
     torch.manual_seed(seed)
     rollout = generate(policy, tokenizer, prompts, max_new_tokens, samples_per_prompt=samples_per_prompt,
                        temperature=temperature)
@@ -170,8 +173,8 @@ def evaluate_data(data: Path, split: str = "train", model: Path | None = None, r
     model folder, and/or ``reward_fn`` functions, as `preftune train grpo` takes them) and judged against
     ``reference`` by your ``feedback`` source, and a reward model's accuracy on your labelled pairs
     (``reward_model``)."""
-    from preftune.data import Pair, load_prompts, load_records
-    from preftune.inputs import rewards_from_inputs
+    from preftune.data import Pair, as_records, load_prompts, load_records
+    from preftune.inputs import rewards_from_inputs, unique_prompts
     from preftune.models import RewardModel, load_tokenizer, load_trained_causal_lm
 
     metrics: dict = {}
@@ -183,7 +186,7 @@ def evaluate_data(data: Path, split: str = "train", model: Path | None = None, r
             raise ValueError("--feedback judges the win rate of --model against --reference: give both")
         policy, tokenizer = load_trained_causal_lm(model)
         ref = load_trained_causal_lm(reference)[0] if reference else None
-        prompts = list(dict.fromkeys(load_prompts(data, split)))[:num_prompts]
+        prompts = unique_prompts(load_prompts(data, split))[:num_prompts]
         max_length = getattr(policy.config, "max_position_embeddings", 2048)
         scorer = rewards_from_inputs(reward, reward_fn, reward_weights, None, [], seed, "bradley-terry", 0.0,
                                      max_length) if reward is not None or reward_fn else None
@@ -198,8 +201,9 @@ def evaluate_data(data: Path, split: str = "train", model: Path | None = None, r
         from preftune.methods.reward import heldout_accuracy
 
         rm = RewardModel.from_pretrained(reward_model).eval()
-        pairs = load_records(data, Pair, split)
+        rm_tokenizer = load_tokenizer(str(reward_model))
+        pairs = as_records(load_records(data, Pair, split), Pair, rm_tokenizer)  # conversational: templated
         max_length = getattr(rm.config, "max_position_embeddings", 2048)
-        metrics["reward_model"] = {"accuracy": heldout_accuracy(rm, load_tokenizer(str(reward_model)), pairs,
-                                                                max_length), "pairs": len(pairs)}
+        metrics["reward_model"] = {"accuracy": heldout_accuracy(rm, rm_tokenizer, pairs, max_length),
+                                   "pairs": len(pairs)}
     return metrics

@@ -7,12 +7,13 @@ The CLI only parses; everything that knows about tasks, files and rewards is her
 from __future__ import annotations
 
 import dataclasses
+import json
 import random
 from collections.abc import Sequence
 from pathlib import Path
 
 from preftune.config import ConfigError
-from preftune.data import Demo, Pair, load_prompts, load_records
+from preftune.data import Demo, Pair, Unpaired, load_prompts, load_records
 from preftune.rewards import RewardFn
 
 
@@ -50,13 +51,35 @@ def preference_pairs(task, data: Path | None, num_examples: int, seed: int, labe
     return label_pairs(task.candidate_pairs("train", num_examples, seed), annotator, random.Random(seed))
 
 
+def unpaired_examples(task, data: Path | None, num_examples: int, seed: int, label_noise: float = 0.0,
+                      link: str = "bradley-terry", split: str = "train") -> list[Unpaired]:
+    """Unpaired preferences from a file, or a task's labelled pairs unpaired as TRL's ``unpair_preference_dataset``
+    does: each pair's chosen completion desirable, its rejected one not."""
+    if data is not None:
+        return load_records(data, Unpaired, split)
+    pairs = preference_pairs(task, None, num_examples, seed, label_noise, link)
+    return [Unpaired(p.prompt, c, label) for p in pairs for c, label in ((p.chosen, True), (p.rejected, False))]
+
+
+def unique_prompts(prompts: Sequence) -> list:
+    """Prompts in order without repeats; the same prompt with other columns (another answer for the reward
+    functions) is another row and is kept."""
+    seen, out = set(), []
+    for p in prompts:
+        key = (type(p).__name__, p, json.dumps(getattr(p, "columns", {}), sort_keys=True, default=str))
+        if key not in seen:
+            seen.add(key)
+            out.append(p)
+    return out
+
+
 def prompts_with_references(task, data: Path | None, num_prompts: int, seed: int, need_references: bool = True,
                             split: str = "train") -> tuple[list[str], list[Demo]]:
     """Training prompts (unique, in order) and the demonstrations they came from (the reference responses of
     ``--reward annotator``). A data file may be prompt-only (TRL's format for online methods) unless references
     are needed."""
     if data is not None:
-        prompts = list(dict.fromkeys(load_prompts(data, split)))
+        prompts = unique_prompts(load_prompts(data, split))
         return prompts, load_records(data, Demo, split) if need_references else []
     if task is None:
         raise ConfigError("give --task NAME (see `preftune tasks`) or --data FILE.jsonl of prompts")
@@ -197,6 +220,10 @@ def train_from_inputs(method, config, task=None, data: Path | None = None, num_e
         held_out = load_records(eval_data, Pair, eval_split) if eval_data is not None else None
         return method.train(config, preference_pairs(task, data, num_examples, seed, label_noise, link, split),
                             eval_data=held_out)
+    if kind == "unpaired":
+        held_out = load_records(eval_data, Unpaired, eval_split) if eval_data is not None else None
+        return method.train(config, unpaired_examples(task, data, num_examples, seed, label_noise, link, split),
+                            eval_data=held_out)
     if kind == "prompts":
         if feedback is not None and reward not in (None, "annotator"):
             raise ConfigError(f"--feedback judges --reward annotator's comparisons with the reference responses, not "
@@ -218,7 +245,7 @@ def train_from_inputs(method, config, task=None, data: Path | None = None, num_e
 
             return method.train(config, prompts, scorer, oracle=oracle_reward(task) if task is not None else None)
         prompts, references = prompts_with_references(task, data, num_prompts, seed, need_references, split)
-        held_out = list(dict.fromkeys(load_prompts(eval_data, eval_split))) if eval_data is not None else None
+        held_out = unique_prompts(load_prompts(eval_data, eval_split)) if eval_data is not None else None
         return method.train(config, prompts, rewards_from_inputs(reward, reward_fn, reward_weights, task, references,
                                                                  seed, link, label_noise, config.max_length, feedback),
                             eval_data=held_out)

@@ -83,6 +83,40 @@ def dpo_loss(
     return losses.mean(), stats
 
 
+def kto_loss(
+    policy_logps: torch.Tensor,
+    ref_logps: torch.Tensor,
+    desirable: torch.Tensor,
+    policy_kl_logps: torch.Tensor,
+    ref_kl_logps: torch.Tensor,
+    beta: float = 0.1,
+    desirable_weight: float = 1.0,
+    undesirable_weight: float = 1.0,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """KTO (Ethayarajh et al. 2024, "KTO: Model Alignment as Prospect Theoretic Optimization", Eq. 8), as TRL's
+    ``KTOTrainer`` computes it, and its diagnostics.
+
+    r = log π(y|x) − log π_ref(y|x) for each row; the reference point z₀ = max(0, mean of log π − log π_ref over
+    mismatched pairs (x, y′) of the batch), detached (the paper's KL(π‖π_ref) estimate);
+    desirable rows lose λ_D·(1 − σ(β(r − z₀))), undesirable ones λ_U·(1 − σ(β(z₀ − r))); the loss is the mean over
+    the batch. Diagnostics: ``kl`` = z₀, the implicit rewards β·r of the desirable (``chosen_rewards``) and
+    undesirable (``rejected_rewards``) rows and their log-probs (``chosen_logps``, ``rejected_logps``), each a mean
+    over its rows and absent when the batch has none.
+    """
+    desirable = desirable.bool()
+    logratios = policy_logps - ref_logps
+    kl = (policy_kl_logps - ref_kl_logps).mean().detach().clamp(min=0)
+    losses = torch.where(desirable, desirable_weight * (1 - torch.sigmoid(beta * (logratios - kl))),
+                         undesirable_weight * (1 - torch.sigmoid(beta * (kl - logratios))))
+    stats = {"kl": kl}
+    with torch.no_grad():
+        for name, rows in (("chosen", desirable), ("rejected", ~desirable)):
+            if rows.any():
+                stats[f"{name}_rewards"] = (beta * logratios[rows]).mean()
+                stats[f"{name}_logps"] = policy_logps[rows].mean()
+    return losses.mean(), stats
+
+
 # ----------------------------------------------------------------------------------------------
 # Online RL: advantages, the clipped surrogate, value loss, KL estimators, entropy.
 # Token tensors are ``[B, T]`` aligned with ``labels = input_ids[:, 1:]``; ``mask`` is 1 on response tokens.

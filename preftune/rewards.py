@@ -116,10 +116,28 @@ def load_function(spec: str) -> Callable:
     return function
 
 
+def trl_reward_arguments(prompts: Sequence[str], completions: Sequence[str]) -> dict:
+    """The keywords TRL calls a reward function with: ``prompts`` and ``completions`` as strings, or — for
+    conversational prompts — the prompt's messages and the completion as ``[{"role": "assistant", "content": ...}]``;
+    and every other column of each sample's dataset row (`preftune.data.Text.columns`; the k samples of a prompt
+    repeat its row), as TRL passes them."""
+    conversational = bool(prompts) and all(getattr(p, "messages", None) is not None for p in prompts)
+    arguments = {"prompts": [p.messages for p in prompts] if conversational else [str(p) for p in prompts],
+                 "completions": [[{"role": "assistant", "content": c}] for c in completions] if conversational
+                 else list(completions)}
+    names = dict.fromkeys(name for p in prompts for name in getattr(p, "columns", {}))
+    for name in names:
+        if name not in arguments:
+            arguments[name] = [getattr(p, "columns", {}).get(name) for p in prompts]
+    return arguments
+
+
 class CombinedReward:
     """A weighted sum of reward functions with TRL's signature ``fn(prompts=..., completions=..., **kwargs) ->
-    list[float | None]`` (the built-in rewards are called the same way). A ``None`` score means "this function does
-    not apply to this sample" and is left out of the sum, as TRL does; a sample no function scores is an error.
+    list[float | None]``, called with TRL's arguments (`trl_reward_arguments`: message lists for conversational
+    prompts, the dataset's other columns as keywords); the built-in rewards, wrapped by `trl_style`, read the texts.
+    A ``None`` score means "this function does not apply to this sample" and is left out of the sum, as TRL does; a
+    sample no function scores is an error.
     ``last_metrics`` holds each function's mean and standard deviation on the last batch (TRL's
     ``rewards/<name>/mean``, ``/std``), which online methods log."""
 
@@ -138,9 +156,12 @@ class CombinedReward:
         totals = [0.0] * len(responses)
         scored = [False] * len(responses)
         self.last_metrics = {}
+        arguments = trl_reward_arguments(prompts, responses)
         for (name, function), weight in zip(self.functions.items(), self.weights):
             try:
-                scores = list(function(prompts=list(prompts), completions=list(responses)))
+                text_reward = getattr(function, "text_reward", None)  # a built-in reward reads the texts
+                scores = list(text_reward(list(prompts), list(responses)) if text_reward is not None
+                              else function(**arguments))
             except Exception as e:  # the user's code: say whose it is; the traceback keeps the rest
                 raise RuntimeError(f"reward function {name} failed: {type(e).__name__}: {e}") from e
             if len(scores) != len(responses):
@@ -175,8 +196,13 @@ class CombinedReward:
 
 
 def trl_style(reward: RewardFn) -> Callable:
-    """A preftune reward ``(prompts, responses)`` called with TRL's keywords ``(prompts=..., completions=...)``."""
-    return lambda prompts, completions, **kwargs: reward(prompts, completions)
+    """A preftune reward ``(prompts, responses)`` called with TRL's keywords ``(prompts=..., completions=...)``;
+    `CombinedReward` gives it the texts (``text_reward``), not the message lists of conversational prompts."""
+    def function(prompts, completions, **kwargs):
+        return reward(prompts, completions)
+
+    function.text_reward = reward
+    return function
 
 
 def as_reward(reward) -> RewardFn:

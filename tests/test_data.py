@@ -28,7 +28,7 @@ def test_missing_field_names_file_line_and_field(tmp_path):
 def test_non_string_field_is_an_error(tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_text(json.dumps({"prompt": "a", "response": 3}) + "\n")
-    with pytest.raises(DataError, match=r"d\.jsonl:1: field\(s\) \['response'\] must be strings"):
+    with pytest.raises(DataError, match=r"d\.jsonl:1: field 'response' must be a string or a non-empty list"):
         read_jsonl(path, Demo)
 
 
@@ -102,10 +102,10 @@ def test_prompt_only_rows_for_online_methods(tmp_path):
     assert load_prompts(path) == ["What is 2+2?"]
 
 
-def test_formats_not_supported_yet_say_so_with_file_and_line(tmp_path):
+def test_a_conversation_without_an_assistant_turn_is_refused_with_file_and_line(tmp_path):
     path = tmp_path / "chat.jsonl"
     path.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n")
-    with pytest.raises(DataError, match=r"chat\.jsonl:1: conversational and language-modelling rows"):
+    with pytest.raises(DataError, match=r"chat\.jsonl:1: field 'messages' has no assistant turn"):
         load_records(path, Demo)
     with pytest.raises(DataError, match="not a dataset saved with save_to_disk"):
         load_records(tmp_path, Demo)

@@ -11,6 +11,7 @@ from preftune.losses import (
     grpo_advantages,
     kl_k1,
     kl_k3,
+    kto_loss,
     masked_whiten,
     ppo_clip_loss,
     rloo_advantages,
@@ -65,6 +66,31 @@ def test_dpo_loss_hand_case_and_label_smoothing():
 def test_dpo_loss_at_reference_is_log2():
     z = torch.zeros(3)
     assert dpo_loss(z, z, z, z)[0].item() == pytest.approx(math.log(2))
+
+
+def test_kto_loss_hand_case_weights_and_clamped_reference_point():
+    def sigmoid(x):
+        return 1 / (1 + math.exp(-x))
+
+    policy, ref = torch.tensor([-1.0, -2.0]), torch.tensor([-1.5, -1.5])  # r = [0.5, -0.5]
+    desirable = torch.tensor([True, False])
+    kl_policy, kl_ref = torch.tensor([-3.0, -2.0]), torch.tensor([-3.2, -2.4])  # z0 = mean(0.2, 0.4) = 0.3
+    loss, stats = kto_loss(policy, ref, desirable, kl_policy, kl_ref, beta=0.5, desirable_weight=2.0,
+                           undesirable_weight=1.0)
+    expected = (2.0 * (1 - sigmoid(0.5 * (0.5 - 0.3))) + 1.0 * (1 - sigmoid(0.5 * (0.3 + 0.5)))) / 2
+    assert loss.item() == pytest.approx(expected)
+    assert stats["kl"].item() == pytest.approx(0.3)
+    assert stats["chosen_rewards"].item() == pytest.approx(0.25) and stats["rejected_rewards"].item() == (
+        pytest.approx(-0.25))
+    assert stats["chosen_logps"].item() == pytest.approx(-1.0)
+    # a negative KL estimate is clamped to 0 (TRL's clamp(min=0)), and no gradient flows through it
+    kl_policy = torch.tensor([-4.0, -4.0], requires_grad=True)
+    loss, stats = kto_loss(policy, ref, desirable, kl_policy, kl_ref, beta=0.5)
+    assert stats["kl"].item() == 0.0
+    assert loss.item() == pytest.approx(((1 - sigmoid(0.25)) + (1 - sigmoid(0.25))) / 2)
+    assert not loss.requires_grad or torch.autograd.grad(loss, kl_policy, allow_unused=True)[0] is None
+    # a batch of desirable rows only has no rejected diagnostics
+    assert "rejected_rewards" not in kto_loss(policy, ref, torch.tensor([True, True]), kl_policy, kl_ref)[1]
 
 
 @pytest.mark.parametrize("link", ["bradley-terry", "thurstone", "weibull"])

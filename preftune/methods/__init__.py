@@ -18,6 +18,7 @@ from preftune.methods.configs import (
     GRPOConfig,
     IQLearnConfig,
     JointConfig,
+    KTOConfig,
     PPOConfig,
     RewardConfig,
     RLOOConfig,
@@ -26,10 +27,10 @@ from preftune.methods.configs import (
     ZPGConfig,
 )
 
-# demos: {prompt, response}; pairs: {prompt, chosen, rejected}; prompts: prompts and a reward; comparisons: a
-# GridWorld or prompts, judged by a feedback source; choices: the population task or prompts, chosen by a feedback
-# source; pipeline: the config says it all
-InputKind = Literal["demos", "pairs", "prompts", "comparisons", "choices", "pipeline"]
+# demos: {prompt, response}; pairs: {prompt, chosen, rejected}; unpaired: {prompt, completion, label}; prompts:
+# prompts and a reward; comparisons: a GridWorld or prompts, judged by a feedback source; choices: the population
+# task or prompts, chosen by a feedback source; pipeline: the config says it all
+InputKind = Literal["demos", "pairs", "unpaired", "prompts", "comparisons", "choices", "pipeline"]
 
 
 def lazy(target: str) -> Callable:
@@ -68,6 +69,9 @@ METHODS = {m.name: m for m in (
            "Bradley–Terry reward model on pairs {prompt, chosen, rejected}.", shows=("loss", "accuracy")),
     Method("dpo", DPOConfig, "pairs", lazy("dpo:train_dpo"),
            "Direct Preference Optimization on pairs {prompt, chosen, rejected}.", shows=("loss", "reward_accuracy")),
+    Method("kto", KTOConfig, "unpaired", lazy("kto:train_kto"),
+           "KTO (Kahneman–Tversky Optimization) on unpaired preferences {prompt, completion, label}; with --task, "
+           "the task's labelled pairs unpaired (chosen: desirable, rejected: not).", shows=("loss", "kl")),
     Method("iqlearn", IQLearnConfig, "demos", lazy("iqlearn:train_iqlearn"),
            "IQLearn (inverse RL as TD-regularised MLE) on demonstrations {prompt, response}; --alpha > 0 mixes fresh "
            "policy samples into each batch (online IQLearn).", shows=("loss",)),

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from preftune.data import Demo, write_jsonl
+from preftune.data import Demo, as_prompts, write_jsonl
 from preftune.methods.configs import BoNConfig
 from preftune.models import load_policy
 from preftune.rewards import RewardFn
@@ -38,6 +38,7 @@ def run_bon(config: BoNConfig, prompts: Sequence[str], reward: RewardFn, model=N
     """Best-of-``config.n`` for every prompt, written to ``output_dir``; with a task's ``oracle`` the chosen
     responses' mean oracle reward is reported beside their mean ``score`` under ``reward``."""
     policy, tokenizer = load_policy(config, model, tokenizer)
+    prompts = as_prompts(prompts, tokenizer)  # strings, or TRL prompt-only rows (conversational: templated)
     torch.manual_seed(config.seed)
     responses, scores = best_of_n(policy, tokenizer, prompts, config.n, reward, config.max_new_tokens,
                                   config.temperature, config.generation_batch_size)

@@ -30,6 +30,18 @@ class DPOConfig(TrainConfig):
 
 
 @dataclass
+class KTOConfig(TrainConfig):
+    method_name = "kto"
+    lr: float = override(TrainConfig, "lr", 2e-4)
+    beta: float = field(default=0.1, metadata=doc("KTO temperature β: strength of the implicit KL to the reference.",
+                                                  gt=0))
+    desirable_weight: float = field(default=1.0, metadata=doc(
+        "λ_D, the weight of desirable rows' losses (raise it when they are fewer than the undesirable ones).", gt=0))
+    undesirable_weight: float = field(default=1.0, metadata=doc(
+        "λ_U, the weight of undesirable rows' losses.", gt=0))
+
+
+@dataclass
 class RewardConfig(TrainConfig):
     """The shared lr of 1e-3 beat 3e-4 in every run of the tiny-model sweep (docs/benchmarks.md); a reward model
     learns the prompt-conditional part of a preference (is this word on the prompt's topic?) slowly, so it wants

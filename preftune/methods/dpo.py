@@ -31,10 +31,11 @@ def reference_logprobs(model, tokenizer, pairs: Sequence[Pair], max_length: int,
 
 def train_dpo(config: DPOConfig, pairs: Sequence[Pair], model=None, tokenizer=None,
               eval_data: Sequence[Pair] | None = None) -> TrainResult:
-    """DPO on `Pair` records or TRL preference rows (a ``datasets.Dataset`` or dicts); ``eval_data`` (the same
-    kinds) is scored every ``eval_every`` steps (``eval_loss``, ``eval_rewards/accuracies``, …)."""
-    pairs, eval_pairs = as_records(pairs, Pair), as_records(eval_data or [], Pair)
+    """DPO on `Pair` records or TRL preference rows (a ``datasets.Dataset`` or dicts, standard or conversational);
+    ``eval_data`` (the same kinds) is scored every ``eval_every`` steps (``eval_loss``, ``eval_rewards/accuracies``,
+    …)."""
     model, tokenizer = load_policy(config, model, tokenizer)
+    pairs, eval_pairs = as_records(pairs, Pair, tokenizer), as_records(eval_data or [], Pair, tokenizer)
     check_fits(tokenizer, [p.prompt for p in pairs + eval_pairs], config.max_length, model)
     ref = reference_logprobs(model, tokenizer, pairs, config.max_length)
     eval_ref = reference_logprobs(model, tokenizer, eval_pairs, config.max_length) if eval_pairs else None

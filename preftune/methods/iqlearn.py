@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from preftune.data import Demo, as_records, check_fits, collate_demos
+from preftune.data import DataError, Demo, as_records, check_fits, collate_demos
 from preftune.losses import iq_online_loss, iq_sequence_rewards, iq_td_loss
 from preftune.methods.configs import IQLearnConfig, mixture_problem
 from preftune.metrics import reward_model_accuracy, spearman
@@ -43,10 +43,13 @@ def train_iqlearn(config: IQLearnConfig, demos: Sequence[Demo], model=None, toke
                   eval_data: Sequence[Demo] | None = None) -> TrainResult:
     """Offline (``alpha`` = 0) or online IQLearn on demonstrations. ``callback(step, model)`` runs after every
     step (e.g. a held-out evaluation); it must leave the model's weights alone. ``demos``: `Demo` records or TRL
-    prompt-completion rows; ``eval_data`` (the same kinds) gets the offline loss (MLE + λ·TD²) every
-    ``eval_every`` steps."""
-    demos, eval_demos = as_records(demos, Demo), as_records(eval_data or [], Demo)
+    prompt-completion rows (standard or conversational); ``eval_data`` (the same kinds) gets the offline loss
+    (MLE + λ·TD²) every ``eval_every`` steps."""
     model, tokenizer = load_policy(config, model, tokenizer)
+    demos, eval_demos = as_records(demos, Demo, tokenizer), as_records(eval_data or [], Demo, tokenizer)
+    if any(d.turns for d in demos + eval_demos):
+        raise DataError("iqlearn learns from single-turn demonstrations (prompt, completion); a multi-turn "
+                        "'messages' row is for sft")
     check_fits(tokenizer, [d.prompt for d in demos + eval_demos], config.max_length, model)
     trainer = Trainer(config, model, name="iqlearn", num_examples=len(demos))
     step = GradientStep(trainer)

@@ -160,11 +160,11 @@ class OnlineRun:
 
     def __init__(self, name: str, config: OnlineConfig, prompts: Sequence[str], reward, policy, tokenizer,
                  trained: torch.nn.Module | None = None, eval_prompts: Sequence[str] | None = None):
-        prompts = as_prompts(prompts)  # strings, or TRL prompt-only rows
+        prompts = as_prompts(prompts, tokenizer)  # strings, or TRL prompt-only rows (conversational: templated)
         if not prompts:
             raise TrainingError(f"{name}: no training prompts")
         self.name, self.config, self.prompts = name, config, prompts
-        self.eval_prompts = as_prompts(eval_prompts) if eval_prompts is not None else []
+        self.eval_prompts = as_prompts(eval_prompts, tokenizer) if eval_prompts is not None else []
         self.policy, self.tokenizer = policy, tokenizer
         # where the samples come from: any `GenerationBackend` (docs/architecture.md) may replace it
         self.sampler: GenerationBackend = InHouseSampler(policy, tokenizer, config.generation_batch_size)

@@ -14,10 +14,11 @@ from preftune.trainer import GradientStep, Trainer, TrainResult
 
 def train_sft(config: SFTConfig, demos: Sequence[Demo], model=None, tokenizer=None,
               eval_data: Sequence[Demo] | None = None) -> TrainResult:
-    """SFT on `Demo` records or TRL prompt-completion rows (a ``datasets.Dataset`` or dicts); ``eval_data`` (the
-    same kinds) is scored every ``eval_every`` steps (``eval_loss``)."""
-    demos, eval_demos = as_records(demos, Demo), as_records(eval_data or [], Demo)
+    """SFT on `Demo` records or TRL rows (a ``datasets.Dataset`` or dicts): prompt-completion, ``text``, or
+    conversational (``messages``: the loss is on the assistant turns only); ``eval_data`` (the same kinds) is
+    scored every ``eval_every`` steps (``eval_loss``)."""
     model, tokenizer = load_policy(config, model, tokenizer)
+    demos, eval_demos = as_records(demos, Demo, tokenizer), as_records(eval_data or [], Demo, tokenizer)
     check_fits(tokenizer, [d.prompt for d in demos + eval_demos], config.max_length, model)
     trainer = Trainer(config, model, name="sft", num_examples=len(demos))
     step = GradientStep(trainer)

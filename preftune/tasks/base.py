@@ -21,7 +21,7 @@ class Task(ABC):
     name: str = ""
     description: str = ""  # one line, shown by `preftune tasks`
     # what the task can give a method (`preftune.methods.InputKind`): a text task gives them all
-    inputs: tuple[str, ...] = ("demos", "pairs", "prompts", "comparisons", "pipeline")
+    inputs: tuple[str, ...] = ("demos", "pairs", "unpaired", "prompts", "comparisons", "pipeline")
     max_prompt_chars: int = 32
     max_response_chars: int = 32
 
