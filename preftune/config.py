@@ -97,6 +97,12 @@ class TrainConfig(ModelConfig):
     max_grad_norm: float = field(default=1.0, metadata=doc("Gradient clipping norm (0 = off).", ge=0))
     max_bad_steps: int = field(
         default=10, metadata=doc("Stop after this many consecutive NaN/inf steps (each is skipped).", ge=0))
+    max_skipped_fraction: float = field(default=0.5, metadata=doc(
+        "A run that skipped more than this fraction of its steps (NaN/inf) fails instead of saving output_dir/final "
+        "(its checkpoints are kept).", ge=0, le=1))
+    rollback_bad_updates: bool = field(default=True, metadata=doc(
+        "Undo an update that makes the weights NaN/inf (counted as skipped). Keeps a copy of the trainable weights "
+        "and their AdamW state (3x the trainable weights' memory); off: such an update stops the run."))
 
     def check(self) -> None:
         super().check()
