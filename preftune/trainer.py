@@ -233,17 +233,34 @@ class Trainer:
         return sorted(done, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
 
     def _prepare_output_dir(self) -> None:
+        """Check the output folder before anything is written to it: a folder that can be written, not holding
+        another run (checkpoints, or only a finished run's final/) unless --resume or --overwrite says what to do."""
+        out = self.output_dir
+        if out.exists() and not out.is_dir():
+            raise TrainingError(f"output_dir {out} is a file, not a folder; give another --output-dir")
         existing = self.checkpoints()
-        if existing and not self.config.resume:
+        finished = (out / "final").exists() and not existing
+        if finished and self.config.resume and not self.config.overwrite:  # said by _maybe_resume
+            finished = False
+        if (existing and not self.config.resume) or (finished and not self.config.overwrite):
             if not self.config.overwrite:
-                raise TrainingError(f"{self.output_dir} already holds checkpoints ({existing[-1].name}); pass "
-                                    f"--resume to continue that run or --overwrite to start again")
+                held = f"checkpoints ({existing[-1].name})" if existing else "a finished run's final model (final/)"
+                raise TrainingError(f"{out} already holds {held}; pass " + (
+                    "--resume to continue that run or " if existing else "") + "--overwrite to start again")
             if self.is_main:
-                for p in existing:
+                for p in existing + ([out / "final"] if (out / "final").exists() else []):
                     shutil.rmtree(p)
-                (self.output_dir / "metrics.jsonl").unlink(missing_ok=True)
+                (out / "metrics.jsonl").unlink(missing_ok=True)
             self.accelerator.wait_for_everyone()
-        self.output_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            if self.is_main:  # can files be written there (permissions, a read-only disk)?
+                probe = out / f".preftune-write-test-{os.getpid()}"
+                probe.write_bytes(b"")
+                probe.unlink()
+        except OSError as e:
+            raise TrainingError(f"output_dir {out} cannot be written ({e.strerror or e}); give another "
+                                f"--output-dir") from None
 
     def save_checkpoint(self) -> Path:
         """Write ``checkpoint-<iteration>`` atomically: into a temporary folder, renamed when complete."""
@@ -291,7 +308,9 @@ class Trainer:
             return 0
         existing = self.checkpoints()
         if not existing:
-            self.accelerator.print(f"{self.name}: no checkpoint in {self.output_dir}; starting from the beginning")
+            replaced = " (its final/ will be replaced)" if (self.output_dir / "final").exists() else ""
+            self.accelerator.print(f"{self.name}: no checkpoint in {self.output_dir}; starting from the beginning"
+                                   f"{replaced}")
             return 0
         latest = existing[-1]
         state = json.loads((latest / STATE_FILE).read_text())
