@@ -82,6 +82,8 @@ class ModelConfig(RunConfig):
     lora_alpha: int = field(default=16, metadata=doc("LoRA scaling alpha.", ge=1))
     lora_dropout: float = field(default=0.0, metadata=doc("LoRA dropout.", ge=0, le=1))
     max_length: int = field(default=96, metadata=doc("Longest prompt+response in tokens; responses are cut.", ge=2))
+    allow_degenerate: bool = field(default=False, metadata=doc(
+        "Train on degenerate rows (empty prompt and completion, chosen == rejected) instead of refusing the data."))
 
     def check(self) -> None:
         super().check()

@@ -73,8 +73,8 @@ def load_causal_lm(name_or_path: str, tokenizer=None, seed: int = 0, dtype: torc
     if name_or_path not in TINY_MODELS and not Path(name_or_path).exists() and "/" not in name_or_path:
         raise ModelError(f"model {name_or_path!r} is neither {TINY_MODELS + tuple(GGUF_PACKAGES)}, a .gguf file, "
                          f"a local directory nor a hub id (org/name)")
-    if not Path(name_or_path).exists() and (Path(name_or_path).is_absolute() or name_or_path.count("/") != 1
-                                            or name_or_path.startswith((".", "~"))):
+    if name_or_path not in TINY_MODELS and not Path(name_or_path).exists() and (
+            Path(name_or_path).is_absolute() or name_or_path.count("/") > 1 or name_or_path.startswith((".", "~"))):
         raise ModelError(f"model {name_or_path!r}: no such model directory (a hub id is org/name)")
     try:
         tokenizer = tokenizer or load_tokenizer(name_or_path, trust_remote_code)

@@ -42,7 +42,7 @@ def reference_logprobs(model, tokenizer, pairs: Sequence[Pair], max_length: int,
 
 def train_dpo(config: DPOConfig, pairs: Sequence[Pair], model=None, tokenizer=None) -> TrainResult:
     """DPO on `Pair` records or TRL preference rows (a ``datasets.Dataset`` or dicts)."""
-    pairs = as_records(pairs, Pair)
+    pairs = as_records(pairs, Pair, config.allow_degenerate)
     model, tokenizer = load_policy(config, model, tokenizer)
     check_fits(tokenizer, [p.prompt for p in pairs], config.max_length, model)
     ref = reference_logprobs(model, tokenizer, pairs, config.max_length)

@@ -78,7 +78,7 @@ def train_iqlearn(config: IQLearnConfig, demos: Sequence[Demo], model=None, toke
     """Offline (``alpha`` = 0) or online IQLearn on demonstrations. ``callback(step, model)`` runs after every
     step (e.g. a held-out evaluation); it must leave the model's weights alone. ``demos``: `Demo` records or TRL
     prompt-completion rows."""
-    demos = as_records(demos, Demo)
+    demos = as_records(demos, Demo, config.allow_degenerate)
     model, tokenizer = load_policy(config, model, tokenizer)
     check_fits(tokenizer, [d.prompt for d in demos], config.max_length, model)
     trainer = Trainer(config, model, name="iqlearn")

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import torch
 
 from preftune.config import ConfigError, LRSchedule, TrainConfig, doc, override
-from preftune.data import as_prompts
+from preftune.data import as_prompts, check_prompts_fit
 from preftune.losses import kl_k1
 from preftune.rewards import RewardFn, as_reward, reward_model_reward
 from preftune.rollout import Rollout, generate, score_logprobs
@@ -208,6 +208,7 @@ class OnlineRun:
         prompts = as_prompts(prompts)  # strings, or TRL prompt-only rows
         if not prompts:
             raise TrainingError(f"{name}: no training prompts")
+        check_prompts_fit(tokenizer, prompts, config.max_new_tokens, policy)
         self.name, self.config, self.prompts = name, config, prompts
         self.policy, self.tokenizer = policy, tokenizer
         self.reference = ReferencePolicy(policy)  # before any update: π_ref is the starting policy

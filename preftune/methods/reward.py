@@ -59,7 +59,7 @@ def heldout_report(reward_model, tokenizer, task, pairs: Sequence[Pair], max_len
 def train_reward(config: RewardConfig, pairs: Sequence[Pair], model=None, tokenizer=None) -> TrainResult:
     """Start from a causal LM (usually the SFT policy) and fit a new head and the body on ``pairs`` (`Pair` records or
     TRL preference rows)."""
-    pairs = as_records(pairs, Pair)
+    pairs = as_records(pairs, Pair, config.allow_degenerate)
     base, tokenizer = load_policy(config, model, tokenizer)
     check_fits(tokenizer, [p.prompt for p in pairs], config.max_length, base)
     reward_model = RewardModel.from_causal_lm(base, num_heads=config.num_heads, seed=config.seed,

@@ -20,7 +20,7 @@ class SFTConfig(TrainConfig):
 
 def train_sft(config: SFTConfig, demos: Sequence[Demo], model=None, tokenizer=None) -> TrainResult:
     """SFT on `Demo` records or TRL prompt-completion rows (a ``datasets.Dataset`` or dicts)."""
-    demos = as_records(demos, Demo)
+    demos = as_records(demos, Demo, config.allow_degenerate)
     model, tokenizer = load_policy(config, model, tokenizer)
     check_fits(tokenizer, [d.prompt for d in demos], config.max_length, model)
     trainer = Trainer(config, model, name="sft")
