@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import math
 import typing
 from dataclasses import dataclass, field
@@ -131,8 +132,13 @@ def override(base: type, name: str, default: Any):
 # Validation and loading
 
 
+@functools.cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
 def _type_of(cls: type, name: str):
-    return typing.get_type_hints(cls)[name]
+    return _type_hints(cls)[name]
 
 
 def _coerce(cls: type, name: str, value: Any, tp: Any = None) -> Any:
