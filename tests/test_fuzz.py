@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from preftune.config import INT_LIMIT, ConfigError, build_config, parse_extra_flags
+from preftune.config import INT_LIMIT, ConfigError, TrainConfig, build_config, parse_extra_flags
 from preftune.data import DataError, Demo, Pair, load_prompts, load_records
 from preftune.methods.dpo import DPOConfig
 from preftune.methods.rloo import GRPOConfig
@@ -50,7 +50,13 @@ scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**30, 10**30), st.f
 json_values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(any_text, inner,
                                                                                                   max_size=3),
                            max_leaves=8)
-rows = st.dictionaries(st.sampled_from(FIELDS), st.one_of(any_text, any_text, json_values), max_size=5)
+plain_text = st.text(st.characters(codec="utf-8"), max_size=12)
+rows = st.one_of(
+    st.dictionaries(st.sampled_from(FIELDS), st.one_of(any_text, any_text, json_values), max_size=5),
+    st.fixed_dictionaries({"prompt": plain_text, "completion": plain_text, "chosen": plain_text,
+                           "rejected": plain_text}),  # mostly well formed: the accepting paths are tried too
+    st.fixed_dictionaries({"chosen": plain_text, "rejected": plain_text}),
+    st.fixed_dictionaries({"prompt": any_text, "completion": any_text, "chosen": any_text, "rejected": any_text}))
 ODD_LINES = ["", "   ", "{", "[]", "null", "NaN", '"\\ud800"', "9" * 5000, "[" * 50_000 + "]" * 50_000,
              '{"prompt": 1e400, "completion": "a"}', '{"prompt": "\\udfff", "completion": "a"}', "\x00",
              '{"prompt": "a", "prompt": "b", "completion": "c"}']
@@ -120,10 +126,14 @@ CONFIGS = [SFTConfig, DPOConfig, GRPOConfig]
 NAMES = sorted({f.name for c in CONFIGS for f in dataclasses.fields(c)} | {"learning_rate", "max_steps", "bf16",
                                                                              "per_device_train_batch_size",
                                                                              "num_train_epochs", "param-filter"})
+COMMON = sorted(f.name for f in dataclasses.fields(TrainConfig) if f.name not in ("output_dir", "model", "resume"))
 config_values = st.one_of(st.none(), st.booleans(), st.integers(-10**25, 10**25), st.floats(), any_text,
                           st.sampled_from(["no", "yes", "1:30", ".inf", "1e400", "0x10", "cosine", "tiny", ""]),
                           st.lists(st.integers(), max_size=2))
-config_maps = st.dictionaries(st.one_of(st.sampled_from(NAMES), any_text), config_values, max_size=6)
+config_maps = st.one_of(
+    st.dictionaries(st.one_of(st.sampled_from(NAMES), any_text), config_values, max_size=6),
+    st.dictionaries(st.sampled_from(COMMON), st.one_of(st.integers(1, 64), st.booleans(),
+                                                       st.sampled_from(["cosine", "auto", "tiny", "no"])), max_size=3))
 yaml_texts = st.one_of(config_maps.map(lambda m: yaml.safe_dump(m, allow_unicode=True)), st.text(max_size=40),
                        st.sampled_from(["steps: 1\nsteps: 2", "1: 2", "null: 3", "true: x", "- a",
                                         "lr: !!python/object:os.system 'x'", "model: &a x\nseed: *a", "?"]))
