@@ -93,7 +93,7 @@ def check_data_file(content: bytes, kind_name: str) -> None:
             return
         assert loaded
         if kind is str:
-            assert all(isinstance(p, str) and p.encode("utf-8") for p in loaded)
+            assert all(isinstance(p, str) and p.encode("utf-8") is not None for p in loaded)
         else:
             assert all(isinstance(r, kind) and _well_formed(r) for r in loaded)
 
