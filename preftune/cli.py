@@ -93,13 +93,16 @@ def _expected_errors() -> tuple[type[Exception], ...]:
 def _option(name: str, default, help: str) -> inspect.Parameter:
     kind = type(default) if default is not None else str
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=typer.Option(default, help=help),
-                             annotation=Path if name in ("data", "config") else kind)
+                             annotation=Path if name in ("data", "config", "eval_data") else kind)
 
 
 TASK = _option("task", None, "Built-in task to draw data from (see `preftune tasks`).")
 DATA = _option("data", None, "A data file in TRL's formats (JSONL, JSON, CSV, Parquet) or a saved dataset folder, "
                              "instead of a task (docs/your-data.md).")
 SPLIT = _option("split", "train", "The split of a saved DatasetDict given as --data.")
+EVAL_DATA = _option("eval_data", None, "Held-out data in the same formats as --data, scored every --eval-every "
+                                       "steps and at the end (eval_loss, eval_<metric> in metrics.jsonl).")
+EVAL_SPLIT = _option("eval_split", "test", "The split of a saved DatasetDict given as --eval-data.")
 CONFIG = _option("config", None, "YAML file of config fields.")
 NUM_EXAMPLES = _option("num_examples", 2000, "Examples to generate from --task.")
 NUM_PROMPTS = _option("num_prompts", 2000, "Prompts to draw from --task.")
@@ -113,11 +116,21 @@ REWARD_FN = inspect.Parameter("reward_fn", inspect.Parameter.KEYWORD_ONLY, annot
                "fn(prompts, completions, **kwargs) -> list[float | None]; repeat for several (summed)."))
 REWARD_WEIGHTS = _option("reward_weights", None, "Comma-separated weights of --reward (first, when given) and each "
                                                  "--reward-fn; default 1 each.")
-OPTIONS = {"demos": [TASK, DATA, SPLIT, CONFIG, NUM_EXAMPLES],
-           "pairs": [TASK, DATA, SPLIT, CONFIG, NUM_EXAMPLES, LABEL_NOISE, LINK],
-           "prompts": [TASK, DATA, SPLIT, CONFIG, NUM_PROMPTS, REWARD, REWARD_FN, REWARD_WEIGHTS, LABEL_NOISE, LINK],
-           "comparisons": [TASK, CONFIG, NUM_PROMPTS],
-           "choices": [TASK.replace(default=typer.Option("population", help="The task: 'population'.")), CONFIG],
+FEEDBACK = _option("feedback", None, "Who judges, instead of the task's simulated annotators ('annotator'): your "
+                                     "function module:function or file.py:function, fn(prompt, candidates) -> index "
+                                     "or probabilities; rm:DIR, a reward model; judge:DIR[:TEMPLATE.txt], a causal "
+                                     "LM as judge (docs/your-data.md).")
+OPTIONS = {"demos": [TASK, DATA, SPLIT, EVAL_DATA, EVAL_SPLIT, CONFIG, NUM_EXAMPLES],
+           "pairs": [TASK, DATA, SPLIT, EVAL_DATA, EVAL_SPLIT, CONFIG, NUM_EXAMPLES, LABEL_NOISE, LINK],
+           "prompts": [TASK, DATA, SPLIT, EVAL_DATA, EVAL_SPLIT, CONFIG, NUM_PROMPTS, REWARD, REWARD_FN, REWARD_WEIGHTS,
+                       LABEL_NOISE, LINK,
+                       FEEDBACK.replace(default=typer.Option(None, help="Who compares each sample with its prompt's "
+                                                             "reference response (--reward annotator, implied): "
+                                                             "module:function, rm:DIR or judge:DIR[:TEMPLATE.txt] "
+                                                             "(docs/your-data.md)."))],
+           "comparisons": [TASK, DATA, SPLIT, CONFIG, NUM_PROMPTS, FEEDBACK],
+           "choices": [TASK.replace(default=typer.Option("population", help="The task: 'population' (unless --data).")),
+                       DATA, SPLIT, CONFIG, FEEDBACK],
            "pipeline": [CONFIG]}
 
 
@@ -167,35 +180,55 @@ _register_methods()
 # eval, run, report, tasks
 
 
-@app.command("eval", help="Measure a policy on a task: oracle reward, accuracy, win rate and KL against a "
-                          "reference, diversity.")
+@app.command("eval", help="Measure a policy: on a built-in task against its oracle (oracle reward, accuracy, win "
+                          "rate and KL against a reference, diversity), or on your own --data with your reward.")
 def eval_command(
-    task: str = typer.Option(..., help="Built-in task (see `preftune tasks`)."),
+    task: str = typer.Option(None, help="Built-in task (see `preftune tasks`); or --data for your own."),
+    data: Path = typer.Option(None, help="Your data in TRL's formats instead of a task: prompts for --model (scored "
+                                         "by --reward-fn / --reward), preference pairs for --reward-model."),
+    split: str = typer.Option("train", help="The split of a saved DatasetDict given as --data."),
     model: Path = typer.Option(None, help="Trained policy directory (needed unless --reward-from is given)."),
     reference: Path = typer.Option(None, help="Reference policy directory for win rate and KL (e.g. the SFT model)."),
+    reward: str = typer.Option(None, help="With --data: a reward-model directory that scores the samples."),
+    reward_fn: list[str] = typer.Option(None, help="With --data: your reward function(s) as module:function (TRL's "
+                                                   "signature), summed with --reward-weights."),
+    reward_weights: str = typer.Option(None, help="Comma-separated weights of --reward and each --reward-fn."),
     num_prompts: int = typer.Option(200, min=1),
     samples_per_prompt: int = typer.Option(4, min=1, help="Samples per prompt (diversity needs >= 2)."),
     temperature: float = typer.Option(1.0, min=0.0),
+    max_new_tokens: int = typer.Option(64, min=1, help="With --data: longest sampled completion in tokens."),
     seed: int = typer.Option(0),
     output: Path = typer.Option(None, help="Write the metrics as JSON here too."),
     reward_from: Path = typer.Option(None, help="An IQLearn (or any causal LM) directory: score the task's held-out "
                                                 "candidate responses with its extracted reward Σ_t Q − γV' and "
                                                 "report the Spearman correlation with the oracle (with n)."),
-    reward_model: Path = typer.Option(None, help="A reward model directory (`train reward`): its accuracy on "
-                                                 "the task's held-out annotator labels, next to the ceiling (the "
-                                                 "annotator's own agreement with the oracle on them)."),
+    reward_model: Path = typer.Option(None, help="A reward model directory (`train reward`, or any sequence "
+                                                 "classifier): its accuracy on the task's held-out annotator labels, "
+                                                 "next to the ceiling, or on your --data pairs."),
     num_pairs: int = typer.Option(2000, min=1, help="Held-out labelled pairs for --reward-model."),
+    feedback: str = typer.Option(None, help="With --reference: who judges annotator_win_rate ('annotator', "
+                                            "module:function, rm:DIR, judge:DIR[:TEMPLATE.txt]; docs/your-data.md)."),
 ):
     _quiet_libraries()
-    from preftune.evaluate import evaluate_saved
+    from preftune.evaluate import evaluate_data, evaluate_saved
 
+    if (task is None) == (data is None):
+        _fail("give --task NAME (a built-in task and its oracle) or --data FILE (your prompts or pairs), not both")
     if model is None and reward_from is None and reward_model is None:
         _fail("give --model DIR (a policy to evaluate), --reward-from DIR (an IQLearn reward to correlate) or "
               "--reward-model DIR (a reward model to score on held-out labels)")
+    if data is not None and reward_from is not None:
+        _fail("--reward-from correlates with a task's oracle: give --task, not --data")
     try:
-        metrics = evaluate_saved(task, model, reference, reward_from, reward_model, num_prompts=num_prompts,
-                                 samples_per_prompt=samples_per_prompt, temperature=temperature, seed=seed,
-                                 num_pairs=num_pairs)
+        if data is not None:
+            metrics = evaluate_data(data, split, model, reference, reward, reward_fn, reward_weights, reward_model,
+                                    num_prompts=num_prompts, samples_per_prompt=samples_per_prompt,
+                                    temperature=temperature, max_new_tokens=max_new_tokens, seed=seed,
+                                    feedback=feedback)
+        else:
+            metrics = evaluate_saved(task, model, reference, reward_from, reward_model, num_prompts=num_prompts,
+                                     samples_per_prompt=samples_per_prompt, temperature=temperature, seed=seed,
+                                     num_pairs=num_pairs, feedback=feedback)
     except _expected_errors() as e:
         _fail(str(e))
     except Exception as e:  # noqa: BLE001

@@ -57,6 +57,10 @@ class RunConfig:
     keep_checkpoints: int = field(default=2, metadata=doc("How many recent checkpoints to keep.", ge=1))
     log_every: int = field(default=10, metadata=doc("Log metrics every N iterations.", ge=1))
     progress: bool = field(default=True, metadata=doc("Show progress bars."))
+    report_to: str = field(default="auto", metadata=doc(
+        "Where metrics go besides output_dir/metrics.jsonl, through Accelerate's trackers: 'none', 'tensorboard', "
+        "'wandb', 'trackio', 'mlflow', 'all' (every installed one), or several comma-separated; 'auto' = "
+        "tensorboard when it is installed."))
 
     def __post_init__(self) -> None:
         if not self.output_dir:
@@ -65,6 +69,14 @@ class RunConfig:
 
     def check(self) -> None:
         """A method's own rules beyond each field's type and bounds; subclasses extend it (call super)."""
+        unknown = [t for t in self.report_to.split(",") if t.strip() not in REPORT_TO]
+        if unknown:
+            raise ConfigError(f"config field 'report_to' must be one or more of {list(REPORT_TO)} (comma-separated), "
+                              f"got {self.report_to!r}")
+
+
+REPORT_TO = ("auto", "none", "all", "tensorboard", "wandb", "trackio", "mlflow", "comet_ml", "aim", "clearml",
+             "dvclive", "swanlab")
 
 
 @dataclass
@@ -101,6 +113,15 @@ class TrainConfig(ModelConfig):
     lr: float = field(default=1e-3, metadata=doc("Peak learning rate of AdamW.", gt=0))
     weight_decay: float = field(default=0.0, metadata=doc("AdamW weight decay.", ge=0))
     warmup_ratio: float = field(default=0.05, metadata=doc("Fraction of steps of linear warmup.", ge=0, le=1))
+    warmup_steps: int = field(default=0, metadata=doc("Steps of linear warmup; > 0 replaces warmup_ratio.", ge=0))
+    epochs: float = field(default=0.0, metadata=doc(
+        "Passes over the training data (offline methods); > 0 sets steps to ceil(epochs × examples / batch_size).",
+        ge=0))
+    gradient_checkpointing: bool = field(default=False, metadata=doc(
+        "Recompute activations in the backward pass instead of keeping them: less memory, about a third more time."))
+    eval_every: int = field(default=0, metadata=doc(
+        "With eval data (--eval-data, or eval_data= in Python): evaluate every N steps and at the end (0 = at the "
+        "end only); logged as eval_loss and eval_<metric>.", ge=0))
     lr_schedule: LRSchedule = field(default="cosine", metadata=doc("Decay after warmup."))
     max_grad_norm: float = field(default=1.0, metadata=doc("Gradient clipping norm (0 = off).", ge=0))
     max_bad_steps: int = field(
@@ -203,9 +224,8 @@ def field_names(cls: type) -> list[str]:
 # TRL YAML's common keys run unchanged; a value maps to the field unchanged unless said here.
 HF_ALIASES = {"learning_rate": "lr", "gradient_accumulation_steps": "grad_accum", "max_steps": "steps",
               "logging_steps": "log_every", "save_steps": "save_every", "model_name_or_path": "model",
-              "lr_scheduler_type": "lr_schedule", "save_total_limit": "keep_checkpoints", "max_len": "max_length"}
-HF_NOT_YET = {"num_train_epochs": "steps", "warmup_steps": "warmup_ratio", "report_to": None,
-              "gradient_checkpointing": None}
+              "lr_scheduler_type": "lr_schedule", "save_total_limit": "keep_checkpoints", "max_len": "max_length",
+              "num_train_epochs": "epochs", "eval_steps": "eval_every"}
 
 
 def _from_hf_names(overrides: dict[str, Any], names: list[str]) -> dict[str, Any]:
@@ -231,9 +251,6 @@ def _from_hf_names(overrides: dict[str, Any], names: list[str]) -> dict[str, Any
         elif name in ("bf16", "fp16") and "mixed_precision" in names:
             if _coerce_bool(name, value):
                 put("mixed_precision", name, raw)
-        elif name in HF_NOT_YET:
-            use = f"; give {HF_NOT_YET[name]!r} instead" if HF_NOT_YET[name] else ""
-            raise ConfigError(f"config field {raw!r} (a Hugging Face argument) is not supported yet{use}")
         elif name != "per_device_train_batch_size":
             out[raw] = value  # unknown: apply_overrides names it
     if "per_device_train_batch_size" in overrides and "batch_size" in names:

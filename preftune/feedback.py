@@ -1,16 +1,23 @@
-"""Simulated human feedback: annotators with a known choice model, populations of them, and a query ledger.
+"""Feedback sources: who answers a method's comparisons and choices, and the query ledger that counts them.
 
-An annotator compares two responses by a utility (usually the task's oracle reward) through a preference link,
-so the probability of every label is known exactly and methods can be scored against it. Every comparison asked
-goes through a `QueryLedger`, so methods are compared at equal query budgets. Real human labels (JSONL pairs) skip
-this module and enter as `Pair` records directly.
+A `FeedbackSource` is anything with ``choice_probs(prompt, candidates)``, ``choose(prompt, candidates, rng)`` and
+``compare(prompt, a, b, rng)``. Built here: simulated annotators with a known choice model (an `Annotator` compares
+responses by a utility, usually the task's oracle reward, through a preference link, so the probability of every
+label is known exactly and methods can be scored against it), populations of them, and a user's own function
+(`FunctionFeedback`). Sources that need a model (a reward model, an LLM judge) are in `preftune.judges`.
+
+Every query asked goes through a `QueryLedger` whatever the source, so methods are compared at equal query budgets
+(`ask_preference_shares`, `label_pairs` and the methods record before they ask). Real human labels (JSONL pairs)
+skip this module and enter as `Pair` records directly.
 """
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 import torch
 
@@ -57,6 +64,48 @@ def inverse_preference_link(p: torch.Tensor, link: str = "bradley-terry", shape:
     return torch.sign(p - 0.5) * (-torch.log1p(-q)) ** (1.0 / shape)
 
 
+# ----------------------------------------------------------------------------------------------
+# The interface every method asks through
+
+
+@runtime_checkable
+class FeedbackSource(Protocol):
+    """Who answers comparisons and choices: simulated annotators, a reward model, an LLM judge, a user's function.
+
+    - ``choice_probs(prompt, candidates)``: the probability of picking each candidate (sums to 1);
+    - ``choose(prompt, candidates, rng)``: one choice, the index of the picked candidate;
+    - ``compare(prompt, a, b, rng)``: one comparison, True if ``a`` is preferred.
+
+    A source whose ``choice_probs`` is its exact answer distribution says so with ``exact_probabilities = True``;
+    a method may then draw many labels from one call (`ask_preference_shares`). The caller records every query in
+    its `QueryLedger` before asking.
+    """
+
+    def choice_probs(self, prompt: str, candidates: Sequence[str]) -> list[float]: ...
+
+    def choose(self, prompt: str, candidates: Sequence[str], rng: random.Random) -> int: ...
+
+    def compare(self, prompt: str, a: str, b: str, rng: random.Random) -> bool: ...
+
+
+class ProbabilisticFeedback:
+    """A source defined by its choice probabilities: ``choose`` and ``compare`` draw from them (one uniform each)."""
+
+    exact_probabilities = True
+
+    def choice_probs(self, prompt: str, candidates: Sequence[str]) -> list[float]:
+        raise NotImplementedError
+
+    def choose(self, prompt: str, candidates: Sequence[str], rng: random.Random) -> int:
+        return _draw(self.choice_probs(prompt, candidates), rng)
+
+    def compare(self, prompt: str, a: str, b: str, rng: random.Random) -> bool:
+        return rng.random() < self.choice_probs(prompt, [a, b])[0]
+
+
+def check_candidates(candidates: Sequence[str]) -> None:
+    if len(candidates) < 2:
+        raise ValueError(f"a choice needs at least 2 candidates, got {len(candidates)}")
 
 
 @dataclass
@@ -72,6 +121,7 @@ class Annotator:
     temperature: float = 1.0
     flip_prob: float = 0.0
     weibull_shape: float = 2.0
+    exact_probabilities = True  # a class attribute: its choice_probs are its answer distribution
 
     def __post_init__(self) -> None:
         if self.link not in LINKS:
@@ -85,8 +135,7 @@ class Annotator:
 
     def prob_first_preferred(self, prompt: str, a: str, b: str) -> float:
         """The exact probability that this annotator labels ``a`` as preferred to ``b``."""
-        margin = self.utility(prompt, a) - self.utility(prompt, b)
-        return float(self.prob_from_margins(torch.tensor(margin, dtype=torch.float64)))
+        return self.probs_from_utilities([self.utility(prompt, a), self.utility(prompt, b)])[0]
 
     def prob_from_margins(self, margins: torch.Tensor) -> torch.Tensor:
         """The same probability for a tensor of utility differences u(a) − u(b), e.g. trajectory returns."""
@@ -105,17 +154,20 @@ class Annotator:
         rule softmax(u / T); label-flip noise f then moves mass f onto the other K − 1 candidates evenly
         (preftune's extension; it reduces to the pairwise flip at K = 2).
         """
-        if len(candidates) < 2:
-            raise ValueError(f"a choice needs at least 2 candidates, got {len(candidates)}")
-        if len(candidates) == 2:
-            p = self.prob_first_preferred(prompt, candidates[0], candidates[1])
+        check_candidates(candidates)
+        return self.probs_from_utilities([self.utility(prompt, c) for c in candidates])
+
+    def probs_from_utilities(self, utilities: Sequence[float]) -> list[float]:
+        """`choice_probs` given the candidates' utilities (a reward model scores them in one batch)."""
+        if len(utilities) == 2:
+            margin = torch.tensor(utilities[0] - utilities[1], dtype=torch.float64)
+            p = float(self.prob_from_margins(margin))
             return [p, 1.0 - p]
         if self.link != "bradley-terry":
-            raise ValueError(f"choices among {len(candidates)} candidates need link 'bradley-terry' (Luce), "
+            raise ValueError(f"choices among {len(utilities)} candidates need link 'bradley-terry' (Luce), "
                              f"got {self.link!r}")
-        utilities = torch.tensor([self.utility(prompt, c) for c in candidates], dtype=torch.float64)
-        luce = (utilities / self.temperature).softmax(-1)
-        k = len(candidates)
+        luce = (torch.tensor(list(utilities), dtype=torch.float64) / self.temperature).softmax(-1)
+        k = len(utilities)
         return ((1.0 - self.flip_prob) * luce + self.flip_prob * (1.0 - luce) / (k - 1)).tolist()
 
     def choose(self, prompt: str, candidates: Sequence[str], rng: random.Random) -> int:
@@ -130,6 +182,8 @@ class Population:
     Its choice probability is the weighted mixture of its members', which no single Bradley–Terry utility need
     reproduce when the types disagree.
     """
+
+    exact_probabilities = True
 
     annotators: list[Annotator]
     weights: list[float]
@@ -166,6 +220,62 @@ class Population:
     def choose(self, prompt: str, candidates: Sequence[str], rng: random.Random) -> int:
         """One person, drawn by weight, picks among the candidates; returns the picked index."""
         return self.sample_annotator(rng).choose(prompt, candidates, rng)
+
+
+class FunctionFeedback:
+    """A user's judge ``fn(prompt, candidates) -> int | list[float]``: the index of the chosen candidate, or the
+    probability of choosing each one (finite, non-negative, summing to 1 within 1e-6).
+
+    An index is a certain choice: ``choice_probs`` gives it probability 1. A list of probabilities is the function's
+    answer distribution, and ``choose``/``compare`` draw from it. The function is called once per query (never once
+    for several labels: ``exact_probabilities`` is False), so the ledger counts the calls. ``name`` is what errors
+    call it (``--feedback mymod:judge`` names it ``mymod:judge``).
+    """
+
+    exact_probabilities = False
+
+    def __init__(self, function: Callable[[str, list[str]], object], name: str | None = None):
+        if not callable(function):
+            raise ValueError(f"feedback function {name or function!r} is not callable")
+        self.function = function
+        self.name = name or getattr(function, "__name__", "feedback function")
+
+    def answer(self, prompt: str, candidates: Sequence[str]) -> int | list[float]:
+        """The function's answer, checked: a valid index, or K probabilities."""
+        check_candidates(candidates)
+        k = len(candidates)
+        try:
+            out = self.function(prompt, list(candidates))
+        except Exception as e:  # the user's code: say whose it is; the traceback keeps the rest
+            raise RuntimeError(f"feedback function {self.name} failed: {type(e).__name__}: {e}") from e
+        shape = f"an index in [0, {k}) or a list of {k} probabilities summing to 1"
+        given = out.tolist() if hasattr(out, "tolist") else out  # numpy / torch scalars and arrays
+        if isinstance(given, int) and not isinstance(given, bool):
+            if not 0 <= given < k:
+                raise ValueError(f"feedback function {self.name} returned index {given} for {k} candidates; it must "
+                                 f"return {shape}")
+            return given
+        if not isinstance(given, list | tuple):
+            raise ValueError(f"feedback function {self.name} returned {out!r} ({type(out).__name__}); it must return "
+                             f"{shape}")
+        if not all(isinstance(x, int | float) and not isinstance(x, bool) for x in given):
+            raise ValueError(f"feedback function {self.name} returned {out!r}; it must return {shape}")
+        probs = [float(x) for x in given]
+        if len(probs) != k or not all(math.isfinite(x) and x >= 0 for x in probs) or abs(sum(probs) - 1) > 1e-6:
+            raise ValueError(f"feedback function {self.name} returned {probs} for {k} candidates; it must return "
+                             f"{shape}")
+        return probs
+
+    def choice_probs(self, prompt: str, candidates: Sequence[str]) -> list[float]:
+        out = self.answer(prompt, candidates)
+        return out if isinstance(out, list) else [float(i == out) for i in range(len(candidates))]
+
+    def choose(self, prompt: str, candidates: Sequence[str], rng: random.Random) -> int:
+        out = self.answer(prompt, candidates)
+        return out if isinstance(out, int) else _draw(out, rng)
+
+    def compare(self, prompt: str, a: str, b: str, rng: random.Random) -> bool:
+        return self.choose(prompt, [a, b], rng) == 0
 
 
 def _draw(probs: Sequence[float], rng: random.Random) -> int:
@@ -222,12 +332,13 @@ class QueryLedger:
 
 def label_pairs(
     candidates: list[tuple[str, str, str]],
-    annotator: Annotator | Population,
+    annotator: FeedbackSource,
     rng: random.Random,
     ledger: QueryLedger | None = None,
     tag: str = "labels",
 ) -> list[Pair]:
-    """One annotator comparison per (prompt, a, b), each counted before it is asked, as chosen/rejected pairs."""
+    """One comparison by the source per (prompt, a, b), each counted before it is asked, as chosen/rejected
+    pairs."""
     pairs = []
     for prompt, a, b in candidates:
         if ledger is not None:
@@ -250,3 +361,25 @@ def repeated_preference_shares(probs: torch.Tensor, num_labels: int, generator: 
         ledger.record(tag, probs.numel() * num_labels)
     counts = torch.binomial(torch.full_like(probs, float(num_labels)), probs, generator=generator)
     return counts / num_labels
+
+
+def ask_preference_shares(source: FeedbackSource, prompts: Sequence[str], firsts: Sequence[str],
+                          seconds: Sequence[str], num_labels: int, generator: torch.Generator,
+                          ledger: QueryLedger | None = None, tag: str = "labels") -> torch.Tensor:
+    """Each pair's share of ``num_labels`` labels preferring its first response, all len × num_labels queries
+    recorded before any is asked. A source with exact probabilities is asked P(first ≻ second) once per pair and
+    its labels drawn as Binomial(num_labels, p) (`repeated_preference_shares`); any other source (a user's
+    function) is asked once per label."""
+    if not len(prompts) == len(firsts) == len(seconds):
+        raise ValueError(f"{len(prompts)} prompts for {len(firsts)} and {len(seconds)} responses")
+    if getattr(source, "exact_probabilities", False):
+        probs = [source.choice_probs(p, [a, b])[0] for p, a, b in zip(prompts, firsts, seconds)]
+        return repeated_preference_shares(torch.tensor(probs, dtype=torch.float64), num_labels, generator, ledger,
+                                          tag)
+    if num_labels < 1:
+        raise ValueError(f"num_labels must be >= 1, got {num_labels}")
+    if ledger is not None:
+        ledger.record(tag, len(prompts) * num_labels)
+    rng = random.Random(int(torch.randint(2**62, (1,), generator=generator)))
+    wins = [sum(source.compare(p, a, b, rng) for _ in range(num_labels)) for p, a, b in zip(prompts, firsts, seconds)]
+    return torch.tensor(wins, dtype=torch.float64) / num_labels

@@ -16,7 +16,7 @@ import torch
 from scipy import stats
 
 if TYPE_CHECKING:
-    from preftune.feedback import Annotator, Population, QueryLedger
+    from preftune.feedback import FeedbackSource, QueryLedger
     from preftune.tasks.base import Task
 
 
@@ -58,14 +58,15 @@ def win_rate(task: Task, prompts: Sequence[str], responses: Sequence[str], refer
 
 
 def annotator_win_rate(
-    annotator: Annotator | Population,
+    annotator: FeedbackSource,
     prompts: Sequence[str],
     responses: Sequence[str],
     reference_responses: Sequence[str],
     rng: random.Random,
     ledger: QueryLedger | None = None,
 ) -> float:
-    """Win rate as simulated annotators judge it (AlpacaFarm-style); each comparison is counted as "eval"."""
+    """Win rate as a feedback source judges it (AlpacaFarm-style: simulated annotators, or any `FeedbackSource`);
+    each comparison is counted as "eval"."""
     _check_aligned(prompts=prompts, responses=responses, reference_responses=reference_responses)
     wins = 0
     for prompt, response, reference in zip(prompts, responses, reference_responses):

@@ -7,7 +7,8 @@
 - Anything else is a local path or hub id loaded with ``from_pretrained`` (safetensors only, no
   ``trust_remote_code`` unless asked).
 - A reward model is a causal-LM body with a linear head read at the last non-pad token. The head has
-  ``num_heads`` outputs so an ensemble of reward heads is the same class (``num_heads > 1``).
+  ``num_heads`` outputs so an ensemble of reward heads is the same class (``num_heads > 1``). It is saved as a
+  standard ``AutoModelForSequenceClassification`` folder, and any such folder loads as one.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 
@@ -129,7 +130,9 @@ def save_causal_lm(model, tokenizer, directory: str | Path, merge_lora: bool = F
     """Save as safetensors that load back with ``from_pretrained`` (LoRA: the adapter, or merged weights).
 
     An adapter whose base model exists only in memory (a tiny model) gets its base saved beside it in
-    ``base/``, so the folder is complete on its own.
+    ``base/``, so the folder is complete on its own, and ``adapter_config.json`` names that folder (by its absolute
+    path, as peft resolves it: ``AutoPeftModelForCausalLM.from_pretrained`` then loads the folder; preftune's own
+    loader looks for ``base/`` beside the adapter first, so a moved folder still loads).
     """
     import copy
 
@@ -143,7 +146,28 @@ def save_causal_lm(model, tokenizer, directory: str | Path, merge_lora: bool = F
     base_name = model.peft_config["default"].base_model_name_or_path if is_peft else None
     if is_peft and not (base_name and Path(base_name).is_dir()):
         copy.deepcopy(model).unload().save_pretrained(directory / "base", safe_serialization=True)
+        adapter_config = json.loads((directory / "adapter_config.json").read_text())
+        adapter_config["base_model_name_or_path"] = str((directory / "base").resolve())
+        (directory / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2))
     return directory
+
+
+def enable_gradient_checkpointing(model) -> None:
+    """Turn on activation checkpointing in the Hugging Face model inside ``model`` (itself, a peft wrapper's base, a
+    reward model's body). Non-reentrant, so it needs no inputs that require grad (LoRA works unchanged)."""
+    from transformers import PreTrainedModel
+
+    for module in model.modules():
+        if isinstance(module, PreTrainedModel):
+            if not module.supports_gradient_checkpointing:
+                raise ModelError(f"gradient_checkpointing: {type(module).__name__} does not support it")
+            kwargs = {"use_reentrant": False}
+            if hasattr(module, "activation_checkpointing_enable"):  # its name from transformers 5.2x
+                module.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+            else:
+                module.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+            return
+    raise ModelError(f"gradient_checkpointing: {type(model).__name__} holds no Hugging Face model to checkpoint")
 
 
 def merge_lora(model):
@@ -244,31 +268,91 @@ class RewardModel(nn.Module):
         return cls(copy.deepcopy(model.get_decoder() if hasattr(model, "get_decoder") else model.base_model),
                    num_heads=num_heads, seed=seed, pooling=pooling)
 
+    def as_sequence_classifier(self):
+        """This reward model as a standard ``AutoModelForSequenceClassification`` (``num_labels = num_heads``, the
+        head as its ``score``), LoRA adapters folded in, so TRL, vLLM or a ``pipeline`` can load what preftune saves.
+        A standard classifier reads the last non-pad token and its ``score`` has no bias: the bias (0 after
+        Bradley–Terry training, whose gradient for it is 0; scaled by RLP's `match_reward_scale`) and a ``"sum"``
+        pooling are kept in ``preftune_reward.json`` for preftune's own loader. A standard loader of a sum-pooled
+        model reads the last token only, so its scores are not preftune's: that is said in the config too."""
+        import copy
+
+        from transformers import AutoModelForSequenceClassification
+
+        config = copy.deepcopy(self.body.config)
+        config.num_labels, config.architectures = self.num_heads, None
+        config.preftune_pooling = self.pooling
+        model = AutoModelForSequenceClassification.from_config(config)
+        missing, unexpected = model.base_model.load_state_dict(merged_state_dict(self.body), strict=False)
+        if missing or unexpected:
+            raise ModelError(f"the reward model's body does not match {type(model).__name__}: missing {missing[:3]}, "
+                             f"unexpected {unexpected[:3]}")
+        with torch.no_grad():
+            _score_head(model).weight.copy_(self.head.weight)
+        return model
+
     def save_pretrained(self, directory: str | Path, tokenizer=None) -> Path:
+        """A standard sequence-classification folder (`as_sequence_classifier`) plus ``preftune_reward.json``."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        self.body.save_pretrained(directory / "body", safe_serialization=True)
-        save_file({k: v.contiguous() for k, v in self.head.state_dict().items()}, directory / "reward_head.safetensors")
-        meta = {"num_heads": self.num_heads, "pooling": self.pooling}
-        (directory / "preftune_reward.json").write_text(json.dumps(meta))
-        if tokenizer is not None:
+        classifier = self.as_sequence_classifier()
+        if tokenizer is not None:  # a standard classifier finds each row's last token by the pad id
+            classifier.config.pad_token_id = tokenizer.pad_token_id
             tokenizer.save_pretrained(directory)
+        classifier.save_pretrained(directory, safe_serialization=True)
+        meta = {"num_heads": self.num_heads, "pooling": self.pooling, "head_bias": self.head.bias.tolist()}
+        (directory / "preftune_reward.json").write_text(json.dumps(meta))
         return directory
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> RewardModel:
-        from transformers import AutoModel
+        """Load what `save_pretrained` wrote, a folder of an older preftune (``body/`` + ``reward_head``), or any
+        ``AutoModelForSequenceClassification`` folder whose head is a ``score`` layer (Llama, GPT-2, Mistral, Qwen…;
+        last-token pooling, no bias)."""
+        from transformers import AutoModel, AutoModelForSequenceClassification
 
         directory = Path(directory)
         meta_path = directory / "preftune_reward.json"
-        if not meta_path.exists():
-            raise ModelError(f"{directory} is not a preftune reward model (no preftune_reward.json)")
-        meta = json.loads(meta_path.read_text())
-        body = AutoModel.from_pretrained(directory / "body", use_safetensors=True)
-        # models saved before pooling was an option read the last token
-        reward_model = cls(body, num_heads=meta["num_heads"], pooling=meta.get("pooling", "last"))
-        reward_model.head.load_state_dict(load_file(directory / "reward_head.safetensors"))
+        meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+        if (directory / "body").is_dir():  # the format before 0.2
+            body = AutoModel.from_pretrained(directory / "body", use_safetensors=True)
+            reward_model = cls(body, num_heads=meta["num_heads"], pooling=meta.get("pooling", "last"))
+            reward_model.head.load_state_dict(load_file(directory / "reward_head.safetensors"))
+            return reward_model
+        if not (directory / "config.json").exists():
+            raise ModelError(f"{directory} is not a reward model: no config.json (a preftune reward model or an "
+                             f"AutoModelForSequenceClassification folder)")
+        try:
+            classifier = AutoModelForSequenceClassification.from_pretrained(directory, use_safetensors=True)
+        except (OSError, ValueError) as e:
+            raise ModelError(f"could not load the reward model {directory}: {e}") from None
+        head = _score_head(classifier)
+        reward_model = cls(classifier.base_model, num_heads=head.out_features, pooling=meta.get("pooling", "last"))
+        with torch.no_grad():
+            reward_model.head.weight.copy_(head.weight)
+            reward_model.head.bias.copy_(torch.tensor(meta.get("head_bias", [0.0] * head.out_features)))
         return reward_model
+
+
+def _score_head(classifier) -> nn.Linear:
+    head = getattr(classifier, "score", None)
+    if not isinstance(head, nn.Linear):
+        raise ModelError(f"{type(classifier).__name__} has no linear `score` head; preftune reads reward models "
+                         f"whose head is one (Llama, GPT-2, Mistral, Qwen and most causal-LM families)")
+    return head
+
+
+def merged_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
+    """``module``'s weights with any LoRA adapters (peft layers injected into it) folded in, under the plain names
+    (``q_proj.weight``, not ``q_proj.base_layer.weight``) that the un-adapted architecture uses."""
+    import copy
+
+    module = copy.deepcopy(module)
+    for layer in module.modules():
+        if hasattr(layer, "base_layer") and hasattr(layer, "merge"):  # a peft tuner layer
+            layer.merge()
+    return {name.replace(".base_layer.", "."): tensor for name, tensor in module.state_dict().items()
+            if "lora_" not in name}
 
 
 def load_policy(config, model=None, tokenizer=None):

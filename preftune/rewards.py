@@ -32,6 +32,25 @@ def reward_model_reward(reward_model, tokenizer, max_length: int) -> RewardFn:
     return score
 
 
+def load_reward_model(directory: str, max_length: int) -> RewardFn:
+    """The reward a saved reward model gives, scoring with its own tokenizer: preftune's folder or any
+    ``AutoModelForSequenceClassification`` folder (`RewardModel.from_pretrained`). A folder that is neither (a plain
+    causal LM would load with a fresh random head) is refused."""
+    import json
+    from pathlib import Path
+
+    from preftune.models import RewardModel, load_tokenizer
+
+    path = Path(directory)
+    config_path = path / "config.json"
+    architectures = (json.loads(config_path.read_text()).get("architectures") or []) if config_path.is_file() else []
+    if not (path / "preftune_reward.json").is_file() and \
+            not any(a.endswith("ForSequenceClassification") for a in architectures):
+        raise ValueError(f"{directory} is not a reward model: it has neither preftune_reward.json (`preftune train "
+                         f"reward`) nor a config.json of a ...ForSequenceClassification model")
+    return reward_model_reward(RewardModel.from_pretrained(path), load_tokenizer(str(path)), max_length)
+
+
 class AnnotatorReward:
     """Reward from a simulated annotator: 1 if it prefers the sample to the prompt's reference response, else 0.
 

@@ -2,11 +2,11 @@
 methods plug into it.
 
 Two pieces, so that gradient, zeroth-order and tabular methods share one loop:
-- `Trainer.fit(iteration_fn, iterations)`: the run — progress bar, metrics to JSONL (and TensorBoard when
-  installed), checkpoints every N iterations, resume, state objects (ledgers, KL controllers, RNGs), and at the
-  end `finish`, which saves the final model once and returns the `TrainResult` every method returns. What an
-  iteration does is the method's business: one optimizer step (offline methods, `fit_dataset`), a rollout and
-  several steps (online methods), or a zeroth-order update (ZPG).
+- `Trainer.fit(iteration_fn, iterations)`: the run — progress bar, metrics to JSONL (and to Accelerate's trackers:
+  TensorBoard when installed, W&B, trackio… by ``report_to``), checkpoints every N iterations, resume, state
+  objects (ledgers, KL controllers, RNGs), and at the end `finish`, which saves the final model once and returns
+  the `TrainResult` every method returns. What an iteration does is the method's business: one optimizer step
+  (offline methods, `fit_dataset`), a rollout and several steps (online methods), or a zeroth-order update (ZPG).
 - `GradientStep(trainer)`: AdamW, the LR schedule, gradient accumulation over micro-batches, clipping and the
   NaN/inf guard. Methods that follow a gradient create one; ZPG and tabular methods do not.
 
@@ -33,13 +33,14 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from preftune.config import TrainConfig, save_yaml
+from preftune.config import ConfigError, TrainConfig, save_yaml
 
 CHECKPOINT_PREFIX = "checkpoint-"
 STATE_FILE = "trainer_state.json"
 STATE_TENSORS_FILE = "trainer_state.safetensors"  # the tensors of the state objects (RNG states, tabular policies)
 # config fields a resumed run may change: they do not change what is computed (a run folder may be moved)
-RESUME_MAY_CHANGE = {"resume", "overwrite", "progress", "log_every", "save_every", "keep_checkpoints", "output_dir"}
+RESUME_MAY_CHANGE = {"resume", "overwrite", "progress", "log_every", "save_every", "keep_checkpoints", "output_dir",
+                     "report_to", "eval_every"}
 LossFn = Callable[[Any], tuple[torch.Tensor, dict]]  # micro-batch -> (mean loss, metrics)
 
 
@@ -84,6 +85,26 @@ def micro_batches(items: Sequence, grad_accum: int) -> list[list]:
     return [m for m in (list(items[i::grad_accum]) for i in range(grad_accum)) if m]
 
 
+def trackers(report_to: str) -> list[str]:
+    """The Accelerate trackers ``report_to`` asks for ('auto': TensorBoard when installed); one asked for by name that
+    is not installed is a config error, not a silent no-op."""
+    from accelerate.tracking import get_available_trackers
+
+    available = [getattr(t, "value", t) for t in get_available_trackers()]
+    asked = [t.strip() for t in report_to.split(",")]
+    if "none" in asked:
+        return []
+    if "auto" in asked:
+        return ["tensorboard"] if "tensorboard" in available else []
+    if "all" in asked:
+        return available
+    missing = [t for t in asked if t not in available]
+    if missing:
+        raise ConfigError(f"config field 'report_to' asks for {', '.join(missing)}, which is not installed "
+                          f"(pip install {' '.join(missing)}); installed: {available or 'none'}")
+    return asked
+
+
 def _mixed_precision(choice: str) -> str:
     if choice != "auto":
         return choice
@@ -95,20 +116,32 @@ class Trainer:
 
     ``config`` needs the run fields of `preftune.config.RunConfig` (output_dir, seed, resume, checkpoints,
     logging, mixed_precision); ``state_objects`` have ``state_dict()`` (JSON-serialisable) and
-    ``load_state_dict()`` and are saved with every checkpoint and restored on resume.
+    ``load_state_dict()`` and are saved with every checkpoint and restored on resume. ``num_examples``, the size of
+    an offline method's training set, turns ``epochs`` into ``steps``.
     """
 
-    def __init__(self, config, model: torch.nn.Module, name: str = "train", state_objects: Sequence[object] = ()):
+    def __init__(self, config, model: torch.nn.Module, name: str = "train", state_objects: Sequence[object] = (),
+                 num_examples: int | None = None):
         from accelerate import Accelerator
-        from accelerate.utils import set_seed
+        from accelerate.utils import ProjectConfiguration, set_seed
 
+        if getattr(config, "epochs", 0) > 0:
+            if num_examples is None:
+                raise ConfigError(f"config field 'epochs' is for methods that train on a dataset (sft, reward, dpo, "
+                                  f"iqlearn); {name} runs 'steps' iterations")
+            config = dataclasses.replace(config, steps=max(1, math.ceil(config.epochs * num_examples
+                                                                        / config.batch_size)))
         self.config = config
         self.name = name
         self.output_dir = Path(config.output_dir)
         # Accelerate takes the multi-process CPU (gloo) path only when told cpu=True; do so exactly when a
         # multi-process launch (torchrun) finds no GPU.
         cpu_multiprocess = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
-        self.accelerator = Accelerator(mixed_precision=_mixed_precision(config.mixed_precision), cpu=cpu_multiprocess)
+        self.accelerator = Accelerator(
+            mixed_precision=_mixed_precision(config.mixed_precision), cpu=cpu_multiprocess,
+            log_with=trackers(config.report_to) or None,
+            project_config=ProjectConfiguration(project_dir=str(self.output_dir),
+                                                logging_dir=str(self.output_dir / "tensorboard")))
         set_seed(config.seed)
         # prepared with its optimizer by `GradientStep` (FSDP and DeepSpeed need both in one `prepare` call), or at the
         # start of `fit` when there is none
@@ -119,7 +152,6 @@ class Trainer:
         self.gradient_step: GradientStep | None = None  # set by GradientStep(self)
         self.iteration = 0  # iterations completed
         self.history: list[dict] = []
-        self._tb = None
 
     def register(self, key: str, obj: object) -> None:
         """Save ``obj``'s ``state_dict()`` with every checkpoint under ``key`` and restore it on resume."""
@@ -165,7 +197,9 @@ class Trainer:
             save_yaml(self.config, self.output_dir / "config.yaml")
         metrics_path = self.output_dir / "metrics.jsonl"
         self._truncate_metrics(metrics_path, start)
-        self._open_tensorboard()
+        if self.is_main and self.accelerator.log_with:
+            scalars = {k: v for k, v in dataclasses.asdict(self.config).items() if isinstance(v, int | float | str)}
+            self.accelerator.init_trackers(self.name, config=scalars)
         with _progress(self.config.progress and self.is_main) as progress:
             task = progress.add_task(description or self.name, total=iterations, completed=start)
             for it in range(start, iterations):
@@ -176,30 +210,57 @@ class Trainer:
                     metrics["skipped_steps"] = self.gradient_step.skipped_steps
                 self.iteration = it + 1
                 self.history.append(metrics)
-                if self.is_main and (self.iteration % self.config.log_every == 0 or self.iteration == iterations):
+                if self.is_main and (self.iteration % self.config.log_every == 0 or self.iteration == iterations
+                                     or any(k.startswith("eval_") for k in metrics)):
                     self._log(metrics_path, metrics)
                 shown = " ".join(f"{k} {metrics[k]:.4g}" for k in ("loss", "score", "kl") if k in metrics)
                 progress.update(task, advance=1, description=f"{description or self.name} {shown}")
                 if self.config.save_every and self.iteration % self.config.save_every == 0 \
                         and self.iteration < iterations:
                     self.save_checkpoint()
-        if self._tb is not None:
-            self._tb.close()
+        for tracker in self.accelerator.trackers:  # not `end_training`: it also ends the process group
+            tracker.finish()
         return self.history
 
-    def fit_dataset(self, num_examples: int, step: GradientStep, loss_fn: LossFn,
-                    description: str | None = None) -> list[dict]:
+    def fit_dataset(self, num_examples: int, step: GradientStep, loss_fn: LossFn, description: str | None = None,
+                    eval_examples: int = 0, eval_loss_fn: LossFn | None = None) -> list[dict]:
         """Offline training: each iteration is one ``step`` on a seeded global batch of example indices, split
-        into ``grad_accum`` micro-batches of this process's share."""
+        into ``grad_accum`` micro-batches of this process's share. With ``eval_examples`` held-out examples (indices
+        for ``eval_loss_fn``), `evaluate` runs every ``eval_every`` steps and after the last."""
         cfg = self.config
         if num_examples < 1:
             raise TrainingError(f"{self.name}: no training examples")
 
         def iteration(it: int) -> dict:
-            return step(micro_batches(self.shard(batch_indices(num_examples, cfg.batch_size, cfg.seed, it)),
-                                      cfg.grad_accum), loss_fn)
+            metrics = step(micro_batches(self.shard(batch_indices(num_examples, cfg.batch_size, cfg.seed, it)),
+                                         cfg.grad_accum), loss_fn)
+            return {**metrics, **self.maybe_evaluate(it, eval_examples, eval_loss_fn)}
 
         return self.fit(iteration, cfg.steps, description)
+
+    def maybe_evaluate(self, iteration: int, num_examples: int, loss_fn: LossFn | None) -> dict:
+        """`evaluate` after iteration ``iteration`` (0-based) when one is due: every ``eval_every`` iterations and
+        after the last; ``{}`` otherwise or without eval examples."""
+        every, done = getattr(self.config, "eval_every", 0), iteration + 1
+        if not num_examples or not (done == self.config.steps or (every and done % every == 0)):
+            return {}
+        return self.evaluate(num_examples, loss_fn)
+
+    def evaluate(self, num_examples: int, loss_fn: LossFn) -> dict:
+        """The mean loss and metrics of ``loss_fn`` over examples ``0 .. num_examples-1`` in batches of
+        ``batch_size``, without gradients, named as the Hugging Face Trainer names them (``eval_loss``,
+        ``eval_<metric>``)."""
+        model, sums = self.model, {}
+        was_training = model.training
+        model.eval()
+        with torch.no_grad(), self.accelerator.autocast():
+            for start in range(0, num_examples, self.config.batch_size):
+                indices = list(range(start, min(num_examples, start + self.config.batch_size)))
+                loss, metrics = loss_fn(indices)
+                for k, v in {"loss": loss, **metrics}.items():
+                    sums[k] = sums.get(k, 0.0) + float(v) * len(indices)
+        model.train(was_training)
+        return {f"eval_{k}": v / num_examples for k, v in sums.items()}
 
     def finish(self, tokenizer=None, model=None, save: Callable | None = None, **extra) -> TrainResult:
         """The end of every method: save the trained model once, on the main process, to ``output_dir/final``, and
@@ -319,7 +380,7 @@ class Trainer:
                                 f"start the run again with --overwrite")
         # more (or fewer) iterations change nothing already done when no schedule depends on their number
         scheduled = getattr(self.config, "lr_schedule", "constant") != "constant" \
-            or getattr(self.config, "warmup_ratio", 0.0) > 0
+            or getattr(self.config, "warmup_ratio", 0.0) > 0 or getattr(self.config, "warmup_steps", 0) > 0
         may_change = RESUME_MAY_CHANGE | (set() if scheduled else {"steps"})
         changed = {k: (v, getattr(self.config, k)) for k, v in state.get("config", {}).items()
                    if k not in may_change and hasattr(self.config, k) and getattr(self.config, k) != v}
@@ -356,30 +417,28 @@ class Trainer:
         return out
 
     def _truncate_metrics(self, path: Path, start: int) -> None:
-        """On resume, drop logged rows after the checkpoint so the log reads as one uninterrupted run."""
-        if not self.is_main or not path.exists():
-            return
-        rows = [line for line in path.read_text().splitlines() if line.strip()]
-        kept = [r for r in rows if json.loads(r).get("iteration", 0) <= start]
-        path.write_text("".join(r + "\n" for r in kept))
+        """On resume, drop logged rows after the checkpoint so the logs read as one uninterrupted run."""
+        for log in (path, self.output_dir / "completions.jsonl"):
+            if not self.is_main or not log.exists():
+                continue
+            rows = [line for line in log.read_text().splitlines() if line.strip()]
+            kept = [r for r in rows if json.loads(r).get("iteration", 0) <= start]
+            log.write_text("".join(r + "\n" for r in kept))
+
+    def append_rows(self, name: str, rows: Sequence[dict]) -> None:
+        """Append JSON rows (each with its ``iteration``, so a resume can drop the later ones) to a log file of the
+        run, ``output_dir/<name>``."""
+        with (self.output_dir / name).open("a") as f:
+            f.writelines(json.dumps({k: _json_number(v) for k, v in row.items()}, allow_nan=False) + "\n"
+                         for row in rows)
 
     def _log(self, path: Path, metrics: dict) -> None:
         row = {k: _json_number(v) for k, v in metrics.items() if _jsonable(v)}
         with path.open("a") as f:
             f.write(json.dumps(row, allow_nan=False) + "\n")
-        if self._tb is not None:
-            for k, v in metrics.items():
-                if isinstance(v, float):
-                    self._tb.add_scalar(f"{self.name}/{k}", v, metrics["iteration"])
-
-    def _open_tensorboard(self) -> None:
-        if not self.is_main:
-            return
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:  # tensorboard is optional (`pip install preftune[tensorboard]`)
-            return
-        self._tb = SummaryWriter(str(self.output_dir / "tensorboard"))
+        if self.accelerator.log_with:
+            self.accelerator.log({k: v for k, v in metrics.items() if isinstance(v, float) and math.isfinite(v)},
+                                 step=int(metrics["iteration"]))
 
 
 class GradientStep:
@@ -408,13 +467,17 @@ class GradientStep:
         groups.insert(0, {"params": [p for p in params if id(p) not in special]})
         if trainer.gradient_step is not None:
             raise ValueError(f"{trainer.name}: a trainer takes one GradientStep")
+        if config.gradient_checkpointing:
+            from preftune.models import enable_gradient_checkpointing
+
+            enable_gradient_checkpointing(model)
         optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
         total = total_updates or config.steps
         # The scheduler is not prepared: Accelerate would step it once per process, but our global batch is
         # split across processes, so one optimizer step is one schedule step whatever the process count.
         self.scheduler = get_scheduler(
             config.lr_schedule if config.lr_schedule != "constant" else "constant_with_warmup", optimizer,
-            num_warmup_steps=int(config.warmup_ratio * total), num_training_steps=total)
+            num_warmup_steps=config.warmup_steps or int(config.warmup_ratio * total), num_training_steps=total)
         # one call: FSDP and DeepSpeed wrap the model and its optimizer together
         trainer.model, self.optimizer = trainer.accelerator.prepare(trainer.model, optimizer)
         self.params = [p for p in trainer.model.parameters() if p.requires_grad]

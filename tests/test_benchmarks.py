@@ -63,7 +63,7 @@ def test_no_module_imports_another_modules_private_names():
 
 # docs/architecture.md: a module imports only from its own layer or the layers before it
 LAYERS = [("data",), ("tasks", "feedback"), ("models", "tiny", "gguf"),
-          ("rollout", "losses", "metrics", "epistemic", "rewards"), ("config", "trainer"), ("methods",),
+          ("rollout", "losses", "metrics", "epistemic", "rewards", "judges"), ("config", "trainer"), ("methods",),
           ("inputs", "evaluate"), ("suite",), ("cli", "__main__", "__init__")]
 
 

@@ -164,7 +164,8 @@ def test_every_method_gets_a_train_command_with_the_options_of_its_input(tmp_pat
         r = runner.invoke(app, ["train", name, "--help"], terminal_width=200)
         assert r.exit_code == 0, name
         assert ("--reward " in r.output) == (method.inputs == "prompts"), name
-        assert ("--data" in r.output) == (method.inputs in ("demos", "pairs", "prompts")), name
+        assert ("--data" in r.output) == (method.inputs != "pipeline"), name
+        assert ("--feedback" in r.output) == (method.inputs in ("prompts", "comparisons", "choices", "pipeline")), name
     r = runner.invoke(app, ["train", "sft", "--task", "gridworld", "--output-dir", str(tmp_path)])
     out = " ".join(r.output.split())
     assert r.exit_code == 2 and "cannot use --task gridworld" in out and "is for zpg, zbcpg" in out
@@ -308,9 +309,13 @@ def test_a_trl_yaml_runs_with_hugging_face_argument_names(tmp_path, monkeypatch)
     assert (cfg.model, cfg.lr, cfg.batch_size, cfg.grad_accum, cfg.steps, cfg.log_every, cfg.save_every,
             cfg.lr_schedule, cfg.mixed_precision, cfg.beta) == ("tiny", 5e-5, 8, 2, 7, 5, 50, "linear", "auto", 0.2)
     assert build_config(DPOConfig, None, ["--bf16"]).mixed_precision == "bf16"
-    path.write_text("num_train_epochs: 3\n")
-    with pytest.raises(ConfigError, match="'num_train_epochs' .* not supported yet; give 'steps'"):
-        build_config(DPOConfig, path, [])
+    path.write_text("num_train_epochs: 3\nwarmup_steps: 4\nreport_to: none\ngradient_checkpointing: true\n"
+                    "eval_steps: 5\n")
+    cfg = build_config(DPOConfig, path, [])
+    assert (cfg.epochs, cfg.warmup_steps, cfg.report_to, cfg.gradient_checkpointing, cfg.eval_every) == \
+        (3.0, 4, "none", True, 5)
+    with pytest.raises(ConfigError, match="'report_to' must be one or more of"):
+        build_config(DPOConfig, None, ["--report-to", "tensorboard,bogus"])
 
 
 def test_dpo_logs_the_metric_names_trl_dashboards_read(tmp_path):

@@ -183,8 +183,8 @@ def test_joint_training_moves_the_policy_towards_the_population(tmp_path, setup)
 def test_config_checks():
     with pytest.raises(ConfigError, match="double-ts"):
         apply_overrides(JointConfig(), {"explore": "greedy"})
-    with pytest.raises(ConfigError, match="model"):
-        apply_overrides(JointConfig(), {"model": "gpt2"})
+    with pytest.raises(ConfigError, match="'model' must be 'tiny' for joint on the population task"):
+        train_joint(apply_overrides(JointConfig(), {"model": "gpt2"}))  # another model learns on your prompts
     with pytest.raises(ConfigError, match="candidates"):
         apply_overrides(JointConfig(), {"candidates": 1})
     with pytest.raises(ConfigError, match="candidate_pool"):

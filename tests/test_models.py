@@ -60,6 +60,11 @@ def test_lora_adapter_roundtrip(tmp_path, tiny_model, tokenizer):
     loaded, _ = load_trained_causal_lm(tmp_path / "adapter")
     x = torch.tensor([[5, 6, 7]])
     assert torch.allclose(loaded(x).logits, model(x).logits, atol=1e-5)
+    # the adapter names its base, so peft's own loader (and so TRL's) finds it without preftune
+    from peft import AutoPeftModelForCausalLM
+
+    assert torch.allclose(AutoPeftModelForCausalLM.from_pretrained(tmp_path / "adapter")(x).logits,
+                          model(x).logits, atol=1e-5)
     merged = save_causal_lm(model, tokenizer, tmp_path / "merged", merge_lora=True)
     plain, _ = load_causal_lm(str(merged))
     assert torch.allclose(plain(x).logits, model(x).logits, atol=1e-5)
@@ -114,6 +119,63 @@ def test_sum_pooled_reward_adds_token_scores_ignores_padding_and_round_trips(tin
     assert torch.allclose(again(ids, torch.ones_like(ids)), r, atol=1e-6)
     ensemble = RewardModel.from_causal_lm(tiny_model, num_heads=3, pooling="sum")
     assert ensemble(torch.tensor([[5, 6, 7], [8, 9, 0]]), torch.tensor([[1, 1, 1], [1, 1, 0]])).shape == (2, 3)
+
+
+@pytest.mark.parametrize("arch", ["tiny", "tiny-gpt2"])
+def test_saved_reward_model_is_a_standard_sequence_classifier(arch, tokenizer, tmp_path):
+    """What preftune saves loads with AutoModelForSequenceClassification and scores as preftune does (last token, right
+    padding, as TRL and a pipeline feed it); any such folder loads back as a preftune reward model."""
+    from transformers import AutoModelForSequenceClassification
+
+    from preftune.tiny import TinySpec
+
+    model = build_tiny_model(arch, tokenizer, TinySpec(hidden_size=32, num_layers=1, num_heads=2), seed=0)
+    rm = RewardModel.from_causal_lm(model)
+    ids = torch.tensor([[5, 6, 7, tokenizer.pad_token_id], [8, 9, 10, 11]])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
+    expected = rm(ids, mask)
+    rm.save_pretrained(tmp_path / "rm", tokenizer)
+    assert not (tmp_path / "rm" / "body").exists()
+    standard = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm").eval()
+    assert standard.config.num_labels == 1
+    with torch.no_grad():
+        logits = standard(input_ids=ids, attention_mask=mask).logits.squeeze(-1)
+    assert torch.allclose(logits, expected, atol=1e-5)
+    # a classifier saved by transformers itself (no preftune file) is a reward model too
+    standard.save_pretrained(tmp_path / "hf")
+    again = RewardModel.from_pretrained(tmp_path / "hf")
+    assert torch.allclose(again(ids, mask), expected, atol=1e-5)
+
+
+def test_lora_reward_model_saves_merged_standard_weights(tiny_model, tokenizer, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    rm = RewardModel.from_causal_lm(apply_lora(tiny_model, LoraSettings(r=4)))
+    with torch.no_grad():  # adapters that change the output, so an unmerged save would be caught
+        for name, p in rm.body.named_parameters():
+            if "lora_B" in name:
+                p.normal_()
+    ids, mask = torch.tensor([[5, 6, 7]]), torch.ones(1, 3, dtype=torch.long)
+    expected = rm(ids, mask)
+    rm.save_pretrained(tmp_path / "rm", tokenizer)
+    standard = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm")
+    with torch.no_grad():
+        assert torch.allclose(standard(input_ids=ids, attention_mask=mask).logits.squeeze(-1), expected, atol=1e-5)
+    assert torch.allclose(RewardModel.from_pretrained(tmp_path / "rm")(ids, mask), expected, atol=1e-5)
+
+
+def test_reward_model_bias_survives_the_standard_format(tiny_model, tokenizer, tmp_path):
+    rm = RewardModel.from_causal_lm(tiny_model)
+    with torch.no_grad():
+        rm.head.bias.fill_(0.75)  # what RLP's scale matching can leave
+    ids, mask = torch.tensor([[5, 6, 7]]), torch.ones(1, 3, dtype=torch.long)
+    rm.save_pretrained(tmp_path / "rm", tokenizer)
+    assert torch.allclose(RewardModel.from_pretrained(tmp_path / "rm")(ids, mask), rm(ids, mask), atol=1e-6)
+
+
+def test_a_folder_that_is_no_reward_model_is_named(tmp_path):
+    with pytest.raises(ModelError, match="not a reward model"):
+        RewardModel.from_pretrained(tmp_path)
 
 
 def test_unknown_reward_pooling_names_the_allowed_values(tiny_model):

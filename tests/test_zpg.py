@@ -150,8 +150,10 @@ def test_directions_are_unit_and_zbcpg_touches_one_block():
     env = GridWorld()
     theta = torch.zeros(16, 4, dtype=torch.float64)
     before = theta.clone()
+    annotator = Annotator(return_utility)
     zeroth_order_step(FlatParameters([theta]), cfg, lambda: env.sample(theta, 16, g).returns,
-                      Annotator(return_utility), QueryLedger(), g)
+                      lambda base, perturbed: repeated_preference_shares(annotator.prob_from_margins(perturbed - base),
+                                                                         4, g), g)
     changed = (theta != before).flatten().nonzero().flatten()
     assert 0 < changed.numel() <= 4 and len(set((changed // 4).tolist())) == 1
 

@@ -24,7 +24,8 @@ from preftune.methods.sft import SFTConfig, train_sft
 from preftune.methods.zpg import ZPGConfig, train_zpg_lm
 
 # demos: {prompt, response}; pairs: {prompt, chosen, rejected}; prompts: prompts and a reward; comparisons: a
-# GridWorld or prompts, judged by annotators; choices: the population task; pipeline: the config says it all
+# GridWorld or prompts, judged by a feedback source; choices: the population task or prompts, chosen by a feedback
+# source; pipeline: the config says it all
 InputKind = Literal["demos", "pairs", "prompts", "comparisons", "choices", "pipeline"]
 
 
@@ -68,14 +69,17 @@ METHODS = {m.name: m for m in (
            option_defaults={"num_prompts": 200}),
     Method("zpg", ZPGConfig, "comparisons", train_zpg_lm,
            "ZPG: zeroth-order policy gradient straight from human comparisons of trajectory pairs (no reward "
-           "model); --task gridworld (tabular policy, exact return) or a text task such as preference-language (an "
-           "LM).", fixed={"algorithm": "zpg"}, shows=("queries", "score", "true_return")),
+           "model); --task gridworld (tabular policy, exact return), a text task such as preference-language (an "
+           "LM), or your --data prompts judged by --feedback.", fixed={"algorithm": "zpg"},
+           shows=("queries", "score", "true_return")),
     Method("zbcpg", ZPGConfig, "comparisons", train_zpg_lm,
-           "ZBCPG: ZPG perturbing one random block of coordinates per iteration; --task gridworld or a text task.",
+           "ZBCPG: ZPG perturbing one random block of coordinates per iteration; --task gridworld, a text task, or "
+           "--data prompts with --feedback.",
            fixed={"algorithm": "zbcpg"}, shows=("queries", "score", "true_return")),
     Method("joint", JointConfig, "choices", train_joint,
-           "Joint learning from choices on the population task: the LM is the choice model (Luce on its own "
-           "probabilities), an epinet or ensemble gives its posterior, --explore picks which candidates to show.",
+           "Joint learning from choices on the population task, or on your --data prompts and --model with --feedback "
+           "choosing among the policy's samples: the LM is the choice model (Luce on its own probabilities), an "
+           "epinet or ensemble gives its posterior, --explore picks which candidates to show.",
            shows=("queries", "kl", "tv")),
     Method("rlp", RLPConfig, "pipeline", train_rlp,
            "Reward Learning on Policy: SFT -> reward model -> PPO -> n policy samples per instruction -> retrain the "

@@ -40,28 +40,36 @@ def reference_logprobs(model, tokenizer, pairs: Sequence[Pair], max_length: int,
     return torch.cat(out)
 
 
-def train_dpo(config: DPOConfig, pairs: Sequence[Pair], model=None, tokenizer=None) -> TrainResult:
-    """DPO on `Pair` records or TRL preference rows (a ``datasets.Dataset`` or dicts)."""
+def train_dpo(config: DPOConfig, pairs: Sequence[Pair], model=None, tokenizer=None,
+              eval_data: Sequence[Pair] | None = None) -> TrainResult:
+    """DPO on `Pair` records or TRL preference rows (a ``datasets.Dataset`` or dicts); ``eval_data`` (the same
+    kinds) is scored every ``eval_every`` steps (``eval_loss``, ``eval_rewards/accuracies``, …)."""
     pairs = as_records(pairs, Pair, config.allow_degenerate)
+    eval_pairs = as_records(eval_data or [], Pair, config.allow_degenerate)
     model, tokenizer = load_policy(config, model, tokenizer)
-    check_fits(tokenizer, [p.prompt for p in pairs], config.max_length, model)
+    check_fits(tokenizer, [p.prompt for p in pairs + eval_pairs], config.max_length, model)
     ref = reference_logprobs(model, tokenizer, pairs, config.max_length)
-    trainer = Trainer(config, model, name="dpo")
+    eval_ref = reference_logprobs(model, tokenizer, eval_pairs, config.max_length) if eval_pairs else None
+    trainer = Trainer(config, model, name="dpo", num_examples=len(pairs))
     step = GradientStep(trainer)
 
-    def loss_fn(indices: list[int]):
-        b = collate_pairs(tokenizer, [pairs[i] for i in indices], config.max_length).to(trainer.device)
-        logps = response_token_logprobs(trainer.model, b.input_ids, b.attention_mask, b.response_mask).sum(-1)
-        chosen, rejected = logps[: len(indices)], logps[len(indices):]
-        ref_c, ref_r = ref[indices, 0].to(trainer.device), ref[indices, 1].to(trainer.device)
-        loss, stats = dpo_loss(chosen, rejected, ref_c, ref_r, config.beta, config.label_smoothing)
-        accuracy, margin = stats["accuracy"].item(), stats["margins"].item()
-        return loss, {"reward_accuracy": accuracy, "reward_margin": margin,
-                      # the names every TRL dashboard reads
-                      "rewards/chosen": stats["chosen_rewards"].item(),
-                      "rewards/rejected": stats["rejected_rewards"].item(),
-                      "rewards/accuracies": accuracy, "rewards/margins": margin,
-                      "logps/chosen": chosen.detach().mean().item(), "logps/rejected": rejected.detach().mean().item()}
+    def loss_on(rows: Sequence[Pair], ref: torch.Tensor):
+        def loss_fn(indices: list[int]):
+            b = collate_pairs(tokenizer, [rows[i] for i in indices], config.max_length).to(trainer.device)
+            logps = response_token_logprobs(trainer.model, b.input_ids, b.attention_mask, b.response_mask).sum(-1)
+            chosen, rejected = logps[: len(indices)], logps[len(indices):]
+            ref_c, ref_r = ref[indices, 0].to(trainer.device), ref[indices, 1].to(trainer.device)
+            loss, stats = dpo_loss(chosen, rejected, ref_c, ref_r, config.beta, config.label_smoothing)
+            accuracy, margin = stats["accuracy"].item(), stats["margins"].item()
+            return loss, {"reward_accuracy": accuracy, "reward_margin": margin,
+                          # the names every TRL dashboard reads
+                          "rewards/chosen": stats["chosen_rewards"].item(),
+                          "rewards/rejected": stats["rejected_rewards"].item(),
+                          "rewards/accuracies": accuracy, "rewards/margins": margin,
+                          "logps/chosen": chosen.detach().mean().item(),
+                          "logps/rejected": rejected.detach().mean().item()}
+        return loss_fn
 
-    trainer.fit_dataset(len(pairs), step, loss_fn, description="dpo")
+    trainer.fit_dataset(len(pairs), step, loss_on(pairs, ref), description="dpo", eval_examples=len(eval_pairs),
+                        eval_loss_fn=loss_on(eval_pairs, eval_ref))
     return trainer.finish(tokenizer)

@@ -74,16 +74,19 @@ def _demo_labels(tokenizer, demos: Sequence[Demo], max_length: int, device):
 
 
 def train_iqlearn(config: IQLearnConfig, demos: Sequence[Demo], model=None, tokenizer=None,
-                  callback: Callable[[int, torch.nn.Module], None] | None = None) -> TrainResult:
+                  callback: Callable[[int, torch.nn.Module], None] | None = None,
+                  eval_data: Sequence[Demo] | None = None) -> TrainResult:
     """Offline (``alpha`` = 0) or online IQLearn on demonstrations. ``callback(step, model)`` runs after every
     step (e.g. a held-out evaluation); it must leave the model's weights alone. ``demos``: `Demo` records or TRL
-    prompt-completion rows."""
+    prompt-completion rows; ``eval_data`` (the same kinds) gets the offline loss (MLE + λ·TD²) every
+    ``eval_every`` steps."""
     demos = as_records(demos, Demo, config.allow_degenerate)
+    eval_demos = as_records(eval_data or [], Demo, config.allow_degenerate)
     model, tokenizer = load_policy(config, model, tokenizer)
-    check_fits(tokenizer, [d.prompt for d in demos], config.max_length, model)
-    trainer = Trainer(config, model, name="iqlearn")
+    check_fits(tokenizer, [d.prompt for d in demos + eval_demos], config.max_length, model)
+    trainer = Trainer(config, model, name="iqlearn", num_examples=len(demos))
     step = GradientStep(trainer)
-    cfg = config
+    cfg = trainer.config  # `epochs` turned into steps
 
     def forward(ids, attn, resp):
         return model_logits(trainer.model, ids, attn)[:, :-1], ids[:, 1:], resp[:, 1:]
@@ -100,6 +103,10 @@ def train_iqlearn(config: IQLearnConfig, demos: Sequence[Demo], model=None, toke
             loss, stats = iq_online_loss(*expert_out, *policy_out, alpha=cfg.alpha, gamma=cfg.gamma,
                                                     lam=cfg.lam)
         return loss, stats
+
+    def eval_loss(indices: list[int]):
+        out = forward(*_demo_labels(tokenizer, [eval_demos[i] for i in indices], cfg.max_length, trainer.device))
+        return iq_td_loss(*out, gamma=cfg.gamma, lam=cfg.lam)
 
     samples = None
 
@@ -119,7 +126,7 @@ def train_iqlearn(config: IQLearnConfig, demos: Sequence[Demo], model=None, toke
         metrics = step([m for m in micro if m], loss_fn)
         if callback is not None:
             callback(it + 1, trainer.unwrapped_model())
-        return metrics
+        return {**metrics, **trainer.maybe_evaluate(it, len(eval_demos), eval_loss)}
 
     trainer.fit(iteration, cfg.steps, description="iqlearn")
     return trainer.finish(tokenizer, save=lambda m, tok, directory: save_iqlearn(m, tok, directory, cfg))

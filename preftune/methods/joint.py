@@ -12,7 +12,8 @@ One round (an iteration of `Trainer.fit`):
    largest mutual information with the index), ts (the K best under one posterior sample), double-ts (each
    candidate the best under its own posterior sample, resampled if already picked); with ``candidate_pool`` the
    last three choose among that many policy samples instead of among every response;
-3. ask the population (every query recorded in the `QueryLedger`) and keep the choice;
+3. ask the population, or any `FeedbackSource` given as ``feedback`` (every query recorded in the `QueryLedger`),
+   and keep the choice;
 4. ``updates_per_round`` optimizer steps on minibatches of all choices so far: the choice NLL of log π/τ trains
    the LM; the same NLL of u_z averaged over indices z (LM utilities held fixed) plus an L2 trains the head;
 5. log the exact distances of π_θ(·|x) to the population's choice distribution.
@@ -30,7 +31,7 @@ from torch import nn
 
 from preftune.config import ConfigError, LRSchedule, TrainConfig, doc, override
 from preftune.epistemic import build_epistemic_head, learnable_l2, set_feature_scaling
-from preftune.feedback import QueryLedger
+from preftune.feedback import FeedbackSource, QueryLedger
 from preftune.losses import choice_loss, sequence_logprobs
 from preftune.metrics import distribution_metrics
 from preftune.tasks.population import PopulationTask, response_mask_of, response_space_ids
@@ -71,7 +72,10 @@ class JointConfig(TrainConfig):
     candidate_pool: int = field(default=0, metadata=doc(
         "infomax / ts / double-ts choose among this many distinct policy samples per query (Gumbel-top-M on "
         "log π / boltzmann_temperature), as Dwaracherla et al. choose among an LM's sampled responses; 0 = among "
-        "every response.", ge=0))
+        "every response. On your prompts: policy samples per query, every scheme choosing among them; 0 = 2·K.",
+        ge=0))
+    max_new_tokens: int = field(default=30, metadata=doc("On your prompts: longest sampled candidate in tokens.",
+                                                         ge=1))
     # --- training
     updates_per_round: int = field(default=20, metadata=doc("Optimizer steps after each round's queries.", ge=1))
     # --- epistemic head
@@ -95,9 +99,6 @@ class JointConfig(TrainConfig):
         if self.candidate_pool and not self.candidates <= self.candidate_pool <= 64:
             raise ConfigError(f"config field 'candidate_pool' must be 0 or between candidates ({self.candidates}) and "
                               f"the 64 responses, got {self.candidate_pool}")
-        if self.model != "tiny":
-            raise ConfigError(f"config field 'model' must be 'tiny' for joint (the population task has its own "
-                              f"word-level response space), got {self.model!r}")
 
 
 class JointModel(nn.Module):
@@ -212,10 +213,16 @@ def build_joint_model(config: JointConfig, tokenizer) -> JointModel:
 
 
 def train_joint(config: JointConfig, task: PopulationTask | None = None, model: JointModel | None = None,
-                tokenizer=None) -> TrainResult:
-    """Joint learning on the population task (module docstring). ``extra``: the query ``ledger``, the choice
-    ``records`` and ``head_features`` (the starting LM's features when the head reads those, else None)."""
+                tokenizer=None, feedback: FeedbackSource | None = None) -> TrainResult:
+    """Joint learning on the population task (module docstring). ``feedback`` chooses instead of the task's
+    population (the distances logged stay those to the population's choices). ``extra``: the query ``ledger``, the
+    choice ``records`` and ``head_features`` (the starting LM's features when the head reads those, else None)."""
+    if model is None and config.model != "tiny":
+        raise ConfigError(f"config field 'model' must be 'tiny' for joint on the population task (it has its own "
+                          f"word-level response space), got {config.model!r}; your model learns on your prompts: "
+                          f"--data prompts.jsonl --feedback SPEC")
     task = task or PopulationTask()
+    chooser = feedback if feedback is not None else task.population
     tokenizer = tokenizer or build_population_tokenizer()
     model = model or build_joint_model(config, tokenizer)
     prompts, all_prompts = task.split_prompts("train"), task.all_prompts()
@@ -252,7 +259,7 @@ def train_joint(config: JointConfig, task: PopulationTask | None = None, model: 
                                       config.boltzmann_temperature, config.infomax_samples, config.max_resamples,
                                       config.posterior_pick, config.candidate_pool)
             ledger.record("joint")
-            chosen = task.population.choose(prompts[p], [task.responses[i] for i in shown], people)
+            chosen = chooser.choose(prompts[p], [task.responses[i] for i in shown], people)
             records.rows.append((p, shown, chosen))
 
         def loss_fn(rows: list[tuple[int, list[int], int]], index: torch.Tensor):  # 4. E_z choice NLL + head's L2

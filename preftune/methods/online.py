@@ -53,6 +53,9 @@ class OnlineConfig(TrainConfig):
     temperature: float = field(default=1.0, metadata=doc(
         "Sampling temperature; policy, behaviour and reference log-probs all use softmax(logits / T).", gt=0))
     generation_batch_size: int = field(default=256, metadata=doc("Sequences decoded together.", ge=1))
+    log_completions: bool = field(default=False, metadata=doc(
+        "Append every logged iteration's samples (prompt, completion, score) to output_dir/completions.jsonl "
+        "(TRL's log_completions)."))
     # --- optimisation of each rollout batch
     ppo_epochs: int = field(default=1, metadata=doc(
         "Passes over each rollout batch (1 = on-policy: the ratio is 1 at every step's start).", ge=1))
@@ -204,12 +207,13 @@ class OnlineRun:
     """
 
     def __init__(self, name: str, config: OnlineConfig, prompts: Sequence[str], reward, policy, tokenizer,
-                 trained: torch.nn.Module | None = None):
+                 trained: torch.nn.Module | None = None, eval_prompts: Sequence[str] | None = None):
         prompts = as_prompts(prompts)  # strings, or TRL prompt-only rows
         if not prompts:
             raise TrainingError(f"{name}: no training prompts")
         check_prompts_fit(tokenizer, prompts, config.max_new_tokens, policy)
         self.name, self.config, self.prompts = name, config, prompts
+        self.eval_prompts = as_prompts(eval_prompts) if eval_prompts is not None else []
         self.policy, self.tokenizer = policy, tokenizer
         self.reference = ReferencePolicy(policy)  # before any update: π_ref is the starting policy
         self.kl_controller = KLController(config.kl_coef, config.kl_target, config.kl_horizon)
@@ -297,8 +301,30 @@ class OnlineRun:
             "generate_fraction": batch.generate_seconds / max(time.perf_counter() - started, 1e-9),
         }
         self.kl_controller.update(self.global_mean(metrics["kl"]), len(batch) * self.trainer.world_size)
+        done = self.trainer.iteration + 1
+        if self.config.log_completions and self.trainer.is_main and done % self.config.log_every == 0:
+            self.trainer.append_rows("completions.jsonl", [
+                {"iteration": done, "prompt": p, "completion": c, "score": float(s)}
+                for p, c, s in zip(batch.rollout.row_prompts(), batch.rollout.texts, batch.scores.tolist())])
         return metrics
 
+    def evaluate(self, iteration: int) -> dict:
+        """One sample per eval prompt, scored by the reward: ``eval_score``, ``eval_completions/mean_length``. Drawn
+        from a generator seeded by (seed, iteration), so evaluating changes nothing of the training run."""
+        cfg, done = self.config, iteration + 1
+        if not self.eval_prompts or not (done == cfg.steps or (cfg.eval_every and done % cfg.eval_every == 0)):
+            return {}
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed * 1_000_003 + iteration)
+            rollout = generate(self.policy, self.tokenizer, self.eval_prompts, cfg.max_new_tokens, 1,
+                               cfg.temperature, batch_size=cfg.generation_batch_size)
+        scores = [float(s) for s in self.reward_fn(rollout.row_prompts(), rollout.texts)]
+        return {"eval_score": sum(scores) / len(scores),
+                "eval_completions/mean_length": rollout.response_lengths.float().mean().item()}
+
     def fit(self, iteration_fn: Callable[[int], dict]) -> TrainResult:
-        self.trainer.fit(iteration_fn, self.config.steps, description=self.name)
+        def with_eval(it: int) -> dict:
+            return {**iteration_fn(it), **self.evaluate(it)}
+
+        self.trainer.fit(with_eval, self.config.steps, description=self.name)
         return self.trainer.finish(self.tokenizer, model=self.policy)  # the policy alone, without a value head

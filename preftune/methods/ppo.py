@@ -87,11 +87,12 @@ def rollout_values(model: PolicyWithValueHead, batch: OnlineBatch, device, batch
 
 
 def train_ppo(config: PPOConfig, prompts: Sequence[str], reward: RewardFn | nn.Module, model=None,
-              tokenizer=None) -> TrainResult:
-    """PPO on ``prompts``; ``reward`` is a (prompts, responses) -> scores callable or a `RewardModel`."""
+              tokenizer=None, eval_data: Sequence[str] | None = None) -> TrainResult:
+    """PPO on ``prompts``; ``reward`` is a (prompts, responses) -> scores callable or a `RewardModel`; ``eval_data``:
+    prompts scored every ``eval_every`` iterations (``eval_score``)."""
     policy, tokenizer = load_policy(config, model, tokenizer)
     actor_critic = PolicyWithValueHead(policy)
-    run = OnlineRun("ppo", config, prompts, reward, policy, tokenizer, trained=actor_critic)
+    run = OnlineRun("ppo", config, prompts, reward, policy, tokenizer, trained=actor_critic, eval_prompts=eval_data)
     device, temperature = run.trainer.device, config.temperature
 
     def iteration(it: int) -> dict:

@@ -56,25 +56,30 @@ def heldout_report(reward_model, tokenizer, task, pairs: Sequence[Pair], max_len
             "ceiling": annotator_agreement_with_oracle(list(pairs), task.reward), "pairs": len(pairs)}
 
 
-def train_reward(config: RewardConfig, pairs: Sequence[Pair], model=None, tokenizer=None) -> TrainResult:
+def train_reward(config: RewardConfig, pairs: Sequence[Pair], model=None, tokenizer=None,
+                 eval_data: Sequence[Pair] | None = None) -> TrainResult:
     """Start from a causal LM (usually the SFT policy) and fit a new head and the body on ``pairs`` (`Pair` records or
-    TRL preference rows)."""
+    TRL preference rows); ``eval_data`` (the same kinds) is scored every ``eval_every`` steps (``eval_accuracy``)."""
     pairs = as_records(pairs, Pair, config.allow_degenerate)
+    eval_pairs = as_records(eval_data or [], Pair, config.allow_degenerate)
     base, tokenizer = load_policy(config, model, tokenizer)
-    check_fits(tokenizer, [p.prompt for p in pairs], config.max_length, base)
+    check_fits(tokenizer, [p.prompt for p in pairs + eval_pairs], config.max_length, base)
     reward_model = RewardModel.from_causal_lm(base, num_heads=config.num_heads, seed=config.seed,
                                                pooling=config.pooling)
-    trainer = Trainer(config, reward_model, name="reward")
+    trainer = Trainer(config, reward_model, name="reward", num_examples=len(pairs))
     step = GradientStep(trainer)
 
-    def loss_fn(indices: list[int]):
-        batch = collate_pairs(tokenizer, [pairs[i] for i in indices], config.max_length).to(trainer.device)
-        rewards = trainer.model(batch.input_ids, batch.attention_mask)
-        chosen, rejected = rewards[: len(indices)], rewards[len(indices):]
-        # every head of an ensemble is fitted on the same pairs; their disagreement comes from the init
-        loss = bt_loss(chosen, rejected)
-        accuracy = (chosen > rejected).float().mean()
-        return loss, {"accuracy": accuracy.item(), "margin": (chosen - rejected).mean().item()}
+    def loss_on(rows: Sequence[Pair]):
+        def loss_fn(indices: list[int]):
+            batch = collate_pairs(tokenizer, [rows[i] for i in indices], config.max_length).to(trainer.device)
+            rewards = trainer.model(batch.input_ids, batch.attention_mask)
+            chosen, rejected = rewards[: len(indices)], rewards[len(indices):]
+            # every head of an ensemble is fitted on the same pairs; their disagreement comes from the init
+            loss = bt_loss(chosen, rejected)
+            accuracy = (chosen > rejected).float().mean()
+            return loss, {"accuracy": accuracy.item(), "margin": (chosen - rejected).mean().item()}
+        return loss_fn
 
-    trainer.fit_dataset(len(pairs), step, loss_fn, description="reward model")
+    trainer.fit_dataset(len(pairs), step, loss_on(pairs), description="reward model", eval_examples=len(eval_pairs),
+                        eval_loss_fn=loss_on(eval_pairs))
     return trainer.finish(tokenizer, save=lambda rm, tok, directory: rm.save_pretrained(directory, tok))

@@ -61,11 +61,11 @@ class GRPOConfig(RLOOConfig):
 
 
 def train_rloo(config: RLOOConfig, prompts: Sequence[str], reward: RewardFn | nn.Module, model=None,
-               tokenizer=None) -> TrainResult:
+               tokenizer=None, eval_data: Sequence[str] | None = None) -> TrainResult:
     """RLOO, or GRPO when ``config`` is a `GRPOConfig`; ``reward``: (prompts, responses) -> scores, or a
-    `RewardModel`."""
+    `RewardModel`; ``eval_data``: prompts scored every ``eval_every`` iterations (``eval_score``)."""
     policy, tokenizer = load_policy(config, model, tokenizer)
-    run = OnlineRun(config.method_name, config, prompts, reward, policy, tokenizer)
+    run = OnlineRun(config.method_name, config, prompts, reward, policy, tokenizer, eval_prompts=eval_data)
     k, temperature, grpo = config.samples_per_prompt, config.temperature, isinstance(config, GRPOConfig)
 
     def iteration(it: int) -> dict:
@@ -97,8 +97,8 @@ def train_rloo(config: RLOOConfig, prompts: Sequence[str], reward: RewardFn | nn
 
 
 def train_grpo(config: GRPOConfig, prompts: Sequence[str], reward: RewardFn | nn.Module, model=None,
-               tokenizer=None) -> TrainResult:
+               tokenizer=None, eval_data: Sequence[str] | None = None) -> TrainResult:
     """GRPO: `train_rloo` with a `GRPOConfig`."""
     if not isinstance(config, GRPOConfig):
         raise ConfigError(f"train_grpo takes a GRPOConfig, got {type(config).__name__}")
-    return train_rloo(config, prompts, reward, model, tokenizer)
+    return train_rloo(config, prompts, reward, model, tokenizer, eval_data)

@@ -52,6 +52,9 @@ class RLPConfig(TrainConfig):
     demos: int = field(default=4000, metadata=doc("Teacher demonstrations for SFT.", ge=1))
     sft_steps: int = field(default=800, metadata=doc("SFT optimizer steps.", ge=1))
     human_pairs: int = field(default=40000, metadata=doc("Annotator-labelled pairs D for the reward model.", ge=1))
+    feedback: str = field(default="annotator", metadata=doc(
+        "Who labels the pairs D: 'annotator' (the task's simulated annotator) or a feedback source, module:function, "
+        "rm:DIR or judge:DIR[:TEMPLATE.txt] (docs/your-data.md)."))
     reward_steps: int = field(default=350, metadata=doc("Optimizer steps of the first reward model.", ge=1))
     ppo_steps: int = field(default=100, metadata=doc("PPO iterations (both PPO stages).", ge=1))
     ppo_kl_coef: float = field(default=0.2, metadata=doc(

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import torch
 
-from preftune.feedback import Annotator, label_pairs
+from preftune.feedback import Annotator, QueryLedger, label_pairs
+from preftune.judges import feedback_from_spec
 from preftune.methods.ppo import PPOConfig, train_ppo
 from preftune.methods.reward import RewardConfig, train_reward
 from preftune.methods.rlp import (
@@ -95,13 +96,16 @@ def train_rlp(config: RLPConfig, model=None, tokenizer=None) -> TrainResult:
     """The pipeline of the module docstring. The result's model is the second PPO policy (saved in
     ``ppo-<method>/final``); ``extra`` holds the other stages' models (``sft``, ``ppo``, ``reward_model``,
     ``retrained_reward_model``), the policy samples (``groups``), the human pairs, the synthetic pairs' stats,
-    the reward scale factor and each stage's status (``stages``)."""
+    the reward scale factor, each stage's status (``stages``) and the ``ledger`` of the labels of D (asked of
+    ``config.feedback``; on every run, also a resumed one)."""
     cfg, out_dir, log = config, Path(config.output_dir), {}
     out_dir.mkdir(parents=True, exist_ok=True)
     task = get_task(cfg.task)
     base, tokenizer = load_policy(cfg, model, tokenizer)
-    human = label_pairs(task.candidate_pairs("train", cfg.human_pairs, cfg.seed), Annotator(task.reward),
-                        random.Random(cfg.seed))
+    labeller = feedback_from_spec(cfg.feedback, annotator=Annotator(task.reward), max_length=cfg.max_length)
+    ledger = QueryLedger()
+    human = label_pairs(task.candidate_pairs("train", cfg.human_pairs, cfg.seed), labeller, random.Random(cfg.seed),
+                        ledger, "labels")
     train_prompts = task.prompts("train", 10_000, cfg.seed)
     max_new = task.max_response_chars + 1
     load_policy_dir = lambda d: load_trained_causal_lm(d)[0]  # noqa: E731
@@ -148,4 +152,5 @@ def train_rlp(config: RLPConfig, model=None, tokenizer=None) -> TrainResult:
     (out_dir / f"stages-{cfg.method}.json").write_text(json.dumps(summary, indent=2))
     return TrainResult(ppo_rlp, tokenizer, [], out_dir / f"ppo-{cfg.method}" / "final", {
         "sft": sft, "ppo": ppo, "reward_model": rm, "retrained_reward_model": rm_rlp, "groups": groups,
-        "human_pairs": human, "synthetic_pairs": synthetic_stats, "scale_factor": scale, "stages": log})
+        "human_pairs": human, "ledger": ledger, "synthetic_pairs": synthetic_stats, "scale_factor": scale,
+        "stages": log})

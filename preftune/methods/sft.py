@@ -18,18 +18,24 @@ class SFTConfig(TrainConfig):
     method_name = "sft"
 
 
-def train_sft(config: SFTConfig, demos: Sequence[Demo], model=None, tokenizer=None) -> TrainResult:
-    """SFT on `Demo` records or TRL prompt-completion rows (a ``datasets.Dataset`` or dicts)."""
+def train_sft(config: SFTConfig, demos: Sequence[Demo], model=None, tokenizer=None,
+              eval_data: Sequence[Demo] | None = None) -> TrainResult:
+    """SFT on `Demo` records or TRL prompt-completion rows (a ``datasets.Dataset`` or dicts); ``eval_data`` (the
+    same kinds) is scored every ``eval_every`` steps (``eval_loss``)."""
     demos = as_records(demos, Demo, config.allow_degenerate)
+    eval_demos = as_records(eval_data or [], Demo, config.allow_degenerate)
     model, tokenizer = load_policy(config, model, tokenizer)
-    check_fits(tokenizer, [d.prompt for d in demos], config.max_length, model)
-    trainer = Trainer(config, model, name="sft")
+    check_fits(tokenizer, [d.prompt for d in demos + eval_demos], config.max_length, model)
+    trainer = Trainer(config, model, name="sft", num_examples=len(demos))
     step = GradientStep(trainer)
 
-    def loss_fn(indices: list[int]):
-        batch = collate_demos(tokenizer, [demos[i] for i in indices], config.max_length).to(trainer.device)
-        logits = model_logits(trainer.model, batch.input_ids, batch.attention_mask)[:, :-1]
-        return sft_loss(logits, batch.input_ids[:, 1:], batch.response_mask[:, 1:]), {}
+    def loss_on(rows: Sequence[Demo]):
+        def loss_fn(indices: list[int]):
+            batch = collate_demos(tokenizer, [rows[i] for i in indices], config.max_length).to(trainer.device)
+            logits = model_logits(trainer.model, batch.input_ids, batch.attention_mask)[:, :-1]
+            return sft_loss(logits, batch.input_ids[:, 1:], batch.response_mask[:, 1:]), {}
+        return loss_fn
 
-    trainer.fit_dataset(len(demos), step, loss_fn, description="sft")
+    trainer.fit_dataset(len(demos), step, loss_on(demos), description="sft", eval_examples=len(eval_demos),
+                        eval_loss_fn=loss_on(eval_demos))
     return trainer.finish(tokenizer)

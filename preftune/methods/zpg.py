@@ -7,7 +7,8 @@ One iteration, for a tabular GridWorld policy or a language model alike (`zeroth
    block of ``block_size`` coordinates of a fixed partition (ZBCPG);
 2. sample N trajectories τ_i from π_θ and N trajectories τ'_i from π_{θ+μv} (for an LM: one response to each of N
    prompts from each policy, so pair i shares prompt i);
-3. ask M annotators about each pair (N·M queries, all through the ledger); p̂_i = share preferring τ'_i;
+3. ask M annotators about each pair (N·M queries, all through the ledger); p̂_i = share preferring τ'_i. On an LM the
+   annotators are any `FeedbackSource`: the simulated ones of a task, a reward model, an LLM judge, a user's function;
 4. ĝ = (d/μ)·mean_i σ⁻¹(clip(p̂_i))·v with the learner's link σ (`losses.zpg_gradient`), d = dim of v;
 5. θ ← θ + α·ĝ (plain gradient ascent, as in the paper; for ZBCPG only the block moves).
 
@@ -30,7 +31,7 @@ import torch
 from torch import nn
 
 from preftune.config import ConfigError, ModelConfig, RunConfig, doc, override
-from preftune.feedback import Annotator, QueryLedger, repeated_preference_shares
+from preftune.feedback import Annotator, FeedbackSource, QueryLedger, ask_preference_shares, repeated_preference_shares
 from preftune.losses import preference_value_difference, zpg_gradient
 from preftune.models import load_policy
 from preftune.rollout import generate
@@ -127,30 +128,35 @@ def draw_direction(dim: int, config: ZPGConfig, generator: torch.Generator) -> t
     return v / v.norm(), block
 
 
-def zeroth_order_step(params: FlatParameters, config: ZPGConfig, sample_utilities: Callable[[], torch.Tensor],
-                      annotator, ledger: QueryLedger, generator: torch.Generator) -> dict:
-    """One ZPG/ZBCPG iteration (module docstring). ``sample_utilities()`` draws N trajectories of the *current*
-    parameters and returns their utilities (returns, or oracle rewards of responses to fixed prompts)."""
+def zeroth_order_step(params: FlatParameters, config: ZPGConfig, sample: Callable[[], object],
+                      preference_shares: Callable[[object, object], torch.Tensor], generator: torch.Generator,
+                      utilities: Callable[[object], torch.Tensor] | None = None) -> dict:
+    """One ZPG/ZBCPG iteration (module docstring). ``sample()`` draws N trajectories of the *current* parameters;
+    ``preference_shares(base, perturbed)`` asks M labels per pair and returns each pair's share preferring the
+    perturbed one. ``utilities(trajectories)``, when known (returns, a task's oracle reward), adds the true value
+    difference and the score to the stats; the annotators never show them."""
     direction, block = draw_direction(params.dim, config, generator)
     embedded = torch.zeros(params.dim, dtype=torch.float64)
     embedded[block] = direction
-    base = sample_utilities()
+    base = sample()
     params.add_(embedded, config.mu)  # in place: no second model; removing it again costs only float rounding
     try:
-        perturbed = sample_utilities()
+        perturbed = sample()
     finally:
         params.add_(embedded, -config.mu)
-    probs = annotator.prob_from_margins(perturbed - base)  # P(τ' ≻ τ) for each pair
-    p_hat = repeated_preference_shares(probs, config.annotators_per_pair, generator, ledger, "zpg")
+    p_hat = preference_shares(base, perturbed)  # shares preferring τ' to τ
     gradient = zpg_gradient(p_hat, direction, config.mu, config.link, config.clip_eps, config.link_shape)
     step = torch.zeros_like(embedded)
     step[block] = gradient
     params.add_(step, config.lr)
     eps = config.clip_eps
-    return {"value_difference": float(preference_value_difference(p_hat, config.link, eps, config.link_shape)),
-            "true_difference": float((perturbed - base).mean()),  # what Δ̂ estimates (the annotators never show it)
-            "clipped_fraction": float(((p_hat <= eps) | (p_hat >= 1 - eps)).double().mean()),
-            "score": float(base.mean()), "queries": ledger.total}
+    stats = {"value_difference": float(preference_value_difference(p_hat, config.link, eps, config.link_shape)),
+             "clipped_fraction": float(((p_hat <= eps) | (p_hat >= 1 - eps)).double().mean())}
+    if utilities is not None:
+        base_utility, perturbed_utility = utilities(base), utilities(perturbed)
+        stats.update(true_difference=float((perturbed_utility - base_utility).mean()),  # what Δ̂ estimates
+                     score=float(base_utility.mean()))
+    return stats
 
 
 # ----------------------------------------------------------------------------------------------
@@ -202,12 +208,16 @@ def train_zpg_gridworld(config: ZPGConfig, env: GridWorld | None = None, policy:
     trainer = Trainer(config, policy, name=config.algorithm,
                       state_objects=[ledger, policy, GeneratorState(generator)])
 
+    def shares(base: torch.Tensor, perturbed: torch.Tensor) -> torch.Tensor:  # P(τ' ≻ τ) from the returns
+        probs = annotator.prob_from_margins(perturbed - base)
+        return repeated_preference_shares(probs, config.annotators_per_pair, generator, ledger, "zpg")
+
     def iteration(it: int) -> dict:
         stats = zeroth_order_step(params, config,
                                   lambda: env.sample(policy.logits, config.batch_size, generator).returns,
-                                  annotator, ledger, generator)
+                                  shares, generator, utilities=lambda returns: returns)
         value, gradient = env.value_and_gradient(policy.logits)
-        return {**stats, "true_return": value, "grad_norm": float(gradient.norm())}
+        return {**stats, "queries": ledger.total, "true_return": value, "grad_norm": float(gradient.norm())}
 
     trainer.fit(iteration, config.steps, description=f"{config.algorithm} (gridworld)")
     return trainer.finish(save=save_tabular_policy, ledger=ledger)
@@ -228,15 +238,18 @@ def perturbed_parameters(model, config: ZPGConfig) -> list[torch.Tensor]:
     return [p for _, p in named]
 
 
-def train_zpg_lm(config: ZPGConfig, prompts: Sequence[str], utility: Callable[[str, str], float], model=None,
-                 tokenizer=None) -> TrainResult:
+def train_zpg_lm(config: ZPGConfig, prompts: Sequence[str], feedback: FeedbackSource | Callable[[str, str], float],
+                 model=None, tokenizer=None, oracle: Callable[[str, str], float] | None = None) -> TrainResult:
     """ZPG/ZBCPG on a causal LM: N prompts per iteration, one response from π_θ and one from π_{θ+μv} to each,
-    compared by M annotators whose utility is ``utility(prompt, response)`` (a task's oracle reward)."""
+    each pair judged M times by ``feedback``: a `FeedbackSource`, or a utility ``u(prompt, response)`` (a task's
+    oracle reward) judged by the config's simulated annotators. ``oracle`` (the utility itself when one is given)
+    adds the true score to the metrics. ``extra["ledger"]`` counts the queries."""
     if config.perturb == "lora" and not config.lora:
         config = dataclasses.replace(config, lora=True)
+    if not isinstance(feedback, FeedbackSource):
+        feedback, oracle = config.annotator(feedback), oracle or feedback
     policy, tokenizer = load_policy(config, model, tokenizer)
     ledger = QueryLedger(config.query_budget)
-    annotator = config.annotator(utility)
     generator = torch.Generator().manual_seed(config.seed)
     trainer = Trainer(config, policy, name=config.algorithm, state_objects=[ledger])
     params = FlatParameters(perturbed_parameters(trainer.unwrapped_model(), config))
@@ -245,15 +258,22 @@ def train_zpg_lm(config: ZPGConfig, prompts: Sequence[str], utility: Callable[[s
         started = time.perf_counter()
         batch = [prompts[i] for i in batch_indices(len(prompts), config.batch_size, config.seed, it)]
 
-        def sample_utilities() -> torch.Tensor:
-            texts = generate(trainer.model, tokenizer, batch, config.max_new_tokens,
-                             temperature=config.temperature).texts
-            return torch.tensor([annotator.utility(p, t) for p, t in zip(batch, texts)], dtype=torch.float64)
+        def sample() -> list[str]:
+            return generate(trainer.model, tokenizer, batch, config.max_new_tokens,
+                            temperature=config.temperature).texts
+
+        def shares(base: list[str], perturbed: list[str]) -> torch.Tensor:
+            return ask_preference_shares(feedback, batch, perturbed, base, config.annotators_per_pair, generator,
+                                         ledger, "zpg")
+
+        def utilities(texts: list[str]) -> torch.Tensor:
+            return torch.tensor([oracle(p, t) for p, t in zip(batch, texts)], dtype=torch.float64)
 
         generator.manual_seed(config.seed * 1_000_003 + it)  # direction and labels: a pure function of (seed, it)
         torch.manual_seed(config.seed * 1_000_033 + it)  # sampling, likewise
-        stats = zeroth_order_step(params, config, sample_utilities, annotator, ledger, generator)
-        return {**stats, "perturbed_dim": params.dim, "seconds_per_iteration": time.perf_counter() - started}
+        stats = zeroth_order_step(params, config, sample, shares, generator, utilities if oracle else None)
+        return {**stats, "queries": ledger.total, "perturbed_dim": params.dim,
+                "seconds_per_iteration": time.perf_counter() - started}
 
     trainer.fit(iteration, config.steps, description=config.algorithm)
     return trainer.finish(tokenizer, ledger=ledger)
