@@ -211,9 +211,9 @@ class OnlineRun:
         prompts = as_prompts(prompts)  # strings, or TRL prompt-only rows
         if not prompts:
             raise TrainingError(f"{name}: no training prompts")
-        check_prompts_fit(tokenizer, prompts, config.max_new_tokens, policy)
         self.name, self.config, self.prompts = name, config, prompts
         self.eval_prompts = as_prompts(eval_prompts) if eval_prompts is not None else []
+        check_prompts_fit(tokenizer, prompts + self.eval_prompts, config.max_new_tokens, policy)
         self.policy, self.tokenizer = policy, tokenizer
         self.reference = ReferencePolicy(policy)  # before any update: π_ref is the starting policy
         self.kl_controller = KLController(config.kl_coef, config.kl_target, config.kl_horizon)
