@@ -280,8 +280,7 @@ class Trainer:
                                 f"are kept). Lower the learning rate (lr={self.config.lr}), check the data, or raise "
                                 f"max_skipped_fraction.")
         model = self.unwrapped_model() if model is None else model
-        if self.is_main:
-            self._check_finite(model, self.output_dir / "final")
+        self._check_finite(model, self.output_dir / "final")
         path = (save or save_causal_lm)(model, tokenizer, self.output_dir / "final") if self.is_main else None
         self.accelerator.wait_for_everyone()
         return TrainResult(model, tokenizer, self.history, path, extra)
@@ -357,7 +356,8 @@ class Trainer:
         stops with its earlier checkpoints intact."""
         if not isinstance(model, torch.nn.Module):  # a tabular policy saves itself
             return
-        weights = [t.detach() for t in model.state_dict().values() if t.is_floating_point() and t.numel()]
+        # the parameters, not state_dict(): no collective under FSDP; every process checks what it holds
+        weights = [t.detach() for t in model.parameters() if t.is_floating_point() and t.numel()]
         norms = [n.cpu() for n in torch._foreach_norm(weights, ord=math.inf)] if weights else []
         if norms and not bool(torch.stack(norms).isfinite().all()):
             raise TrainingError(f"{self.name}: the weights are NaN/inf at iteration {self.iteration}, so {where} was "
