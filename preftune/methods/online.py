@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import torch
 
 from preftune.config import ConfigError, LRSchedule, TrainConfig, doc, override
-from preftune.data import as_prompts
+from preftune.data import as_prompts, check_prompts_fit
 from preftune.losses import kl_k1
 from preftune.rewards import RewardFn, as_reward, reward_model_reward
 from preftune.rollout import Rollout, generate, score_logprobs
@@ -213,6 +213,7 @@ class OnlineRun:
             raise TrainingError(f"{name}: no training prompts")
         self.name, self.config, self.prompts = name, config, prompts
         self.eval_prompts = as_prompts(eval_prompts, tokenizer) if eval_prompts is not None else []
+        check_prompts_fit(tokenizer, prompts + self.eval_prompts, config.max_new_tokens, policy)
         self.policy, self.tokenizer = policy, tokenizer
         self.reference = ReferencePolicy(policy)  # before any update: π_ref is the starting policy
         self.kl_controller = KLController(config.kl_coef, config.kl_target, config.kl_horizon)

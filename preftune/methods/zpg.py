@@ -86,6 +86,11 @@ class ZPGConfig(ModelConfig):
         if self.perturb == "lora" and self.param_filter:
             raise ConfigError("config fields 'perturb'='lora' and 'param_filter' exclude each other: LoRA already "
                               "picks the perturbed weights")
+        try:
+            re.compile(self.param_filter)
+        except re.error as e:
+            raise ConfigError(f"config field 'param_filter' must be a regular expression, got "
+                              f"{self.param_filter!r} ({e})") from None
 
     def annotator(self, utility: Callable[[str, object], float]) -> Annotator:
         return Annotator(utility, link=self.annotator_link, temperature=self.annotator_temperature,
