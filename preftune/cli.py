@@ -21,7 +21,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 train_app = typer.Typer(no_args_is_help=True, help="Train one method. `preftune train METHOD --help` lists its fields.")
 app.add_typer(train_app, name="train")
 console = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # an error line is not cut inside a path
 
 
 def _mount_benchmarks() -> None:

@@ -45,7 +45,7 @@ class RunConfig:
 
     output_dir: str = field(default="", metadata=doc(
         "Where checkpoints, metrics and the final model go (empty = runs/<method>)."))
-    seed: int = field(default=0, metadata=doc("Seed for model init, data order and sampling."))
+    seed: int = field(default=0, metadata=doc("Seed for model init, data order and sampling.", ge=0, le=2**32 - 1))
     resume: bool = field(default=False, metadata=doc("Continue from the newest checkpoint in output_dir."))
     overwrite: bool = field(default=False, metadata=doc("Delete earlier checkpoints in output_dir and start afresh."))
     steps: int = field(default=300, metadata=doc("Iterations of the run (offline methods: optimizer steps).", ge=1))
@@ -95,6 +95,13 @@ class ModelConfig(RunConfig):
     lora_alpha: int = field(default=16, metadata=doc("LoRA scaling alpha.", ge=1))
     lora_dropout: float = field(default=0.0, metadata=doc("LoRA dropout.", ge=0, le=1))
     max_length: int = field(default=96, metadata=doc("Longest prompt+response in tokens; responses are cut.", ge=2))
+    allow_degenerate: bool = field(default=False, metadata=doc(
+        "Train on degenerate rows (empty prompt and completion, chosen == rejected) instead of refusing the data."))
+
+    def check(self) -> None:
+        super().check()
+        if not self.model.strip():
+            raise ConfigError("config field 'model' is empty; give a model name or path")
 
 
 @dataclass
@@ -123,6 +130,12 @@ class TrainConfig(ModelConfig):
         "not bit for bit, so it is not the default: the documented seeded results use 'adamw_torch'."))
     max_bad_steps: int = field(
         default=10, metadata=doc("Stop after this many consecutive NaN/inf steps (each is skipped).", ge=0))
+    max_skipped_fraction: float = field(default=0.5, metadata=doc(
+        "A run that skipped more than this fraction of its steps (NaN/inf) fails instead of saving output_dir/final "
+        "(its checkpoints are kept).", ge=0, le=1))
+    rollback_bad_updates: bool = field(default=True, metadata=doc(
+        "Undo an update that makes the weights NaN/inf (counted as skipped). Keeps a copy of the trainable weights "
+        "and their AdamW state (3x the trainable weights' memory); off: such an update stops the run."))
 
     def check(self) -> None:
         super().check()
@@ -145,7 +158,7 @@ def override(base: type, name: str, default: Any):
 
 
 @functools.cache
-def _type_hints(cls: type) -> dict[str, Any]:  # resolved once per class: `--help` describes 400 fields
+def _type_hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
@@ -153,9 +166,10 @@ def _type_of(cls: type, name: str):
     return _type_hints(cls)[name]
 
 
-def _coerce(cls: type, name: str, value: Any) -> Any:
-    """Convert a YAML/CLI value to the field's type, or raise a ConfigError naming field and allowed values."""
-    tp = _type_of(cls, name)
+def _coerce(cls: type, name: str, value: Any, tp: Any = None) -> Any:
+    """Convert a YAML/CLI value to the field's type (or ``tp``), or raise a ConfigError naming field and allowed
+    values."""
+    tp = _type_of(cls, name) if tp is None else tp
     origin = typing.get_origin(tp)
     if origin is Literal:
         allowed = typing.get_args(tp)
@@ -187,6 +201,9 @@ def _coerce(cls: type, name: str, value: Any) -> Any:
     return value
 
 
+INT_LIMIT = 10**9  # the largest value of an integer field without its own upper bound (steps, sizes, budgets)
+
+
 def _check_bounds(cfg) -> None:
     for f in dataclasses.fields(cfg):
         value, meta = getattr(cfg, f.name), f.metadata
@@ -194,6 +211,8 @@ def _check_bounds(cfg) -> None:
             continue
         if isinstance(value, float) and not math.isfinite(value) and not (math.isinf(value) and meta.get("allow_inf")):
             raise ConfigError(f"config field {f.name!r} must be a finite number, got {value!r}")
+        if isinstance(value, int) and meta.get("le") is None and abs(value) > INT_LIMIT:
+            raise ConfigError(f"config field {f.name!r} must be at most {INT_LIMIT:.0e} in size, got {value!r}")
         for key, ok, words in (("ge", lambda v, b: v >= b, ">="), ("gt", lambda v, b: v > b, ">"),
                                ("le", lambda v, b: v <= b, "<=")):
             bound = meta.get(key)
@@ -220,21 +239,40 @@ def _from_hf_names(overrides: dict[str, Any], names: list[str]) -> dict[str, Any
     import os
 
     out: dict[str, Any] = {}
+    given_as: dict[str, str] = {}
+
+    def put(name: str, value: Any, raw: str) -> None:
+        if name in given_as:  # one field under two names (lr and learning_rate, param-filter and param_filter)
+            raise ConfigError(f"config field {name!r} is given twice (as {given_as[name]!r} and {raw!r})")
+        out[name], given_as[name] = value, raw
+
     for raw, value in overrides.items():
         name = raw.replace("-", "_")
         if name in names:
-            out[name] = value
+            put(name, value, raw)
         elif name in HF_ALIASES and HF_ALIASES[name] in names:
-            out[HF_ALIASES[name]] = value
+            put(HF_ALIASES[name], value, raw)
         elif name in ("bf16", "fp16") and "mixed_precision" in names:
             if _coerce_bool(name, value):
-                out["mixed_precision"] = name
+                put("mixed_precision", name, raw)
         elif name != "per_device_train_batch_size":
             out[raw] = value  # unknown: apply_overrides names it
     if "per_device_train_batch_size" in overrides and "batch_size" in names:
-        per_device = int(overrides["per_device_train_batch_size"])
-        out["batch_size"] = per_device * int(out.get("grad_accum", 1)) * int(os.environ.get("WORLD_SIZE", "1"))
+        per_device = _coerce(Any, "per_device_train_batch_size", overrides["per_device_train_batch_size"], int)
+        if "batch_size" in out:
+            raise ConfigError("config field 'batch_size' is given twice (as 'batch_size' and "
+                              "'per_device_train_batch_size')")
+        grad_accum = _coerce(Any, "grad_accum", out.get("grad_accum", 1), int)
+        out["batch_size"] = per_device * grad_accum * int(os.environ.get("WORLD_SIZE", "1"))
     return out
+
+
+def _field_of(raw: str) -> str:
+    """The field a (possibly Hugging Face) name sets."""
+    name = raw.replace("-", "_")
+    if name in ("bf16", "fp16"):
+        return "mixed_precision"
+    return "batch_size" if name == "per_device_train_batch_size" else HF_ALIASES.get(name, name)
 
 
 def _coerce_bool(name: str, value: Any) -> bool:
@@ -272,22 +310,80 @@ def validate(cfg) -> None:
         check()
 
 
+def _strict_yaml_loader():
+    """A safe YAML loader without YAML 1.1's surprises: only true/false are booleans (``model: no`` stays the
+    string 'no'), integers are decimal, 0x or 0o (no sexagesimal ``1:30`` = 90, no octal ``010`` = 8), ``1e3`` is a
+    number, dates stay strings, and a key given twice is an error."""
+    import re
+
+    import yaml
+
+    class StrictLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if isinstance(key, typing.Hashable) and key in seen:
+                    raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice",
+                                                            key_node.start_mark)
+                seen.add(key) if isinstance(key, typing.Hashable) else None
+            return super().construct_mapping(node, deep)
+
+    def construct_int(loader, node):
+        text = loader.construct_scalar(node).replace("_", "")
+        sign, digits = (-1, text[1:]) if text[0] == "-" else (1, text.lstrip("+"))
+        base = 16 if digits[:2] in ("0x", "0X") else 8 if digits[:2] in ("0o", "0O") else 10
+        if len(digits) > 100:  # far beyond any field's bound (and Python's 4300-digit limit)
+            raise yaml.constructor.ConstructorError(None, None, f"an integer of {len(digits)} digits",
+                                                    node.start_mark)
+        return sign * int(digits[2:] if base != 10 else digits, base)
+
+    StrictLoader.yaml_implicit_resolvers = {
+        first: [(tag, rx) for tag, rx in resolvers if tag.rsplit(":", 1)[-1] not in ("bool", "int", "float",
+                                                                                    "timestamp")]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+    StrictLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                       list("tTfF"))
+    StrictLoader.add_implicit_resolver("tag:yaml.org,2002:int", re.compile(
+        r"^(?:[-+]?[0-9][0-9_]*|[-+]?0[xX][0-9a-fA-F_]+|[-+]?0[oO][0-7_]+)$"), list("-+0123456789"))
+    StrictLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(
+        r"^(?:[-+]?(?:\.[0-9]+|[0-9][0-9_]*(?:\.[0-9_]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+        list("-+0123456789."))
+    StrictLoader.add_constructor("tag:yaml.org,2002:int", construct_int)
+    return StrictLoader
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
+    """The fields of a YAML config file (`_strict_yaml_loader`); every problem names the file."""
     import yaml
 
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file" if not path.exists() else f"{path}: not a file")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot be read ({e.strerror})") from None
+    try:
+        data = yaml.load(text, Loader=_strict_yaml_loader()) or {}  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not a config file (nested too deeply)") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config file must be a mapping of field: value")
     bad = [k for k in data if not isinstance(k, str)]
     if bad:
         raise ConfigError(f"{path}: config keys must be field names, got {bad[0]!r}")
-    return {k.replace("-", "_"): v for k, v in data.items()}  # `param-filter:` as a flag would be
+    out: dict[str, Any] = {}
+    for key, value in data.items():  # `param-filter:` as a flag would be
+        name = key.replace("-", "_")
+        if name in out:
+            raise ConfigError(f"{path}: config field {name!r} is given twice")
+        out[name] = value
+    return out
 
 
 def save_yaml(cfg, path: str | Path) -> Path:
@@ -310,14 +406,21 @@ def describe_fields(cls: type) -> str:
 
 
 def parse_extra_flags(args: list[str]) -> dict[str, object]:
-    """``--name value``, ``--name=value`` and bare ``--flag`` (= true) into a dict of overrides."""
+    """``--name value``, ``--name=value`` and bare ``--flag`` (= true) into a dict of overrides; a field given
+    twice is refused."""
     out: dict[str, object] = {}
+    given_as: dict[str, str] = {}
     i = 0
     while i < len(args):
         arg = args[i]
-        if not arg.startswith("--"):
+        if not arg.startswith("--") or arg == "--":
             raise ConfigError(f"unexpected argument {arg!r}; config fields are given as --field value")
         name = arg[2:]
+        target = _field_of(name.split("=", 1)[0])
+        if target in given_as:
+            raise ConfigError(f"config field {target!r} is given twice (as {given_as[target]!r} and "
+                              f"{'--' + name.split('=', 1)[0]!r})")
+        given_as[target] = "--" + name.split("=", 1)[0]
         if "=" in name:
             name, value = name.split("=", 1)
             i += 1
@@ -334,10 +437,18 @@ def parse_extra_flags(args: list[str]) -> dict[str, object]:
 def build_config(config_cls, config_file: Path | None, extra: list[str], defaults: dict | None = None, **fixed):
     """The class defaults, then ``defaults`` (e.g. a task's), the YAML file and ``--field value`` flags, each layer
     winning over the ones before; ``fixed`` fields cannot be changed by either. Every value validated."""
-    overrides: dict[str, object] = dict(defaults or {})
-    if config_file is not None:
-        overrides.update(load_yaml(config_file))
-    overrides.update(parse_extra_flags(extra))
+    overrides: dict[str, object] = {}
+    names = field_names(config_cls)
+    for layer in (defaults or {}, load_yaml(config_file) if config_file is not None else {}, parse_extra_flags(extra)):
+        _from_hf_names(layer, names)  # a field given twice within one layer is refused
+        for raw, value in layer.items():  # a later layer's value replaces an earlier one's, under whatever name
+            for earlier in [k for k in overrides if _field_of(k) == _field_of(raw)]:
+                del overrides[earlier]
+            overrides[raw] = value
+    for name in ("output_dir", "model"):
+        if name in overrides and isinstance(overrides[name], str) and not overrides[name].strip():
+            raise ConfigError(f"config field {name!r} is empty" + (
+                "; leave it out for runs/<method>" if name == "output_dir" else "; give a model name or path"))
     for name, value in fixed.items():  # what the command itself means (train zbcpg: algorithm=zbcpg)
         if name in overrides and overrides[name] != value:
             raise ConfigError(f"config field {name!r} is {value!r} for this command, got {overrides[name]!r}")

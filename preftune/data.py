@@ -151,6 +151,42 @@ def _strings(row: dict, names: Sequence[str], where: str) -> None:
     bad = [f for f in names if not isinstance(row[f], str)]
     if bad:
         raise DataError(f"{where}: field(s) {bad} must be strings")
+    for name in names:
+        _check_text(row[name], where, name)
+
+
+def _check_text(text: str, where: str, name: str) -> None:
+    """Text a tokenizer can read: JSON's ``\\ud800`` escapes give Python strings with lone surrogates, which
+    are not Unicode text."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise DataError(f"{where}: field {name!r} holds a lone surrogate ({text[e.start]!r} at character {e.start}), "
+                        f"not Unicode text") from None
+
+
+def _has_content(field: str | Chat) -> bool:
+    return bool(field) if isinstance(field, Chat) else bool(field.strip())
+
+
+def check_degenerate(records: Sequence, wheres: Sequence[str], allow: bool = False) -> int:
+    """Count the rows that teach nothing — a demonstration whose prompt and completion are both empty, a pair
+    whose chosen and rejected responses are the same — and refuse them unless ``allow`` (``allow_degenerate``),
+    naming the first ones. Returns how many there were."""
+    bad = [(where, "empty prompt and completion" if isinstance(r, Demo) else "chosen == rejected")
+           for r, where in zip(records, wheres)
+           if (isinstance(r, Demo) and not _has_content(r.prompt) and not _has_content(r.response))
+           or (isinstance(r, Pair) and r.chosen == r.rejected)]
+    if bad and not allow:
+        listed = "; ".join(f"{where}: {why}" for where, why in bad[:3]) + ("; ..." if len(bad) > 3 else "")
+        raise DataError(f"{len(bad)} of {len(records)} rows are degenerate ({listed}): they train on nothing. "
+                        f"Remove them, or pass --allow-degenerate (config field 'allow_degenerate') to keep them")
+    if bad:
+        import warnings
+
+        warnings.warn(f"{len(bad)} of {len(records)} rows are degenerate (first: {bad[0][0]}: {bad[0][1]}); kept "
+                      f"because allow_degenerate is set", stacklevel=2)
+    return len(bad)
 
 
 def _messages(value: object, where: str, name: str) -> Chat:
@@ -167,13 +203,18 @@ def _messages(value: object, where: str, name: str) -> Chat:
         if message["role"] not in ROLES:
             raise DataError(f"{where}: field '{name}' message {j} has role {message['role']!r}; roles are "
                             f"{list(ROLES)}")
+    for m in value:
+        _check_text(m["content"], where, name)
     return Chat(((m["role"], m["content"]) for m in value), where)
 
 
 def _field(row: dict, name: str, where: str) -> str | Chat:
     """A standard (string) or conversational (message list) field."""
     value = row[name]
-    return value if isinstance(value, str) else _messages(value, where, name)
+    if isinstance(value, str):
+        _check_text(value, where, name)
+        return value
+    return _messages(value, where, name)
 
 
 def _same_form(where: str, **values) -> None:
@@ -321,20 +362,35 @@ def render(record, tokenizer):
 # Reading
 
 
+# how a file that is not UTF-8 JSONL starts, and what it is
+NOT_JSONL_MAGIC = {b"\x1f\x8b": "gzip-compressed (decompress it first)", b"\xff\xfe": "UTF-16 text (save it as UTF-8)",
+                   b"\xfe\xff": "UTF-16 text (save it as UTF-8)", b"PK\x03\x04": "a zip archive (extract it first)"}
+
+
 def _jsonl_rows(path: Path) -> Iterable[tuple[str, object]]:
     with path.open("rb") as f:
+        start = f.read(4)
+        for magic, what in NOT_JSONL_MAGIC.items():
+            if start.startswith(magic):
+                raise DataError(f"{path}: not a JSONL file: it is {what}")
+        f.seek(0)
         for lineno, raw in enumerate(f, start=1):
             try:
-                line = raw.decode("utf-8")
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")  # a byte-order mark is allowed
             except UnicodeDecodeError as e:
                 raise DataError(f"{path}:{lineno}: not UTF-8 text ({e.reason} at byte {e.start}); JSONL files are "
                                 f"UTF-8") from None
             if not line.strip():
                 continue
             try:
-                yield f"{path}:{lineno}", json.loads(line)
+                row = json.loads(line)
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+            except RecursionError:
+                raise DataError(f"{path}:{lineno}: JSON nested too deeply to be a row") from None
+            except ValueError as e:  # an integer literal beyond Python's 4300-digit limit
+                raise DataError(f"{path}:{lineno}: not a usable JSON row ({e})") from None
+            yield f"{path}:{lineno}", row
 
 
 def _cached_hub_dataset(source: str, split: str):
@@ -404,17 +460,25 @@ def write_jsonl(path: str | Path, records: Iterable) -> Path:
     return path
 
 
-def load_records(source: str | Path, kind: type, split: str = "train") -> list:
-    """`Demo`, `Pair` or `Unpaired` records from any `read_rows` source, every row checked as it is read
-    (conversational fields stay `Chat` until a method renders them with its tokenizer, `as_records`)."""
-    return [_record_from_dict(kind, row, where) for where, row in read_rows(source, split)]
+def load_records(source: str | Path, kind: type, split: str = "train", allow_degenerate: bool = False) -> list:
+    """`Demo`, `Pair` or `Unpaired` records from any `read_rows` source, every row checked as it is read, degenerate
+    rows refused unless ``allow_degenerate`` (`check_degenerate`). Conversational fields stay `Chat` until a method
+    renders them with its tokenizer (`as_records`)."""
+    rows = read_rows(source, split)
+    records = [_record_from_dict(kind, row, where) for where, row in rows]
+    check_degenerate(records, [where for where, _ in rows], allow_degenerate)
+    return records
 
 
-def as_records(data, kind: type, tokenizer=None) -> list:
-    """The Python API's data as records: `Demo`/`Pair`/`Unpaired` objects as they are, or rows in TRL's formats — a
-    ``datasets.Dataset`` or a list of dicts — checked row by row. With ``tokenizer``, conversational records are
-    rendered by its chat template (`render`)."""
-    records = [r if isinstance(r, kind) else _record_from_dict(kind, r, f"row {i}") for i, r in enumerate(data)]
+def as_records(data, kind: type, tokenizer=None, allow_degenerate: bool = False) -> list:
+    """The Python API's data as records: `Demo`/`Pair`/`Unpaired` objects as they are (a task's, or
+    `load_records`', which checked them), or rows in TRL's formats — a ``datasets.Dataset`` or a list of dicts —
+    checked row by row, their degenerate rows refused unless ``allow_degenerate``. With ``tokenizer``,
+    conversational records are rendered by its chat template (`render`)."""
+    rows = list(data)
+    records = [r if isinstance(r, kind) else _record_from_dict(kind, r, f"row {i}") for i, r in enumerate(rows)]
+    converted = [i for i, r in enumerate(rows) if not isinstance(r, kind)]
+    check_degenerate([records[i] for i in converted], [f"row {i}" for i in converted], allow_degenerate)
     return records if tokenizer is None else [render(r, tokenizer) for r in records]
 
 
@@ -424,6 +488,7 @@ def _prompt_from_row(row: object, where: str) -> Text | Chat:
     if isinstance(row, Text | Chat):
         return row
     if isinstance(row, str):
+        _check_text(row, where, "prompt")
         return Text(row)
     if not isinstance(row, dict) or "prompt" not in row:
         raise DataError(f"{where}: a prompt row needs a string field 'prompt' (or a list of messages)")
@@ -542,11 +607,34 @@ def encode_prompt_responses(tokenizer, prompts: Sequence[str], responses: Sequen
     return [(ids, trained.index(1) if 1 in trained else len(ids)) for ids, trained in encoded]
 
 
+def model_positions(model) -> int | None:
+    """How many positions the model reads (its config's ``max_position_embeddings`` or ``n_positions``)."""
+    config = getattr(model, "config", None)
+    return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+
+
+def check_prompts_fit(tokenizer, prompts: Sequence[str], max_new_tokens: int, model) -> None:
+    """Before an online run: every prompt plus ``max_new_tokens`` sampled tokens is within the model's positions.
+    The error names the first row that does not fit."""
+    positions = model_positions(model)
+    if positions is None:
+        return
+    if max_new_tokens >= positions:
+        raise DataError(f"config field 'max_new_tokens' ({max_new_tokens}) leaves no room for a prompt within the "
+                        f"model's {positions} positions")
+    unique = list(dict.fromkeys(prompts))
+    lengths = dict(zip(unique, map(len, prompt_token_ids(tokenizer, unique))))
+    for row, prompt in enumerate(prompts):
+        if lengths[prompt] + max_new_tokens > positions:
+            raise DataError(f"prompt {row}: its {lengths[prompt]} tokens plus max_new_tokens={max_new_tokens} "
+                            f"is beyond the model's {positions} positions (shorten the prompt or lower "
+                            f"max_new_tokens): {prompt[:60]!r}")
+
+
 def check_fits(tokenizer, prompts: Sequence[str], max_length: int, model=None) -> None:
     """Before training: every prompt leaves room for a response within ``max_length``, and ``max_length`` is within
     the model's positions, so no batch fails mid-run. The error names the first row that does not fit."""
-    positions = getattr(getattr(model, "config", None), "max_position_embeddings", None) or \
-        getattr(getattr(model, "config", None), "n_positions", None)
+    positions = model_positions(model)
     if positions is not None and max_length > positions:
         raise DataError(f"config field 'max_length' ({max_length}) is beyond the model's {positions} positions")
     unique = list(dict.fromkeys(prompts))

@@ -29,20 +29,21 @@ def response_length_default(task) -> dict:
     return {} if task is None else {"max_new_tokens": task.max_response_chars + 1}
 
 
-def demonstrations(task, data: Path | None, num_examples: int, seed: int, split: str = "train") -> list[Demo]:
+def demonstrations(task, data: Path | None, num_examples: int, seed: int, split: str = "train",
+                   allow_degenerate: bool = False) -> list[Demo]:
     """Demonstrations from a data file / saved dataset, or drawn from a built-in task."""
     if data is not None:
-        return load_records(data, Demo, split)
+        return load_records(data, Demo, split, allow_degenerate)
     if task is None:
         raise ConfigError("give --task NAME (see `preftune tasks`) or --data FILE.jsonl")
     return task.demonstrations("train", num_examples, seed)
 
 
 def preference_pairs(task, data: Path | None, num_examples: int, seed: int, label_noise: float = 0.0,
-                     link: str = "bradley-terry", split: str = "train") -> list[Pair]:
+                     link: str = "bradley-terry", split: str = "train", allow_degenerate: bool = False) -> list[Pair]:
     """Preference pairs from a file, or a task's candidate pairs labelled by a simulated annotator."""
     if data is not None:
-        return load_records(data, Pair, split)
+        return load_records(data, Pair, split, allow_degenerate)
     if task is None:
         raise ConfigError("give --task NAME (see `preftune tasks`) or --data FILE.jsonl")
     from preftune.feedback import Annotator, label_pairs
@@ -214,12 +215,14 @@ def train_from_inputs(method, config, task=None, data: Path | None = None, num_e
         raise ConfigError(f"train {method.name} cannot use --task {task.name}; its tasks: {', '.join(tasks)} "
                           f"(--task {task.name} is for {', '.join(methods)})")
     if kind == "demos":
-        held_out = load_records(eval_data, Demo, eval_split) if eval_data is not None else None
-        return method.train(config, demonstrations(task, data, num_examples, seed, split), eval_data=held_out)
+        allow = getattr(config, "allow_degenerate", False)
+        held_out = load_records(eval_data, Demo, eval_split, allow) if eval_data is not None else None
+        return method.train(config, demonstrations(task, data, num_examples, seed, split, allow), eval_data=held_out)
     if kind == "pairs":
-        held_out = load_records(eval_data, Pair, eval_split) if eval_data is not None else None
-        return method.train(config, preference_pairs(task, data, num_examples, seed, label_noise, link, split),
-                            eval_data=held_out)
+        allow = getattr(config, "allow_degenerate", False)
+        held_out = load_records(eval_data, Pair, eval_split, allow) if eval_data is not None else None
+        pairs = preference_pairs(task, data, num_examples, seed, label_noise, link, split, allow)
+        return method.train(config, pairs, eval_data=held_out)
     if kind == "unpaired":
         held_out = load_records(eval_data, Unpaired, eval_split) if eval_data is not None else None
         return method.train(config, unpaired_examples(task, data, num_examples, seed, label_noise, link, split),

@@ -74,10 +74,13 @@ def load_causal_lm(name_or_path: str, tokenizer=None, seed: int = 0, dtype: torc
     if name_or_path not in TINY_MODELS and not Path(name_or_path).exists() and "/" not in name_or_path:
         raise ModelError(f"model {name_or_path!r} is neither {TINY_MODELS + tuple(GGUF_PACKAGES)}, a .gguf file, "
                          f"a local directory nor a hub id (org/name)")
+    if name_or_path not in TINY_MODELS and not Path(name_or_path).exists() and (
+            Path(name_or_path).is_absolute() or name_or_path.count("/") > 1 or name_or_path.startswith((".", "~"))):
+        raise ModelError(f"model {name_or_path!r}: no such model directory (a hub id is org/name)")
     try:
         tokenizer = tokenizer or load_tokenizer(name_or_path, trust_remote_code)
-    except OSError as e:
-        raise ModelError(f"could not load the tokenizer of {name_or_path!r}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - a folder's broken files raise many kinds; name the folder and the reason
+        raise ModelError(f"could not load the tokenizer of {name_or_path!r}: {_reason(e, name_or_path)}") from None
     if name_or_path in TINY_MODELS:
         return build_tiny_model(name_or_path, tokenizer, seed=seed), tokenizer
     from transformers import AutoModelForCausalLM
@@ -86,9 +89,22 @@ def load_causal_lm(name_or_path: str, tokenizer=None, seed: int = 0, dtype: torc
         model = AutoModelForCausalLM.from_pretrained(
             name_or_path, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code
         )
-    except OSError as e:
-        raise ModelError(f"could not load {name_or_path!r}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - truncated / bad-header safetensors, wrong shapes, a broken config.json
+        raise ModelError(f"could not load the model {name_or_path!r}: {_reason(e, name_or_path)}") from None
     return model, tokenizer
+
+
+def _reason(error: Exception, folder: str) -> str:
+    """Why a model folder did not load, in one line: the weights file for a safetensors error, the first line of
+    the library's message otherwise."""
+    first = (str(error).strip().splitlines() or [""])[0]
+    if type(error).__name__ == "SafetensorError":
+        files = sorted(str(p) for p in Path(folder).glob("*.safetensors")) if Path(folder).is_dir() else []
+        named = " or ".join(files) if files and len(files) <= 3 else "its .safetensors weights"
+        return f"{named} is not a valid safetensors file ({first})"
+    if "ignore_mismatched_sizes" in str(error):
+        return "its weights do not have the shapes its config.json gives (a wrong or damaged weights file)"
+    return f"{type(error).__name__}: {first}"
 
 
 @dataclass

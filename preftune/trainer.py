@@ -270,10 +270,17 @@ class Trainer:
 
         step = self.gradient_step
         if step is not None and step.updates and step.skipped_steps == step.updates:
-            raise TrainingError(f"{self.name}: every one of the {step.updates} steps had a NaN/inf loss or gradient "
-                                f"and was skipped, so the model is untrained and was not saved. Lower the learning "
-                                f"rate (lr={self.config.lr}), check the data and the method's coefficients.")
+            raise TrainingError(f"{self.name}: every one of the {step.updates} steps had a NaN/inf loss, gradient or "
+                                f"update and was skipped, so the model is untrained and was not saved. Lower the "
+                                f"learning rate (lr={self.config.lr}), check the data and the method's coefficients.")
+        if step is not None and step.updates and step.skipped_steps > self.config.max_skipped_fraction * step.updates:
+            raise TrainingError(f"{self.name}: {step.skipped_steps} of {step.updates} steps had a NaN/inf loss, "
+                                f"gradient or update and were skipped, more than max_skipped_fraction="
+                                f"{self.config.max_skipped_fraction}; the model was not saved to final/ (checkpoints "
+                                f"are kept). Lower the learning rate (lr={self.config.lr}), check the data, or raise "
+                                f"max_skipped_fraction.")
         model = self.unwrapped_model() if model is None else model
+        self._check_finite(model, self.output_dir / "final")
         path = (save or save_causal_lm)(model, tokenizer, self.output_dir / "final") if self.is_main else None
         self.accelerator.wait_for_everyone()
         return TrainResult(model, tokenizer, self.history, path, extra)
@@ -286,17 +293,34 @@ class Trainer:
         return sorted(done, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
 
     def _prepare_output_dir(self) -> None:
+        """Check the output folder before anything is written to it: a folder that can be written, not holding
+        another run (checkpoints, or only a finished run's final/) unless --resume or --overwrite says what to do."""
+        out = self.output_dir
+        if out.exists() and not out.is_dir():
+            raise TrainingError(f"output_dir {out} is a file, not a folder; give another --output-dir")
         existing = self.checkpoints()
-        if existing and not self.config.resume:
+        finished = (out / "final").exists() and not existing
+        if finished and self.config.resume and not self.config.overwrite:  # said by _maybe_resume
+            finished = False
+        if (existing and not self.config.resume) or (finished and not self.config.overwrite):
             if not self.config.overwrite:
-                raise TrainingError(f"{self.output_dir} already holds checkpoints ({existing[-1].name}); pass "
-                                    f"--resume to continue that run or --overwrite to start again")
+                held = f"checkpoints ({existing[-1].name})" if existing else "a finished run's final model (final/)"
+                raise TrainingError(f"{out} already holds {held}; pass " + (
+                    "--resume to continue that run or " if existing else "") + "--overwrite to start again")
             if self.is_main:
-                for p in existing:
+                for p in existing + ([out / "final"] if (out / "final").exists() else []):
                     shutil.rmtree(p)
-                (self.output_dir / "metrics.jsonl").unlink(missing_ok=True)
+                (out / "metrics.jsonl").unlink(missing_ok=True)
             self.accelerator.wait_for_everyone()
-        self.output_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            if self.is_main:  # can files be written there (permissions, a read-only disk)?
+                probe = out / f".preftune-write-test-{os.getpid()}"
+                probe.write_bytes(b"")
+                probe.unlink()
+        except OSError as e:
+            raise TrainingError(f"output_dir {out} cannot be written ({e.strerror or e}); give another "
+                                f"--output-dir") from None
 
     def save_checkpoint(self) -> Path:
         """Write ``checkpoint-<iteration>`` atomically: into a temporary folder, renamed when complete."""
@@ -304,6 +328,7 @@ class Trainer:
         tmp = self.output_dir / f".tmp-{CHECKPOINT_PREFIX}{self.iteration}"
         if self.is_main and tmp.exists():
             shutil.rmtree(tmp)
+        self._check_finite(self.unwrapped_model(), final)
         self.accelerator.wait_for_everyone()
         self.accelerator.save_state(str(tmp), safe_serialization=True)
         if self.is_main:
@@ -326,12 +351,27 @@ class Trainer:
         self.accelerator.wait_for_everyone()
         return final
 
+    def _check_finite(self, model: torch.nn.Module, where: Path) -> None:
+        """Refuse to write non-finite weights (a method that moves them itself, or a guard turned off): the run
+        stops with its earlier checkpoints intact."""
+        if not isinstance(model, torch.nn.Module):  # a tabular policy saves itself
+            return
+        # the parameters, not state_dict(): no collective under FSDP; every process checks what it holds
+        weights = [t.detach() for t in model.parameters() if t.is_floating_point() and t.numel()]
+        norms = [n.cpu() for n in torch._foreach_norm(weights, ord=math.inf)] if weights else []
+        if norms and not bool(torch.stack(norms).isfinite().all()):
+            raise TrainingError(f"{self.name}: the weights are NaN/inf at iteration {self.iteration}, so {where} was "
+                                f"not written (earlier checkpoints are kept). Lower the learning rate or the method's "
+                                f"step sizes.")
+
     def _maybe_resume(self) -> int:
         if not self.config.resume:
             return 0
         existing = self.checkpoints()
         if not existing:
-            self.accelerator.print(f"{self.name}: no checkpoint in {self.output_dir}; starting from the beginning")
+            replaced = " (its final/ will be replaced)" if (self.output_dir / "final").exists() else ""
+            self.accelerator.print(f"{self.name}: no checkpoint in {self.output_dir}; starting from the beginning"
+                                   f"{replaced}")
             return 0
         latest = existing[-1]
         state = json.loads((latest / STATE_FILE).read_text())
@@ -403,8 +443,9 @@ class Trainer:
 
 class GradientStep:
     """One optimizer step of a gradient method: AdamW on the trainer's model, warmup + decay, gradient accumulation
-    over micro-batches, clipping, and the NaN/inf guard (a non-finite loss or gradient skips the step; too many in a
-    row stop the run). Its schedule and counters are checkpointed with the trainer's state.
+    over micro-batches, clipping, and the NaN/inf guard (a non-finite loss or gradient skips the step, an update that
+    makes the weights non-finite is undone (`UpdateUndo`) and skipped too; too many in a row stop the run). Its
+    schedule and counters are checkpointed with the trainer's state.
 
     ``lr_overrides`` maps submodules of the model to their own peak learning rate (the schedule scales every group
     alike); all other parameters use ``config.lr``. ``total_updates`` (default ``config.steps``) sets the schedule's
@@ -442,6 +483,10 @@ class GradientStep:
         trainer.model, self.optimizer = trainer.accelerator.prepare(trainer.model, optimizer)
         self.params = [p for p in trainer.model.parameters() if p.requires_grad]
         self._raw_optimizer = self._plain_optimizer()
+        inner = getattr(self.optimizer, "optimizer", self.optimizer)
+        # the undo copy needs a torch optimizer whose state is per-parameter tensors (not DeepSpeed's own)
+        self.undo = UpdateUndo(self.params, inner) if config.rollback_bad_updates \
+            and isinstance(inner, torch.optim.Optimizer) else None
         self.updates = 0
         self.skipped_steps = 0
         self.bad_steps_in_a_row = 0
@@ -474,7 +519,23 @@ class GradientStep:
         finite = math.isfinite(loss_sum) and math.isfinite(grad_norm)
         optimizer = self._raw_optimizer if self._raw_optimizer is not None and acc.sync_gradients else self.optimizer
         if finite:
-            optimizer.step()
+            if self.undo is not None:
+                self.undo.save()
+            try:
+                optimizer.step()
+                finite = self._weights_finite()
+            except RuntimeError as e:  # a step size beyond float32 ("cannot be converted ... without overflow"),
+                if "overflow" not in str(e):  # raised part-way through the parameters: undone like a NaN
+                    raise
+                finite = False
+            if not finite and self.undo is None:
+                raise TrainingError(
+                    f"{trainer.name}: update {self.updates} made the weights NaN/inf and cannot be undone "
+                    f"(rollback_bad_updates is off); the last checkpoint is kept. Lower the learning rate "
+                    f"(lr={self.config.lr}) or turn rollback_bad_updates on.")
+            if not finite:
+                self.undo.restore()
+        if finite:
             self.scheduler.step()
             self.bad_steps_in_a_row = 0
         else:
@@ -482,9 +543,9 @@ class GradientStep:
             self.bad_steps_in_a_row += 1
             if self.bad_steps_in_a_row > self.config.max_bad_steps:
                 raise TrainingError(
-                    f"{trainer.name}: loss or gradient was NaN/inf on {self.bad_steps_in_a_row} steps in a row "
-                    f"(update {self.updates}); each was skipped. Lower the learning rate (lr={self.config.lr}), "
-                    f"check the data, or raise max_bad_steps.")
+                    f"{trainer.name}: loss, gradient or updated weights were NaN/inf on {self.bad_steps_in_a_row} "
+                    f"steps in a row (update {self.updates}); each was skipped. Lower the learning rate "
+                    f"(lr={self.config.lr}), check the data, or raise max_bad_steps.")
         optimizer.zero_grad(set_to_none=True)
         self.updates += 1
         return {"loss": loss_sum, "grad_norm": grad_norm, "lr": self.scheduler.get_last_lr()[0], **metric_sums}
@@ -513,11 +574,63 @@ class GradientStep:
             return None
         return inner
 
+    def _weights_finite(self) -> bool:
+        """Whether every trainable weight and its optimizer state is finite after a step, from their sums (NaN and
+        inf propagate into a sum; one host sync). A sum can also overflow when the values are finite but together
+        beyond float32's range (~3e38): weights that large count as non-finite."""
+        tensors = self.undo.live() if self.undo is not None else self.params
+        sums = [t.detach().sum() for t in tensors if t.dim() > 0]  # not AdamW's step counts (0-d, on the CPU)
+        return bool(torch.stack(sums).isfinite().all())
+
     def _grad_norm_and_clip(self) -> float:
         if self.config.max_grad_norm > 0:
             return float(self.trainer.accelerator.clip_grad_norm_(self.params, self.config.max_grad_norm))
         grads = [p.grad.detach().float().norm() for p in self.params if p.grad is not None]
         return float(torch.stack(grads).norm()) if grads else 0.0
+
+
+class UpdateUndo:
+    """A copy of the trainable weights and their optimizer state (AdamW: step, exp_avg, exp_avg_sq) taken before
+    each update, so an update that makes them non-finite is undone exactly (`GradientStep`).
+
+    Cost: memory for one more copy of the trainable weights and of their optimizer state (3x the trainable weights
+    for AdamW; with LoRA, of the adapters only), allocated once and refilled in place each step with one fused copy.
+    """
+
+    def __init__(self, params: Sequence[torch.Tensor], optimizer: torch.optim.Optimizer):
+        self.params, self.optimizer = list(params), optimizer
+        self.keys: list[tuple[int, str]] = []  # (parameter index, state key) of each saved state tensor
+        self.saved: list[torch.Tensor] = []
+
+    def _state_tensors(self, keys) -> list[torch.Tensor]:
+        return [self.optimizer.state[self.params[i]][k] for i, k in keys]
+
+    def live(self) -> list[torch.Tensor]:
+        """The weights and their state tensors, as the optimizer holds them now."""
+        state = self.optimizer.state
+        return self.params + [v for p in self.params for v in state.get(p, {}).values() if isinstance(v, torch.Tensor)]
+
+    def save(self) -> None:
+        state = self.optimizer.state
+        keys = [(i, k) for i, p in enumerate(self.params) for k, v in state.get(p, {}).items()
+                if isinstance(v, torch.Tensor)]
+        live = self.params + self._state_tensors(keys)
+        with torch.no_grad():
+            if keys != self.keys or len(self.saved) != len(live):  # the first step creates the state: copy anew
+                self.keys, self.saved = keys, [t.detach().clone() for t in live]
+            else:
+                torch._foreach_copy_(self.saved, [t.detach() for t in live])
+
+    def restore(self) -> None:
+        n = len(self.params)
+        with torch.no_grad():
+            torch._foreach_copy_([p.data for p in self.params], self.saved[:n])
+            saved_params = {i for i, _ in self.keys}
+            for i, p in enumerate(self.params):  # state the undone step created (its first) goes
+                if i not in saved_params:
+                    self.optimizer.state.pop(p, None)
+            if self.keys:
+                torch._foreach_copy_(self._state_tensors(self.keys), self.saved[n:])
 
 
 def _tensors_out(state, key: str, tensors: dict[str, torch.Tensor]):

@@ -347,3 +347,105 @@ def test_dpo_logs_the_metric_names_trl_dashboards_read(tmp_path):
     assert {"rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
             "logps/rejected"} <= set(row)
     assert row["rewards/margins"] == pytest.approx(row["rewards/chosen"] - row["rewards/rejected"], abs=1e-6)
+
+
+@pytest.mark.parametrize("text, outcome", [
+    ("model: no\n", {"model": "no"}),  # YAML 1.1 would make it False
+    ("lora: yes\n", {"lora": "yes"}),  # a bool field still reads it (as it reads --lora yes)
+    ("steps: 1:30\n", {"steps": "1:30"}),  # YAML 1.1 sexagesimal would be 90; as a string the field refuses it
+    ("steps: 010\n", {"steps": 10}),  # not octal 8
+    ("lr: 1e-3\n", {"lr": 1e-3}),  # a number (YAML 1.1 reads a string)
+    ("steps: 3\nsteps: 2\n", "key 'steps' is given twice"),
+    ("param-filter: a\nparam_filter: b\n", "'param_filter' is given twice"),
+    ("steps: " + "9" * 200 + "\n", "an integer of 200 digits"),
+    ("[" * 5000 + "]" * 5000 + "\n", "nested too deeply"),
+])
+def test_yaml_reads_what_it_says(tmp_path, text, outcome):
+    from preftune.config import load_yaml
+
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    if isinstance(outcome, dict):
+        assert load_yaml(path) == outcome
+    else:
+        with pytest.raises(ConfigError, match=f"c.yaml.*{outcome}"):
+            load_yaml(path)
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--steps", "2", "--steps", "3"], "'steps' is given twice"),
+    (["--lr", "1", "--learning-rate", "2"], "'lr' is given twice \\(as '--lr' and '--learning-rate'\\)"),
+    (["--seed", "-1"], "'seed' must be >= 0"),
+    (["--seed", str(2**32)], "'seed' must be <= 4294967295"),
+    (["--steps", str(10**20)], "'steps' must be at most 1e\\+09"),
+    (["--model", ""], "'model' is empty"),
+    (["--output-dir", " "], "'output_dir' is empty"),
+    (["--steps", "1:30"], "'steps' must be an integer"),
+])
+def test_flags_that_mean_nothing_are_refused_naming_the_field(flags, words):
+    from preftune.config import build_config
+    from preftune.methods.sft import SFTConfig
+
+    with pytest.raises(ConfigError, match=words):
+        build_config(SFTConfig, None, flags)
+
+
+def test_a_later_layer_replaces_a_field_under_any_of_its_names(tmp_path):
+    from preftune.config import build_config
+    from preftune.methods.sft import SFTConfig
+
+    (tmp_path / "c.yaml").write_text("learning_rate: 0.5\ngrad_accum: 2\nper_device_train_batch_size: 4\n")
+    cfg = build_config(SFTConfig, tmp_path / "c.yaml", ["--lr", "0.25"])
+    assert cfg.lr == 0.25 and cfg.batch_size == 8
+
+
+def test_a_bad_param_filter_names_the_field():
+    from preftune.methods.zpg import ZPGConfig
+
+    with pytest.raises(ConfigError, match="'param_filter' must be a regular expression, got '\\('"):
+        ZPGConfig(param_filter="(")
+
+
+def test_an_output_dir_that_cannot_hold_a_run_is_refused_before_anything_is_written(tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"{i}+1=", "completion": str(i + 1)}) + "\n" for i in range(8)))
+    base = ["train", "sft", "--data", str(data), "--steps", "1", "--batch-size", "4", "--progress", "false"]
+    (tmp_path / "file").write_text("x")
+    for out, words in ((tmp_path / "file", "is a file, not a folder"),
+                       (tmp_path / "file" / "sub", "cannot be written")):
+        r = runner.invoke(app, base + ["--output-dir", str(out)])
+        assert r.exit_code == 2 and words in " ".join(r.output.split()) and "Traceback" not in r.output
+    finished = tmp_path / "finished"
+    (finished / "final").mkdir(parents=True)
+    r = runner.invoke(app, base + ["--output-dir", str(finished)])
+    assert r.exit_code == 2 and "--overwrite" in r.output and not (finished / "config.yaml").exists()
+    assert runner.invoke(app, base + ["--output-dir", str(finished), "--overwrite"]).exit_code == 0
+    assert (finished / "final" / "model.safetensors").exists()
+
+
+def test_a_broken_model_folder_is_named_in_one_line(tmp_path, tiny_model, tokenizer):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from preftune.models import ModelError, load_causal_lm, save_causal_lm
+
+    folder = save_causal_lm(tiny_model, tokenizer, tmp_path / "m")
+    weights = folder / "model.safetensors"
+    good = weights.read_bytes()
+    tensors = load_file(weights)
+    name = next(iter(tensors))
+    wrong_shape = {**tensors, name: torch.zeros(3, 3)}
+    for content, words in ((b"", "is not a valid safetensors file"), (good[:100], "is not a valid safetensors file"),
+                           (b"\xff" * 8 + good[8:], "is not a valid safetensors file"),
+                           (wrong_shape, "do not have the shapes its config.json gives")):
+        if isinstance(content, dict):
+            save_file(content, weights, metadata={"format": "pt"})
+        else:
+            weights.write_bytes(content)
+        with pytest.raises(ModelError, match=f"{folder}.*{words}"):
+            load_causal_lm(str(folder))
+    with pytest.raises(ModelError, match="no such model directory"):
+        load_causal_lm(str(tmp_path / "missing" / "model"))
+    r = runner.invoke(app, ["train", "sft", "--task", "arithmetic", "--model", str(folder), "--output-dir",
+                            str(tmp_path / "out"), "--steps", "1"])
+    assert r.exit_code == 2 and "shapes" in r.output and not (tmp_path / "out").exists()

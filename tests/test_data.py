@@ -157,3 +157,57 @@ def test_bytes_that_are_not_utf8_name_the_file_and_line(tmp_path):
     path.write_text(json.dumps({"completion": "b"}) + "\n")
     with pytest.raises(DataError, match=r"missing field\(s\) \['prompt'\];"):
         load_records(path, Demo)
+
+
+@pytest.mark.parametrize("line, words", [
+    ('{"prompt": "a\\ud800b", "completion": "1"}', r"x.jsonl:2: field 'prompt' holds a lone surrogate"),
+    ('{"prompt": "a", "completion": "1", "n": ' + "9" * 5000 + "}", r"x.jsonl:2: not a usable JSON row"),
+    ("[" * 100_000 + "]" * 100_000, r"x.jsonl:2: JSON nested too deeply"),
+    ('{"prompt": "a", "completion": 1e400}', r"x.jsonl:2: field 'completion' must be a string"),
+])
+def test_rows_a_tokenizer_could_not_read_name_file_line_and_field(tmp_path, line, words):
+    path = tmp_path / "x.jsonl"
+    path.write_text('{"prompt": "1+1=", "completion": "2"}\n' + line + "\n")
+    with pytest.raises(DataError, match=words):
+        load_records(path, Demo)
+
+
+def test_compressed_and_utf16_files_are_named_for_what_they_are(tmp_path):
+    import gzip
+
+    text = '{"prompt": "1+1=", "completion": "2"}\n'
+    for name, content, words in (("a.jsonl", gzip.compress(text.encode()), "gzip-compressed"),
+                                 ("b.jsonl", text.encode("utf-16"), "UTF-16 text")):
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(DataError, match=f"{name}: not a JSONL file: it is {words}"):
+            load_records(tmp_path / name, Demo)
+    (tmp_path / "c.jsonl").write_bytes(b"\xef\xbb\xbf" + text.encode())  # a UTF-8 byte-order mark is fine
+    assert load_records(tmp_path / "c.jsonl", Demo) == [Demo("1+1=", "2")]
+
+
+def test_degenerate_rows_are_counted_and_refused_unless_allowed(tmp_path):
+    from preftune.data import as_records
+
+    path = tmp_path / "p.jsonl"
+    rows = [{"prompt": "q", "chosen": "a", "rejected": "b"}, {"prompt": "q", "chosen": "a", "rejected": "a"},
+            {"chosen": "same", "rejected": "same"}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DataError, match=r"2 of 3 rows are degenerate \(.*p.jsonl:2: chosen == rejected; "
+                                        r".*p.jsonl:3: chosen == rejected\).*--allow-degenerate"):
+        load_records(path, Pair)
+    with pytest.warns(UserWarning, match="2 of 3 rows are degenerate"):
+        assert len(load_records(path, Pair, allow_degenerate=True)) == 3
+    with pytest.raises(DataError, match=r"1 of 2 rows are degenerate \(row 1: empty prompt and completion\)"):
+        as_records([{"prompt": "q", "completion": "a"}, {"prompt": "", "completion": " "}], Demo)
+    assert as_records([Pair("q", "a", "a")], Pair) == [Pair("q", "a", "a")]  # records (a task's) as they are
+
+
+def test_online_prompts_are_checked_against_the_models_positions(tiny_model, tokenizer):
+    from preftune.data import check_prompts_fit
+
+    positions = tiny_model.config.max_position_embeddings
+    check_prompts_fit(tokenizer, ["1+1="], 8, tiny_model)
+    with pytest.raises(DataError, match=f"prompt 1: its {positions} tokens plus max_new_tokens=8 is beyond"):
+        check_prompts_fit(tokenizer, ["1+1=", "1" * positions], 8, tiny_model)
+    with pytest.raises(DataError, match="'max_new_tokens'"):
+        check_prompts_fit(tokenizer, ["1+1="], positions, tiny_model)

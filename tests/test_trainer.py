@@ -1,4 +1,5 @@
 import json
+import math
 import os
 import subprocess
 import sys
@@ -208,3 +209,93 @@ def test_a_checkpoint_folder_loads_with_from_pretrained(tmp_path, tiny_model, to
     assert loaded.config.hidden_size == result.model.config.hidden_size
     saved, state = load_file(tmp_path / "checkpoint-2" / "model.safetensors"), loaded.state_dict()
     assert saved and all(torch.equal(state[k], v) for k, v in saved.items())  # the step-2 weights, not fresh ones
+
+
+def _adam_state(step):
+    return [{k: v.clone() for k, v in step.optimizer.state[p].items()} for p in step.params]
+
+
+def test_an_update_that_makes_the_weights_non_finite_is_undone_exactly(tmp_path, tiny_model):
+    trainer = Trainer(TrainConfig(output_dir=str(tmp_path), progress=False, save_every=0, warmup_ratio=0.0,
+                                  lr_schedule="constant"), tiny_model)
+    step = GradientStep(trainer)
+    x = torch.tensor([[5, 6, 7, 8]])
+
+    def loss(_):
+        return trainer.model(input_ids=x, labels=x).loss, {}
+
+    step([[0]], loss)  # a good step: AdamW has state now
+    weights = [p.detach().clone() for p in step.params]
+    state, lr = _adam_state(step), step.scheduler.get_last_lr()
+    adam_step = step._raw_optimizer.step
+
+    def step_then_break():  # a real AdamW step (its state moves), whose result is NaN in one weight
+        adam_step()
+        with torch.no_grad():
+            step.params[-1].view(-1)[0] = float("nan")
+
+    step._raw_optimizer.step = step_then_break
+    out = step([[0]], loss)
+    assert step.skipped_steps == 1 and step.bad_steps_in_a_row == 1 and math.isfinite(out["loss"])
+    assert all(torch.equal(a, b) for a, b in zip(weights, step.params))
+    assert all(torch.equal(s[k], step.optimizer.state[p][k]) for s, p in zip(state, step.params) for k in s)
+    assert step.scheduler.get_last_lr() == lr  # the schedule did not advance either
+    step._raw_optimizer.step = adam_step
+    for group in step.optimizer.param_groups:
+        group["lr"] = 1e38  # AdamW's step size overflows float32 part-way through the weights: undone too
+    step([[0]], loss)
+    assert step.skipped_steps == 2 and all(torch.equal(a, b) for a, b in zip(weights, step.params))
+    assert all(torch.equal(s[k], step.optimizer.state[p][k]) for s, p in zip(state, step.params) for k in s)
+
+
+def test_the_first_update_undone_leaves_no_optimizer_state(tmp_path, tiny_model):
+    trainer = Trainer(TrainConfig(output_dir=str(tmp_path), progress=False, save_every=0, lr=1e38, warmup_ratio=0.0,
+                                  lr_schedule="constant"), tiny_model)
+    step = GradientStep(trainer)
+    before = [p.detach().clone() for p in step.params]
+    x = torch.tensor([[5, 6, 7, 8]])
+    step([[0]], lambda _: (trainer.model(input_ids=x, labels=x).loss, {}))
+    assert step.skipped_steps == 1 and not step._raw_optimizer.state
+    assert all(torch.equal(a, b) for a, b in zip(before, step.params))
+
+
+def test_a_huge_learning_rate_never_leaves_non_finite_weights_and_fails_naming_the_knobs(tmp_path, tiny_model,
+                                                                                          tokenizer):
+    cfg = _small(tmp_path, lr=1e38, steps=12, save_every=2, max_grad_norm=0.0, lr_schedule="constant")
+    with pytest.raises(TrainingError, match=r"lr=1e\+38.*max_skipped_fraction|max_bad_steps") as caught:
+        train_sft(cfg, DEMOS, tiny_model, tokenizer)
+    assert "lr" in str(caught.value)
+    assert not (tmp_path / "final").exists()
+    checkpoints = sorted(tmp_path.glob("checkpoint-*"))
+    assert checkpoints  # the early (good) ones survive, and every one written is finite
+    for checkpoint in checkpoints:
+        assert all(torch.isfinite(t).all() for t in load_file(checkpoint / "model.safetensors").values())
+
+
+def test_a_run_with_too_many_skipped_steps_fails_naming_max_skipped_fraction(tmp_path, tiny_model):
+    trainer = Trainer(TrainConfig(output_dir=str(tmp_path), progress=False, save_every=0, steps=4,
+                                  max_skipped_fraction=0.25), tiny_model)
+    step = GradientStep(trainer)
+    x = torch.tensor([[5, 6, 7]])
+    trainer.fit_dataset(4, step, lambda _: (trainer.model(input_ids=x, labels=x).loss
+                                            * (float("nan") if trainer.iteration % 2 else 1.0), {}))
+    assert step.skipped_steps == 2
+    with pytest.raises(TrainingError, match="2 of 4 steps.*max_skipped_fraction=0.25"):
+        trainer.finish()
+    assert not (tmp_path / "final").exists()
+
+
+def test_non_finite_weights_are_never_saved(tmp_path, tiny_model):
+    trainer = Trainer(TrainConfig(output_dir=str(tmp_path), progress=False, save_every=1, steps=3), tiny_model)
+
+    def poison(it):  # a method that moves the weights itself (as ZPG does) and breaks them at iteration 2
+        if it == 1:
+            with torch.no_grad():
+                next(trainer.model.parameters()).fill_(float("nan"))
+        return {}
+
+    with pytest.raises(TrainingError, match="NaN/inf at iteration 2.*checkpoint-2 was not written"):
+        trainer.fit(poison, 3)
+    assert [p.name for p in trainer.checkpoints()] == ["checkpoint-1"]
+    with pytest.raises(TrainingError, match="final was not written"):
+        trainer.finish()

@@ -4,6 +4,7 @@ config's fields without loading the libraries its training needs (each method mo
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
@@ -218,6 +219,11 @@ class ZPGConfig(ModelConfig):
         if self.perturb == "lora" and self.param_filter:
             raise ConfigError("config fields 'perturb'='lora' and 'param_filter' exclude each other: LoRA already "
                               "picks the perturbed weights")
+        try:
+            re.compile(self.param_filter)
+        except re.error as e:
+            raise ConfigError(f"config field 'param_filter' must be a regular expression, got "
+                              f"{self.param_filter!r} ({e})") from None
 
     def annotator(self, utility: Callable[[str, object], float]) -> Annotator:
         from preftune.feedback import Annotator

@@ -34,8 +34,10 @@ def train_dpo(config: DPOConfig, pairs: Sequence[Pair], model=None, tokenizer=No
     """DPO on `Pair` records or TRL preference rows (a ``datasets.Dataset`` or dicts, standard or conversational);
     ``eval_data`` (the same kinds) is scored every ``eval_every`` steps (``eval_loss``, ``eval_rewards/accuracies``,
     …)."""
+    pairs = as_records(pairs, Pair, allow_degenerate=config.allow_degenerate)  # checked before the model loads
+    eval_pairs = as_records(eval_data or [], Pair, allow_degenerate=config.allow_degenerate)
     model, tokenizer = load_policy(config, model, tokenizer)
-    pairs, eval_pairs = as_records(pairs, Pair, tokenizer), as_records(eval_data or [], Pair, tokenizer)
+    pairs, eval_pairs = as_records(pairs, Pair, tokenizer), as_records(eval_pairs, Pair, tokenizer)
     check_fits(tokenizer, [p.prompt for p in pairs + eval_pairs], config.max_length, model)
     ref = reference_logprobs(model, tokenizer, pairs, config.max_length)
     eval_ref = reference_logprobs(model, tokenizer, eval_pairs, config.max_length) if eval_pairs else None

@@ -45,8 +45,10 @@ def train_iqlearn(config: IQLearnConfig, demos: Sequence[Demo], model=None, toke
     step (e.g. a held-out evaluation); it must leave the model's weights alone. ``demos``: `Demo` records or TRL
     prompt-completion rows (standard or conversational); ``eval_data`` (the same kinds) gets the offline loss
     (MLE + λ·TD²) every ``eval_every`` steps."""
+    demos = as_records(demos, Demo, allow_degenerate=config.allow_degenerate)  # checked before the model loads
+    eval_demos = as_records(eval_data or [], Demo, allow_degenerate=config.allow_degenerate)
     model, tokenizer = load_policy(config, model, tokenizer)
-    demos, eval_demos = as_records(demos, Demo, tokenizer), as_records(eval_data or [], Demo, tokenizer)
+    demos, eval_demos = as_records(demos, Demo, tokenizer), as_records(eval_demos, Demo, tokenizer)
     if any(d.turns for d in demos + eval_demos):
         raise DataError("iqlearn learns from single-turn demonstrations (prompt, completion); a multi-turn "
                         "'messages' row is for sft")

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from preftune.data import as_prompts
+from preftune.data import as_prompts, check_prompts_fit
 from preftune.losses import kl_k1
 from preftune.methods.configs import OnlineConfig
 from preftune.rewards import RewardFn, as_reward, reward_model_reward
@@ -165,6 +165,7 @@ class OnlineRun:
             raise TrainingError(f"{name}: no training prompts")
         self.name, self.config, self.prompts = name, config, prompts
         self.eval_prompts = as_prompts(eval_prompts, tokenizer) if eval_prompts is not None else []
+        check_prompts_fit(tokenizer, prompts + self.eval_prompts, config.max_new_tokens, policy)
         self.policy, self.tokenizer = policy, tokenizer
         # where the samples come from: any `GenerationBackend` (docs/architecture.md) may replace it
         self.sampler: GenerationBackend = InHouseSampler(policy, tokenizer, config.generation_batch_size)

@@ -46,8 +46,10 @@ def train_reward(config: RewardConfig, pairs: Sequence[Pair], model=None, tokeni
     """Start from a causal LM (usually the SFT policy) and fit a new head and the body on ``pairs`` (`Pair` records or
     TRL preference rows, standard or conversational); ``eval_data`` (the same kinds) is scored every ``eval_every``
     steps (``eval_accuracy``)."""
+    pairs = as_records(pairs, Pair, allow_degenerate=config.allow_degenerate)  # checked before the model loads
+    eval_pairs = as_records(eval_data or [], Pair, allow_degenerate=config.allow_degenerate)
     base, tokenizer = load_policy(config, model, tokenizer)
-    pairs, eval_pairs = as_records(pairs, Pair, tokenizer), as_records(eval_data or [], Pair, tokenizer)
+    pairs, eval_pairs = as_records(pairs, Pair, tokenizer), as_records(eval_pairs, Pair, tokenizer)
     check_fits(tokenizer, [p.prompt for p in pairs + eval_pairs], config.max_length, base)
     reward_model = RewardModel.from_causal_lm(base, num_heads=config.num_heads, seed=config.seed,
                                                pooling=config.pooling)

@@ -17,8 +17,10 @@ def train_sft(config: SFTConfig, demos: Sequence[Demo], model=None, tokenizer=No
     """SFT on `Demo` records or TRL rows (a ``datasets.Dataset`` or dicts): prompt-completion, ``text``, or
     conversational (``messages``: the loss is on the assistant turns only); ``eval_data`` (the same kinds) is
     scored every ``eval_every`` steps (``eval_loss``)."""
+    demos = as_records(demos, Demo, allow_degenerate=config.allow_degenerate)  # checked before the model loads
+    eval_demos = as_records(eval_data or [], Demo, allow_degenerate=config.allow_degenerate)
     model, tokenizer = load_policy(config, model, tokenizer)
-    demos, eval_demos = as_records(demos, Demo, tokenizer), as_records(eval_data or [], Demo, tokenizer)
+    demos, eval_demos = as_records(demos, Demo, tokenizer), as_records(eval_demos, Demo, tokenizer)
     check_fits(tokenizer, [d.prompt for d in demos + eval_demos], config.max_length, model)
     trainer = Trainer(config, model, name="sft", num_examples=len(demos))
     step = GradientStep(trainer)
