@@ -108,7 +108,7 @@ def scores_at(head, states: torch.Tensor, input_ids: torch.Tensor, label_mask: t
     more than one, so peak memory does not grow with vocabulary × sequence."""
     rows, cols = label_mask.nonzero(as_tuple=True)
     labels, states = input_ids[rows, cols + 1], states[rows, cols]
-    vocab = head.out_features if isinstance(head, torch.nn.Linear) else states.shape[-1]
+    vocab = head.weight.shape[0] if hasattr(head, "weight") else states.shape[-1]  # Identity: states are logits
     size = max(1, HEAD_CHUNK_ELEMENTS // vocab)
     scored = []
     for start in range(0, max(len(rows), 1), size):
