@@ -197,6 +197,8 @@ def _coerce(cls: type, name: str, value: Any, tp: Any = None) -> Any:
     if tp is str:
         if not isinstance(value, str | int | float):
             raise ConfigError(f"config field {name!r} must be a string, got {value!r}")
+        if "\x00" in str(value):  # no path or name holds one; the OS would refuse it later without the field
+            raise ConfigError(f"config field {name!r} holds a NUL character")
         return str(value)
     return value
 

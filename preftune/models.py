@@ -170,6 +170,46 @@ def enable_gradient_checkpointing(model) -> None:
     raise ModelError(f"gradient_checkpointing: {type(model).__name__} holds no Hugging Face model to checkpoint")
 
 
+def save_state_dict_as(module: nn.Module, names: dict[str, str]) -> None:
+    """Make ``module``'s ``state_dict`` use other key prefixes (``{own prefix: saved prefix}``) and its
+    ``load_state_dict`` read them back: a checkpoint (Accelerate saves ``state_dict()``) of a reward model or of PPO's
+    policy with its value head then holds the weights under the names a standard Hugging Face class reads, so the
+    checkpoint folder loads with ``from_pretrained`` like the final model. The longest matching prefix wins (a saved
+    prefix may be empty)."""
+    def rename(keys, pairs):
+        renamed = {}
+        for key in keys:
+            match = max((p for p in pairs if key.startswith(p[0])), key=lambda p: len(p[0]), default=None)
+            renamed[key] = key if match is None else match[1] + key[len(match[0]):]
+        return renamed
+
+    def saving(_module, state, prefix, _metadata):
+        pairs = [(prefix + own, prefix + saved) for own, saved in names.items()]
+        for old, new in rename([k for k in state if k.startswith(prefix)], pairs).items():
+            state[new] = state.pop(old)
+        return state
+
+    def loading(state, prefix, *_args):
+        pairs = [(prefix + saved, prefix + own) for own, saved in names.items()]
+        for old, new in rename([k for k in state if k.startswith(prefix)], pairs).items():
+            state[new] = state.pop(old)
+
+    module._register_state_dict_hook(saving)
+    module._register_load_state_dict_pre_hook(loading)
+
+
+def save_loadable_files(model: nn.Module, directory: str | Path) -> None:
+    """What a checkpoint folder needs beside Accelerate's ``model.safetensors`` to load with ``from_pretrained``: a
+    causal LM's config, a model's own `checkpoint_files` (a reward model's classifier config, PPO's policy), or a LoRA
+    model's adapter (``AutoPeftModelForCausalLM``; its base is the model it was loaded from)."""
+    if hasattr(model, "checkpoint_files"):
+        model.checkpoint_files(directory)
+    elif hasattr(model, "peft_config"):
+        model.save_pretrained(directory, safe_serialization=True)
+    elif hasattr(model, "can_generate"):
+        model.config.save_pretrained(directory)
+
+
 def merge_lora(model):
     """Fold a peft model's LoRA adapters into its weights and return the plain model. The merged weights are no
     longer those at the base model's path, so that path is forgotten: an adapter trained on top of them later
@@ -231,6 +271,8 @@ class RewardModel(nn.Module):
         self.body = body
         self.num_heads = num_heads
         self.pooling = pooling
+        # checkpoints hold the weights as a sequence classifier names them (`save_state_dict_as`)
+        save_state_dict_as(self, {"body.": f"{getattr(body, 'base_model_prefix', 'model')}.", "head.": "score."})
         hidden = body.config.hidden_size
         with torch.random.fork_rng():
             torch.manual_seed(seed)
@@ -275,14 +317,9 @@ class RewardModel(nn.Module):
         Bradley–Terry training, whose gradient for it is 0; scaled by RLP's `match_reward_scale`) and a ``"sum"``
         pooling are kept in ``preftune_reward.json`` for preftune's own loader. A standard loader of a sum-pooled
         model reads the last token only, so its scores are not preftune's: that is said in the config too."""
-        import copy
-
         from transformers import AutoModelForSequenceClassification
 
-        config = copy.deepcopy(self.body.config)
-        config.num_labels, config.architectures = self.num_heads, None
-        config.preftune_pooling = self.pooling
-        model = AutoModelForSequenceClassification.from_config(config)
+        model = AutoModelForSequenceClassification.from_config(self.classifier_config())
         missing, unexpected = model.base_model.load_state_dict(merged_state_dict(self.body), strict=False)
         if missing or unexpected:
             raise ModelError(f"the reward model's body does not match {type(model).__name__}: missing {missing[:3]}, "
@@ -290,6 +327,22 @@ class RewardModel(nn.Module):
         with torch.no_grad():
             _score_head(model).weight.copy_(self.head.weight)
         return model
+
+    def classifier_config(self):
+        """The config of this reward model as a standard ``AutoModelForSequenceClassification``."""
+        import copy
+
+        from transformers import AutoModelForSequenceClassification
+
+        config = copy.deepcopy(self.body.config)
+        config.num_labels, config.preftune_pooling = self.num_heads, self.pooling
+        config.architectures = [AutoModelForSequenceClassification._model_mapping[type(config)].__name__]
+        return config
+
+    def checkpoint_files(self, directory: str | Path) -> None:
+        """A checkpoint's ``model.safetensors`` holds this model under a classifier's names: with its config it loads
+        with ``AutoModelForSequenceClassification`` (not a LoRA body, whose adapters are not merged there)."""
+        self.classifier_config().save_pretrained(directory)
 
     def save_pretrained(self, directory: str | Path, tokenizer=None) -> Path:
         """A standard sequence-classification folder (`as_sequence_classifier`) plus ``preftune_reward.json``."""

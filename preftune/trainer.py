@@ -332,11 +332,12 @@ class Trainer:
         self.accelerator.wait_for_everyone()
         self.accelerator.save_state(str(tmp), safe_serialization=True)
         if self.is_main:
-            model = self.unwrapped_model()
-            if self.gradient_step is not None and hasattr(model, "can_generate") and not hasattr(model, "peft_config"):
-                # Accelerate's model.safetensors holds a plain causal LM's weights under its own names: with its
-                # config beside them the checkpoint loads with from_pretrained, like the final model
-                model.config.save_pretrained(tmp)
+            if self.gradient_step is not None:
+                from preftune.models import save_loadable_files
+
+                # Accelerate's model.safetensors holds the weights under the names from_pretrained reads: with the
+                # config (or a LoRA adapter) beside them the checkpoint loads like the final model
+                save_loadable_files(self.unwrapped_model(), tmp)
             tensors: dict[str, torch.Tensor] = {}
             objects = {k: _tensors_out(obj.state_dict(), k, tensors) for k, obj in self.state_objects.items()}
             state = {"iteration": self.iteration, "config": dataclasses.asdict(self.config), "state_objects": objects}

@@ -381,6 +381,7 @@ def test_yaml_reads_what_it_says(tmp_path, text, outcome):
     (["--model", ""], "'model' is empty"),
     (["--output-dir", " "], "'output_dir' is empty"),
     (["--steps", "1:30"], "'steps' must be an integer"),
+    (["--model", "mo\x00del"], "'model' holds a NUL character"),
 ])
 def test_flags_that_mean_nothing_are_refused_naming_the_field(flags, words):
     from preftune.config import build_config

@@ -332,6 +332,10 @@ def test_cli_joint_on_user_prompts_and_model_chooses_among_policy_samples(user_f
     assert r.exit_code == 2 and "needs --feedback" in r.output, r.output
     r = runner.invoke(app, ["train", "joint", "--model", "model", "--output-dir", "j3"])
     assert r.exit_code == 2 and "--data prompts.jsonl" in r.output, r.output
+    # a prompt that leaves no room for the sampled responses is named before anything is asked
+    r = runner.invoke(app, ["train", "joint", "--data", "prompts.jsonl", "--feedback", "user_judges:judge",
+                            "--model", "model", "--max-new-tokens", "100000", "--output-dir", "j4"])
+    assert r.exit_code == 2 and "'max_new_tokens'" in r.output, r.output
 
 
 def _choice_nll(policy, tokenizer, choices) -> float:

@@ -172,3 +172,40 @@ def test_grpo_eval_prompts_and_logged_completions_change_nothing_of_the_run(tmp_
     rows = [json.loads(line) for line in (tmp_path / "b" / "completions.jsonl").read_text().splitlines()]
     assert len(rows) == 3 * 4 * 2 and {"iteration", "prompt", "completion", "score"} <= set(rows[0])
     assert rows[0]["score"] == float(len(rows[0]["completion"]))
+
+
+def test_every_checkpoint_folder_loads_with_from_pretrained(tmp_path, tiny_model, tokenizer):
+    """A reward model's checkpoint is a sequence classifier, PPO's (policy + value head) the policy, a LoRA run's an
+    adapter on the model it was loaded from; each checkpoint still resumes its run."""
+    from peft import AutoPeftModelForCausalLM
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    from preftune.methods.ppo import PPOConfig, train_ppo
+    from preftune.models import save_causal_lm
+
+    rm = train_reward(_cfg(RewardConfig, tmp_path / "rm", save_every=2), PAIRS, copy.deepcopy(tiny_model), tokenizer)
+    classifier = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm" / "checkpoint-2")
+    saved = load_file(tmp_path / "rm" / "checkpoint-2" / "model.safetensors")
+    assert torch.equal(classifier.score.weight, saved["score.weight"])
+    assert not torch.equal(classifier.score.weight, rm.model.head.weight)  # step 2's head, not the final one
+    resumed = train_reward(_cfg(RewardConfig, tmp_path / "rm", save_every=2, resume=True), PAIRS,
+                           copy.deepcopy(tiny_model), tokenizer)
+    assert torch.equal(resumed.model.head.weight, rm.model.head.weight)  # resumed from those names to the same end
+
+    def reward(prompts, completions, **kwargs):
+        return [float(len(c)) for c in completions]
+
+    prompts = [f"{a}+1=" for a in range(8)]
+    ppo_cfg = dict(steps=2, batch_size=4, max_new_tokens=4, save_every=1)
+    train_ppo(_cfg(PPOConfig, tmp_path / "ppo", **ppo_cfg), prompts, reward, copy.deepcopy(tiny_model), tokenizer)
+    policy = AutoModelForCausalLM.from_pretrained(tmp_path / "ppo" / "checkpoint-1")
+    saved = load_file(tmp_path / "ppo" / "checkpoint-1" / "model.safetensors")
+    assert "value_head.weight" in saved
+    assert all(torch.equal(policy.state_dict()[k], v) for k, v in saved.items() if not k.startswith("value_head"))
+
+    save_causal_lm(tiny_model, tokenizer, tmp_path / "base")  # LoRA on a model from a folder
+    train_sft(_cfg(SFTConfig, tmp_path / "lora", save_every=2, model=str(tmp_path / "base"), lora=True, lora_r=4),
+              DEMOS)
+    adapter = AutoPeftModelForCausalLM.from_pretrained(tmp_path / "lora" / "checkpoint-2")
+    assert adapter.peft_config["default"].r == 4

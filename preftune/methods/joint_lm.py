@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from preftune.data import Demo, as_prompts, collate_demos
+from preftune.data import Demo, as_prompts, check_prompts_fit, collate_demos
 from preftune.epistemic import build_epistemic_head, learnable_l2, set_feature_scaling
 from preftune.feedback import FeedbackSource, QueryLedger
 from preftune.losses import choice_loss, token_logprobs
@@ -82,6 +82,7 @@ def train_joint_lm(config: JointConfig, prompts: Sequence[str], feedback: Feedba
         raise ValueError("joint learning needs at least one prompt")
     policy, tokenizer = load_policy(config, model, tokenizer)
     prompts = as_prompts(prompts, tokenizer)  # strings, or TRL prompt-only rows (conversational: templated)
+    check_prompts_fit(tokenizer, prompts, config.max_new_tokens, policy)
     head = build_epistemic_head(config.uncertainty, policy.config.hidden_size, config.index_dim,
                                 config.ensemble_size, config.head_hidden, config.prior_scale, config.seed + 1)
     ledger, choices = QueryLedger(budget=config.query_budget), SampledChoices()

@@ -35,7 +35,7 @@ from preftune.losses import (
 )
 from preftune.methods.configs import PPOConfig
 from preftune.methods.online import OnlineBatch, OnlineRun, RewardFn
-from preftune.models import load_policy, position_ids_from_mask
+from preftune.models import load_policy, position_ids_from_mask, save_loadable_files, save_state_dict_as
 from preftune.rollout import LabelScores, lm_body_and_head, scores_at
 from preftune.trainer import TrainResult
 
@@ -47,8 +47,13 @@ class PolicyWithValueHead(nn.Module):
         super().__init__()
         self.policy = policy
         self.value_head = nn.Linear(policy.config.hidden_size, 1)
+        # a checkpoint holds the policy under its own names (value_head.* beside them), so it loads as the policy
+        save_state_dict_as(self, {"policy.": "", "value_head.": "value_head."})
         nn.init.zeros_(self.value_head.weight)  # V ≡ 0 at the start: no value-loss gradient into the body yet
         nn.init.zeros_(self.value_head.bias)
+
+    def checkpoint_files(self, directory) -> None:
+        save_loadable_files(self.policy, directory)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, label_mask: torch.Tensor | None = None,
                 temperature: float = 1.0) -> tuple[LabelScores | None, torch.Tensor]:

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from preftune.config import ConfigError
-from preftune.data import as_prompts
+from preftune.data import as_prompts, check_prompts_fit
 from preftune.feedback import FeedbackSource, QueryLedger, ask_preference_shares, repeated_preference_shares
 from preftune.losses import preference_value_difference, zpg_gradient
 from preftune.methods.configs import ZPGConfig
@@ -192,6 +192,7 @@ def train_zpg_lm(config: ZPGConfig, prompts: Sequence[str], feedback: FeedbackSo
         feedback, oracle = config.annotator(feedback), oracle or feedback
     policy, tokenizer = load_policy(config, model, tokenizer)
     prompts = as_prompts(prompts, tokenizer)  # strings, or TRL prompt-only rows (conversational: templated)
+    check_prompts_fit(tokenizer, prompts, config.max_new_tokens, policy)
     ledger = QueryLedger(config.query_budget)
     generator = torch.Generator().manual_seed(config.seed)
     trainer = Trainer(config, policy, name=config.algorithm, state_objects=[ledger])
