@@ -50,17 +50,25 @@ def evaluate_policy(task, policy, tokenizer, reference=None, num_prompts: int = 
             reference_rollout = sample_policy(task, reference, tokenizer, prompts, 1, temperature)
         ref_texts = reference_rollout.texts
         out["win_rate"] = M.win_rate(task, prompts, first, ref_texts)
-        if annotator is not None:
-            from preftune.feedback import QueryLedger
+        out.update(_judged_and_kl(reference, rollout, prompts, first, ref_texts, annotator, temperature, seed))
+    return out
 
-            ledger = QueryLedger()
-            out["annotator_win_rate"] = M.annotator_win_rate(annotator, prompts, first, ref_texts,
-                                                             random.Random(seed), ledger)
-            out["annotator_queries"] = ledger.total
-        if temperature == 1.0:  # the estimator needs samples from π itself
-            ref_logps = score_logprobs(reference, rollout.input_ids, rollout.attention_mask,
-                                       rollout.response_mask).sum(-1)
-            out["kl_to_reference"] = M.kl_from_logprobs(rollout.logprobs.sum(-1).tolist(), ref_logps.tolist())
+
+def _judged_and_kl(reference, rollout: Rollout, prompts: list[str], first: list[str], ref_texts: list[str], judge,
+                   temperature: float, seed: int) -> dict:
+    """Against a reference: the win rate a judge (any `FeedbackSource`, or None) gives each prompt's first sample, with
+    its query count, and the Monte-Carlo KL E_π[log π − log π_ref] (it needs samples from π itself: temperature 1)."""
+    out = {}
+    if judge is not None:
+        from preftune.feedback import QueryLedger
+
+        ledger = QueryLedger()
+        out["annotator_win_rate"] = M.annotator_win_rate(judge, list(prompts), first, ref_texts, random.Random(seed),
+                                                         ledger)
+        out["annotator_queries"] = ledger.total
+    if temperature == 1.0:
+        ref_logps = score_logprobs(reference, rollout.input_ids, rollout.attention_mask, rollout.response_mask).sum(-1)
+        out["kl_to_reference"] = M.kl_from_logprobs(rollout.logprobs.sum(-1).tolist(), ref_logps.tolist())
     return out
 
 
@@ -99,17 +107,7 @@ def evaluate_on_prompts(policy, tokenizer, prompts: list[str], reward=None, refe
             both = [(a, b) for a, b in zip(ours, theirs) if a is not None and b is not None]
             out["win_rate"] = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in both) / len(both) if both \
                 else float("nan")
-        if judge is not None:
-            from preftune.feedback import QueryLedger
-
-            ledger = QueryLedger()
-            out["annotator_win_rate"] = M.annotator_win_rate(judge, list(prompts), first, ref_rollout.texts,
-                                                             random.Random(seed), ledger)
-            out["annotator_queries"] = ledger.total
-        if temperature == 1.0:  # the estimator needs samples from π itself
-            ref_logps = score_logprobs(reference, rollout.input_ids, rollout.attention_mask,
-                                       rollout.response_mask).sum(-1)
-            out["kl_to_reference"] = M.kl_from_logprobs(rollout.logprobs.sum(-1).tolist(), ref_logps.tolist())
+        out.update(_judged_and_kl(reference, rollout, prompts, first, ref_rollout.texts, judge, temperature, seed))
     return out
 
 
