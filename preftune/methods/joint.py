@@ -143,6 +143,20 @@ def select_candidates(scheme: str, utilities: torch.Tensor, sample, k: int, gene
 # ----------------------------------------------------------------------------------------------
 
 
+def joint_loss(logps: torch.Tensor, offsets: torch.Tensor, chosen: torch.Tensor, config: JointConfig,
+               head: nn.Module) -> tuple[torch.Tensor, dict]:
+    """The loss of one step of joint learning, for choice sets of ``config.candidates``: the LM learns by maximum
+    likelihood of the choices (Luce on its log-probs ``logps`` at ``choice_temperature``; the joint learning itself);
+    the head learns the posterior around it, the same likelihood under each sampled index (``offsets``) with the
+    LM's utilities held fixed; plus the head's L2."""
+    k, tau = config.candidates, config.choice_temperature
+    nll = choice_loss(logps.view(-1, k), chosen, tau)
+    sampled = (logps.detach()[None] / tau + offsets).view(-1, k)  # [S·B, K]: one index per choice set
+    head_nll = choice_loss(sampled, chosen.repeat(config.index_samples))
+    loss = nll + head_nll + config.head_l2 * learnable_l2(head)
+    return loss, {"choice_nll": nll.item(), "head_nll": head_nll.item()}
+
+
 def build_joint_model(config: JointConfig, tokenizer) -> JointModel:
     """The starting policy (a fresh tiny LM on the response space) and an untrained epistemic head."""
     policy = build_population_policy(tokenizer, seed=config.seed)
@@ -208,13 +222,7 @@ def train_joint(config: JointConfig, task: PopulationTask | None = None, model: 
             if config.head_features == "initial":
                 head_inputs = torch.cat([initial_features[p, shown] for p, shown, _ in rows]).to(trainer.device)
             logps, _, offsets = trainer.model(batch_ids, index, head_inputs)
-            # the LM learns by maximum likelihood of the choices (the joint learning itself); the head learns the
-            # posterior around it: the same likelihood under each index, with the LM's utilities held fixed
-            nll = choice_loss(logps.view(-1, k), chosen, tau)
-            sampled = (logps.detach()[None] / tau + offsets).view(-1, k)  # [S·B, K]: one index per choice set
-            head_nll = choice_loss(sampled, chosen.repeat(config.index_samples))
-            loss = nll + head_nll + config.head_l2 * learnable_l2(joint_head)
-            return loss, {"choice_nll": nll.item(), "head_nll": head_nll.item()}
+            return joint_loss(logps, offsets, chosen, config, joint_head)
 
         metrics: dict = {}
         for _ in range(config.updates_per_round):

@@ -23,10 +23,10 @@ import torch
 from torch import nn
 
 from preftune.data import Demo, as_prompts, check_prompts_fit, collate_demos
-from preftune.epistemic import build_epistemic_head, learnable_l2, set_feature_scaling
+from preftune.epistemic import build_epistemic_head, set_feature_scaling
 from preftune.feedback import FeedbackSource, QueryLedger
-from preftune.losses import choice_loss, token_logprobs
-from preftune.methods.joint import JointConfig, save_joint_model, select_candidates
+from preftune.losses import token_logprobs
+from preftune.methods.joint import JointConfig, joint_loss, save_joint_model, select_candidates
 from preftune.models import last_token_index, load_policy, position_ids_from_mask
 from preftune.rollout import generate
 from preftune.trainer import GradientStep, Trainer, TrainResult, batch_indices, micro_batches
@@ -130,11 +130,7 @@ def train_joint_lm(config: JointConfig, prompts: Sequence[str], feedback: Feedba
             head_inputs = choices.features[rows].flatten(0, 1).to(trainer.device)
             logps, _, offsets = trainer.model(batch.input_ids.to(trainer.device), batch.attention_mask.to(
                 trainer.device), batch.response_mask.to(trainer.device), index, head_inputs)
-            nll = choice_loss(logps.view(-1, k), chosen, tau)
-            sampled = (logps.detach()[None] / tau + offsets).view(-1, k)
-            head_nll = choice_loss(sampled, chosen.repeat(config.index_samples))
-            loss = nll + head_nll + config.head_l2 * learnable_l2(joint_head)
-            return loss, {"choice_nll": nll.item(), "head_nll": head_nll.item()}
+            return joint_loss(logps, offsets, chosen, config, joint_head)
 
         metrics: dict = {}
         for _ in range(config.updates_per_round):
